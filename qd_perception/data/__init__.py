@@ -1,0 +1,1 @@
+"""Data: nuScenes-format reader (real or synthetic), calibration-set store, batching."""

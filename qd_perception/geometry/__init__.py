@@ -1,0 +1,1 @@
+"""Pure-numpy geometry: boxes, rigid transforms, camera projection, rig description."""

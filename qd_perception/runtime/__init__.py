@@ -1,0 +1,1 @@
+"""Runtime backends behind one :class:`~qd_perception.runtime.base.Detector` protocol."""

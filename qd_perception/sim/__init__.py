@@ -1,0 +1,1 @@
+"""Synthetic driving world: procedural scenes, camera renderer, lidar ray caster, writers."""

@@ -1,0 +1,58 @@
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from qd_perception.config import ConfigError, from_dict, load_yaml, to_dict
+from qd_perception.geometry.rig import Rig, load_rig
+
+
+@dataclass(frozen=True)
+class Inner:
+    k: int
+    mode: Literal["a", "b"] = "a"
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    inner: Inner
+    sizes: tuple[float, ...] = (1.0,)
+    path: Path | None = None
+
+
+def test_round_trip_and_types():
+    cfg = from_dict(Outer, {"name": "x", "inner": {"k": 3, "mode": "b"}, "sizes": [1, 2.5]})
+    assert cfg.inner.k == 3 and cfg.inner.mode == "b" and cfg.sizes == (1.0, 2.5)
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"name": "x", "inner": {"k": 1}, "oops": 1}, "unknown key(s) ['oops']"),
+        ({"name": "x"}, "missing required key 'inner'"),
+        ({"name": "x", "inner": {"k": "3"}}, "Outer.inner.k: expected an integer"),
+        ({"name": "x", "inner": {"k": 1, "mode": "c"}}, "Outer.inner.mode: 'c' is not one of"),
+        ({"name": "x", "inner": {"k": True}}, "expected an integer"),
+    ],
+)
+def test_clear_errors(data, message):
+    with pytest.raises(ConfigError) as e:
+        from_dict(Outer, data)
+    assert message in str(e.value)
+
+
+def test_rig_loads_and_is_consistent(tmp_path):
+    rig = load_rig("nuscenes_like")
+    assert isinstance(rig, Rig) and len(rig.cameras) == 6
+    K = rig.intrinsics("CAM_FRONT", (450, 800))
+    assert K[0, 0] == pytest.approx(1266.4 / 2) and K[1, 2] == pytest.approx(225)
+    # CAM_FRONT's optical axis (z) points along ego +x, image x (right) along ego -y.
+    T = rig.cam2ego("CAM_FRONT")
+    assert T[:3, 2] == pytest.approx([1, 0, 0]) and T[:3, 0] == pytest.approx([0, -1, 0])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    with pytest.raises(ConfigError, match="missing required key"):
+        load_yaml(Rig, bad)
