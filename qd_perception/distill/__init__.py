@@ -1,0 +1,1 @@
+"""Knowledge distillation for QAT: view-guided (QD-BEV), channel-wise (CWD), temporal."""

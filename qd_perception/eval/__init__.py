@@ -1,0 +1,1 @@
+"""Evaluation: nuScenes metrics through nuscenes-devkit, streaming AP, latency statistics."""

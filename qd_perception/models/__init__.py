@@ -1,0 +1,1 @@
+"""Detectors: CenterPoint (pillar, voxel), BEVFormer-style camera BEV, classical lidar baseline."""

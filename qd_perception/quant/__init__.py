@@ -1,0 +1,1 @@
+"""The project's quantization core: fake-quant, quantized modules, calibrators, PTQ, QAT, export."""

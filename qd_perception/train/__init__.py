@@ -1,0 +1,1 @@
+"""Training loops (lidar, bev), QAT and distillation drivers."""
