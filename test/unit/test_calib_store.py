@@ -1,0 +1,176 @@
+"""Calibration store: diversity-preserving selection, eviction, atomic files, resume, read-back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from qd_perception.data import calib_store as cs
+from qd_perception.data.calib_store import CalibrationSet, CalibrationStore, CalibStoreConfig, scene_features
+from qd_perception.data.types import CameraInput, Detections, Frame
+
+
+def make_frame(i: int, kind: str, rng: np.random.Generator, with_image: bool = False) -> Frame:
+    """kind: 'city' (dense, near, bright, cars), 'highway' (sparse, far), 'night' (dark image)."""
+    kinds = {"city": (3000, 25.0, 170), "highway": (300, 70.0, 160), "night": (2500, 25.0, 20)}
+    n, rmax, bright = kinds[kind]
+    n = int(n * rng.uniform(0.9, 1.1))
+    r = rng.uniform(1.0, rmax, n)
+    a = rng.uniform(-np.pi, np.pi, n)
+    pts = np.stack(
+        [r * np.cos(a), r * np.sin(a), rng.normal(0, 0.5, n), rng.uniform(0, 255, n), np.zeros(n)], 1
+    ).astype(np.float32)
+    cams = ()
+    if with_image or kind == "night":
+        img = np.clip(rng.normal(bright, 10, (16, 24, 3)), 0, 255).astype(np.uint8)
+        cams = (CameraInput("CAM_FRONT", img, np.eye(3), np.eye(4), 1000 * i),)
+    labels = np.array([0, 0, 8] if kind != "highway" else [1, 1], np.int64)
+    gt = Detections(np.zeros((len(labels), 9)), labels, np.ones(len(labels), np.float32))
+    return Frame(f"tok{i}", "scene", 100_000 * i, np.eye(4), pts, cams, None, gt)
+
+
+def stream(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    kinds = rng.choice(["city", "highway", "night"], size=n, p=[0.9, 0.05, 0.05])
+    # Make sure the rare conditions also occur after the store is full.
+    kinds[[i for i in (40, 120) if i < n]] = "highway"
+    kinds[[i for i in (50, 150) if i < n]] = "night"
+    return [(k, make_frame(i, k, rng)) for i, k in enumerate(kinds)]
+
+
+def min_pairwise(z: np.ndarray) -> float:
+    d = np.linalg.norm(z[:, None] - z[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    return float(d.min())
+
+
+def test_selection_keeps_rare_conditions_and_diversity_grows(tmp_path):
+    frames = stream(200)
+    store = CalibrationStore(tmp_path / "c", CalibStoreConfig(capacity=6))
+    kept_kind = {}
+    first_min = None
+    for k, f in frames:
+        res = store.offer(f)
+        if res.stored:
+            kept_kind[f.token] = k
+        if len(store) == 6 and first_min is None:
+            first_min = min_pairwise(store.standardized_features())
+    members = CalibrationSet(tmp_path / "c")
+    kinds = {kept_kind[fr.token] for fr in members}
+    # 90 % of the drive is city; a reservoir of 6 would usually hold no highway or night frame.
+    assert kinds == {"city", "highway", "night"}
+    assert len(store) == len(members) == 6
+    assert min_pairwise(store.standardized_features()) >= first_min * 0.5
+    assert len(list((tmp_path / "c" / "frames").iterdir())) == 6  # evicted files are deleted
+
+
+def test_eviction_removes_the_redundant_member(tmp_path):
+    rng = np.random.default_rng(1)
+    store = CalibrationStore(tmp_path, CalibStoreConfig(capacity=3))
+    a = [make_frame(i, "city", rng) for i in range(3)]
+    for f in a:
+        assert store.offer(f).stored
+    # A highway frame is far from three city twins: it replaces one of them.
+    res = store.offer(make_frame(3, "highway", rng))
+    assert res.stored and res.evicted_id in (0, 1, 2)
+    assert {fr.token for fr in CalibrationSet(tmp_path)} >= {"tok3"}
+
+
+def test_sampling_rate_and_min_interval(tmp_path):
+    rng = np.random.default_rng(2)
+    store = CalibrationStore(tmp_path, CalibStoreConfig(capacity=100, sample_every=3))
+    for i in range(10):
+        store.offer(make_frame(i, "city", rng))
+    assert store.counters == {"offered": 10, "considered": 4, "stored": 4}
+    store2 = CalibrationStore(tmp_path / "b", CalibStoreConfig(capacity=100, min_interval_s=0.25))
+    for i in range(10):  # frames 0.1 s apart: keep every third
+        store2.offer(make_frame(i, "city", rng))
+    assert [f.timestamp_us for f in CalibrationSet(tmp_path / "b")] == [0, 300_000, 600_000, 900_000]
+
+
+def test_round_trip_frame_content(tmp_path):
+    rng = np.random.default_rng(3)
+    f = make_frame(5, "city", rng, with_image=True)
+    store = CalibrationStore(tmp_path, CalibStoreConfig(capacity=4))
+    store.offer(f)
+    g = CalibrationSet(tmp_path)[0]
+    assert g.token == f.token and g.timestamp_us == f.timestamp_us
+    np.testing.assert_array_equal(g.points, f.points)
+    assert g.points.shape[1] == 5 and g.points.dtype == np.float32
+    np.testing.assert_array_equal(g.cameras[0].image, f.cameras[0].image)
+    assert g.cameras[0].name == "CAM_FRONT"
+    np.testing.assert_array_equal(g.gt.labels, f.gt.labels)
+    # images can be left out (lidar-only PTQ)
+    store2 = CalibrationStore(tmp_path / "noimg", CalibStoreConfig(store_images=False))
+    store2.offer(f)
+    assert CalibrationSet(tmp_path / "noimg")[0].cameras == ()
+
+
+def test_failed_write_loses_nothing(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    store = CalibrationStore(tmp_path, CalibStoreConfig(capacity=4))
+    store.offer(make_frame(0, "city", rng))
+    index_before = (tmp_path / "index.json").read_text()
+
+    def boom(fh, **arrays):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cs.np, "savez", boom)
+    with pytest.raises(OSError, match="disk full"):
+        store.offer(make_frame(1, "night", rng))
+    monkeypatch.undo()
+    assert (tmp_path / "index.json").read_text() == index_before
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["00000000.npz"]
+    assert len(CalibrationSet(tmp_path)) == 1
+
+
+def test_resume_after_restart(tmp_path):
+    frames = stream(60, seed=5)
+    cfg = CalibStoreConfig(capacity=5)
+    store = CalibrationStore(tmp_path, cfg)
+    for _, f in frames[:30]:
+        store.offer(f)
+    ids, counters = store.ids, store.counters
+    # Simulate a crash that left an unlisted frame, a temp file and a vanished member.
+    (tmp_path / "frames" / "99999999.npz").write_bytes(b"orphan")
+    (tmp_path / "frames" / ".x.npz.tmp").write_bytes(b"tmp")
+    store2 = CalibrationStore.open(tmp_path, cfg)
+    assert store2.ids == ids and store2.counters == counters
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"{i:08d}.npz" for i in sorted(ids)]
+    (tmp_path / "frames" / f"{ids[0]:08d}.npz").unlink()
+    store3 = CalibrationStore.open(tmp_path, cfg)
+    assert len(store3) == 4
+    for _, f in frames[30:]:
+        store3.offer(f)
+    assert len(store3) == 5 and store3.counters["offered"] == 60
+    assert max(store3.ids) >= max(ids)  # ids keep increasing: no file name reuse
+    # A smaller capacity on reopen shrinks the set by the same rule.
+    assert len(CalibrationStore.open(tmp_path, CalibStoreConfig(capacity=2))) == 2
+    assert len(CalibrationSet(tmp_path)) == 2
+
+
+def test_bad_index_is_a_clear_error(tmp_path):
+    CalibrationStore(tmp_path).offer(make_frame(0, "city", np.random.default_rng(0)))
+    data = json.loads((tmp_path / "index.json").read_text())
+    data["version"] = 99
+    (tmp_path / "index.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="unsupported version"):
+        CalibrationSet(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a calibration set"):
+        CalibrationSet(tmp_path / "nothing")
+
+
+def test_features_reflect_conditions():
+    rng = np.random.default_rng(6)
+    city, hw, night = (scene_features(make_frame(0, k, rng)) for k in ("city", "highway", "night"))
+    names = cs.FEATURE_NAMES
+    assert city[names.index("log_points")] > hw[names.index("log_points")]
+    assert hw[names.index("frac_far_40m")] > city[names.index("frac_far_40m")]
+    assert night[names.index("image_brightness")] < 0.2
+    assert city[names.index("class_car")] == pytest.approx(2 / 3)
+    assert hw[names.index("class_truck")] == 1.0
+    with pytest.raises(ValueError):
+        CalibStoreConfig(capacity=0)
