@@ -1,0 +1,71 @@
+"""Detector factory: an explicit table detector-name -> builder.
+
+Every backend (classical baseline, CenterPoint torch/ONNX Runtime/TensorRT, camera BEV) is built
+from one frozen :class:`DetectorConfig`, the same one the ROS nodes declare as parameters
+(``detector.*``) and the CLI loads from YAML. To add a detector, add one entry to
+:data:`BUILDERS` with a function that imports its module lazily (so a missing optional dependency
+only breaks that detector).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from qd_perception.config import ConfigError, load_yaml
+from qd_perception.runtime.base import Detector
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Which detector a node or command runs.
+
+    name: key of :data:`BUILDERS` ("classical", "centerpoint", "bev").
+    model_path: weights / ONNX / engine file ("" where the detector has none).
+    model_config: ``config/models/<name>.model.yaml`` describing the model ("" = builder default).
+    device: "cpu", "cuda", "cuda:1".
+    backend: torch (FP32/FP16/fake-quant), onnxruntime (INT8 Q/DQ), tensorrt.
+    score_threshold: detections below it are not returned.
+    """
+
+    name: str = "classical"
+    model_path: str = ""
+    model_config: str = ""
+    device: str = "cpu"
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    score_threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+
+
+def _build_classical(cfg: DetectorConfig) -> Detector:
+    from qd_perception.models.classical import ClassicalConfig, ClassicalDetector
+
+    ccfg = load_yaml(ClassicalConfig, cfg.model_config) if cfg.model_config else ClassicalConfig()
+    return ClassicalDetector(dataclasses.replace(ccfg, score_threshold=cfg.score_threshold))
+
+
+#: name -> builder. CenterPoint and camera-BEV engineers add "centerpoint" and "bev" here.
+BUILDERS: dict[str, Callable[[DetectorConfig], Detector]] = {
+    "classical": _build_classical,
+}
+
+
+def detector_names() -> tuple[str, ...]:
+    return tuple(BUILDERS)
+
+
+def build_detector(cfg: DetectorConfig) -> Detector:
+    """Build the detector ``cfg.name``; clear errors for unknown names and missing files."""
+    builder = BUILDERS.get(cfg.name)
+    if builder is None:
+        raise ValueError(f"unknown detector {cfg.name!r}; available: {list(BUILDERS)}")
+    for what, p in (("model_path", cfg.model_path), ("model_config", cfg.model_config)):
+        if p and not Path(p).exists():
+            raise ConfigError(f"detector {cfg.name!r}: {what} {p!r} does not exist")
+    return builder(cfg)
