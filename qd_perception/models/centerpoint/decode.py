@@ -24,7 +24,7 @@ def decode_task(out: TaskOutput, b: int, cfg: CenterPointConfig) -> tuple[np.nda
     d, v = cfg.decode, cfg.voxelization
     f = cfg.head.out_size_factor
     hm = torch.sigmoid(out.heatmap[b].float())
-    k_cls, h, w = hm.shape
+    _, h, w = hm.shape
     k = min(d.pre_max_size, hm.numel())
     scores, idx = torch.topk(hm.reshape(-1), k)
     keep = scores > d.score_threshold

@@ -90,7 +90,7 @@ def build_targets(boxes: np.ndarray, labels: np.ndarray, cfg: CenterPointConfig)
             if b[3] <= 0 or b[4] <= 0 or not np.all(np.isfinite(b)):
                 continue
             fx, fy = (b[0] - x0) / cell_x, (b[1] - y0) / cell_y
-            cx, cy = int(math.floor(fx)), int(math.floor(fy))
+            cx, cy = math.floor(fx), math.floor(fy)
             if not (0 <= cx < w and 0 <= cy < h):
                 continue
             radius = gaussian_radius(b[3] / cell_x, b[4] / cell_y, tcfg.gaussian_overlap)
