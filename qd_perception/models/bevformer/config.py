@@ -1,0 +1,120 @@
+"""BEVFormer configuration (frozen dataclasses) and the published presets.
+
+Presets ``tiny`` / ``small`` / ``base`` follow the published BEVFormer configurations (BEV grid
+50x50 / 150x150 / 200x200, embed 256, encoder layers 3 / 6 / 6, 6 decoder layers, 900 queries,
+input 450x800 / 720x1280 / 900x1600, ResNet-50 / ResNet-101 / ResNet-101; the published small/base
+backbones use deformable convolutions in the last stages, which we do not implement). ``nano`` is
+ours: small enough to train on a 2-core CPU on the synthetic data set.
+The model YAML files in ``config/models/bevformer_<name>.model.yaml`` are the source of truth;
+:func:`preset` only loads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from qd_perception.config import ConfigError, load_yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "config" / "models"
+PRESETS: tuple[str, ...] = ("nano", "tiny", "small", "base")
+
+NUSCENES_CAMERAS: tuple[str, ...] = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_FRONT_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_BACK_RIGHT",
+)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """ResNet. ``block`` basic (ResNet-18/34 style) or bottleneck (50/101); ``out_indices`` are the
+    stages (0..3, strides 4/8/16/32) fed to the FPN."""
+
+    block: Literal["basic", "bottleneck"] = "bottleneck"
+    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    base_width: int = 64
+    out_indices: tuple[int, ...] = (3,)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """DETR-style set loss: sigmoid focal classification + weighted L1 regression (BEVFormer's)."""
+
+    cls_weight: float = 2.0
+    bbox_weight: float = 0.25
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    #: weights of the 10 code entries [x, y, z, log l, log w, log h, sin, cos, vx, vy]
+    code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
+
+
+@dataclass(frozen=True)
+class BEVFormerConfig:
+    name: str
+    image_size: tuple[int, int]  # (H, W) network input, pixels
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    embed_dims: int = 256
+    ffn_dims: int = 512
+    num_heads: int = 8
+    num_levels: int = 1  # FPN outputs used by spatial cross-attention
+    bev_h: int = 50
+    bev_w: int = 50
+    #: [x_min, y_min, z_min, x_max, y_max, z_max] metres, ego frame
+    pc_range: tuple[float, float, float, float, float, float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
+    num_points_in_pillar: int = 4  # Z reference heights per BEV cell
+    sca_num_points: int = 8  # sampling points per head and level in spatial cross-attention
+    tsa_num_points: int = 4  # per head and frame in temporal self-attention
+    decoder_num_points: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 6
+    num_queries: int = 900
+    num_classes: int = 10
+    camera_names: tuple[str, ...] = NUSCENES_CAMERAS
+    #: images are normalised as (rgb/255 - mean) / std
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    score_threshold: float = 0.05
+    max_detections: int = 300
+    #: previous BEV older than this (s) or from the future is dropped (clock jump)
+    max_time_gap_s: float = 2.0
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if self.embed_dims % self.num_heads:
+            raise ConfigError(f"embed_dims {self.embed_dims} not divisible by num_heads {self.num_heads}")
+        if self.sca_num_points % self.num_points_in_pillar:
+            raise ConfigError(
+                f"sca_num_points ({self.sca_num_points}) must be a multiple of "
+                f"num_points_in_pillar ({self.num_points_in_pillar})"
+            )
+        if self.num_levels < len(self.backbone.out_indices):
+            raise ConfigError("num_levels must be >= len(backbone.out_indices)")
+        if len(self.loss.code_weights) != 10:
+            raise ConfigError("loss.code_weights needs 10 entries")
+        if self.pc_range[3] <= self.pc_range[0] or self.pc_range[4] <= self.pc_range[1]:
+            raise ConfigError(f"pc_range {self.pc_range} is empty")
+
+    @property
+    def num_bev(self) -> int:
+        return self.bev_h * self.bev_w
+
+    @property
+    def num_cams(self) -> int:
+        return len(self.camera_names)
+
+
+def load_model_config(path: str | Path) -> BEVFormerConfig:
+    """Load the ``model:`` block of a ``*.model.yaml`` file."""
+    return load_yaml(BEVFormerConfig, path, key="model")
+
+
+def preset(name: str) -> BEVFormerConfig:
+    """The named preset (``nano``, ``tiny``, ``small``, ``base``) from ``config/models``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown BEVFormer preset {name!r}; choose one of {PRESETS}")
+    return load_model_config(CONFIG_DIR / f"bevformer_{name}.model.yaml")
