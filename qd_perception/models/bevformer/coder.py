@@ -10,7 +10,8 @@ import torch
 
 
 def encode_boxes(boxes: torch.Tensor) -> torch.Tensor:
-    """(N, 9) [x, y, z, l, w, h, yaw, vx, vy] -> (N, 10) code [x, y, z, log l, log w, log h, sin, cos, vx, vy]."""
+    """(N, 9) [x, y, z, l, w, h, yaw, vx, vy] -> (N, 10) code
+    [x, y, z, log l, log w, log h, sin yaw, cos yaw, vx, vy]."""
     size = boxes[:, 3:6].clamp(min=1e-3).log()
     yaw = boxes[:, 6:7]
     return torch.cat([boxes[:, 0:3], size, yaw.sin(), yaw.cos(), boxes[:, 7:9]], dim=-1)
@@ -43,7 +44,7 @@ def decode_predictions(
     above ``score_threshold`` and with centres inside ``pc_range`` grown by 10 m (BEVFormer's
     post-centre range).
     """
-    Q, K = cls_logits.shape
+    K = cls_logits.shape[1]
     scores = 1.0 / (1.0 + np.exp(-cls_logits.astype(np.float64)))
     flat = scores.reshape(-1)
     k = min(max_detections, flat.size)

@@ -31,7 +31,12 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(C)
 
     def forward(
-        self, x: torch.Tensor, pos: torch.Tensor, ref_xy: torch.Tensor, bev: torch.Tensor, bev_hw: tuple[int, int]
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor,
+        ref_xy: torch.Tensor,
+        bev: torch.Tensor,
+        bev_hw: tuple[int, int],
     ) -> torch.Tensor:
         q = x + pos
         x = self.norm1(x + self.self_attn(q, q, x))
@@ -49,8 +54,10 @@ def _cls_branch(C: int, num_classes: int) -> nn.Sequential:
 
 def _reg_branch(C: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(C, C), nn.ReLU(inplace=True), nn.Linear(C, C), nn.ReLU(inplace=True), nn.Linear(C, CODE_SIZE)
-    )
+        nn.Linear(C, C), nn.ReLU(inplace=True),
+        nn.Linear(C, C), nn.ReLU(inplace=True),
+        nn.Linear(C, CODE_SIZE),
+    )  # fmt: skip
 
 
 class BEVDecoder(nn.Module):
@@ -94,7 +101,7 @@ class BEVDecoder(nn.Module):
         for layer, cls_b, reg_b in zip(self.layers, self.cls_branches, self.reg_branches):
             x = layer(x, pos, ref[..., :2], bev, self.bev_hw)
             reg = reg_b(x)
-            centre = torch.cat([reg[..., 0:3]], dim=-1) + inverse_sigmoid(ref)
+            centre = reg[..., 0:3] + inverse_sigmoid(ref)
             new_ref = centre.sigmoid()
             box = torch.cat([new_ref * self.range_size + self.range_min, reg[..., 3:]], dim=-1)
             all_cls.append(cls_b(x))

@@ -48,7 +48,9 @@ def hungarian_match(
     return qi.astype(np.int64), ti.astype(np.int64)
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float, gamma: float
+) -> torch.Tensor:
     """Element-wise focal loss, summed."""
     p = logits.sigmoid()
     ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -69,7 +71,7 @@ def set_loss(
 ) -> LossBreakdown:
     """cls_logits (L, B, Q, K), box_codes (L, B, Q, 10): sum over layers of the matched set loss,
     each normalised by the number of ground-truth boxes in the batch (at least 1)."""
-    L, B, _, K = cls_logits.shape
+    L, B = cls_logits.shape[:2]
     num_gt = max(1.0, float(sum(len(t.labels) for t in targets)))
     w = torch.tensor(cfg.code_weights, dtype=box_codes.dtype, device=box_codes.device)
     total = cls_logits.new_zeros(())
