@@ -249,9 +249,10 @@ def generate(
     train, val = split_scenes(cfg.scenes, cfg.val_fraction)
     tables.write(out, cfg.version)
     write_splits(out, cfg.version, train, val)
+    # The worker count does not change the output, so it is not recorded (same seed => same bytes).
     meta = {
         "generator": "qd_perception.sim.generate",
-        "config": to_dict(cfg),
+        "config": {k: v for k, v in to_dict(cfg).items() if k != "workers"},
         "dataset_token": make_token(cfg.seed),
     }
     atomic_write_bytes(out / cfg.version / "sim_config.yaml", yaml.safe_dump(meta, sort_keys=False).encode())
