@@ -220,26 +220,14 @@ def generate(
         raise FileExistsError(f"{out / 'bags'} exists: choose a new --out (nothing was written)")
     out.mkdir(parents=True, exist_ok=True)
     factory = factory or _world_scene
-    job = partial(_run_scene, factory, out, cfg)
     bar = tqdm(total=cfg.scenes * cfg.samples, unit="keyframe", desc="sim", disable=not show_progress)
-    results: list = []
-    workers = max(1, min(cfg.workers, cfg.scenes))
-    if workers == 1:
-        _init_worker(None)
-        results = [write_scene(factory(cfg, i), out, cfg, i, bar.update) for i in range(cfg.scenes)]
-    else:
-        ctx = mp.get_context("fork")
-        q = ctx.SimpleQueue()
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(q,)) as pool:
-            pending = pool.map_async(job, range(cfg.scenes), chunksize=1)
-            while not pending.ready():
-                while not q.empty():
-                    bar.update(q.get())
-                pending.wait(0.2)
-            results = pending.get()  # re-raises a worker's exception
-            while not q.empty():
-                bar.update(q.get())
-    bar.close()
+    try:
+        results = _run_all(cfg, out, factory, bar)
+    except BaseException:
+        remove_partial(out)
+        raise
+    finally:
+        bar.close()
 
     tables = static_tables(results[0].camera_names)
     for r in results:
@@ -262,3 +250,25 @@ def generate(
 def remove_partial(out: Path) -> None:
     """Remove bags left in ``bags/.partial`` by an interrupted run."""
     shutil.rmtree(Path(out) / "bags" / ".partial", ignore_errors=True)
+
+
+def _run_all(cfg: GenerateConfig, out: Path, factory: SceneFactory, bar) -> list[SceneResult]:
+    """Write every scene (in a process pool when ``cfg.workers > 1``); results in scene order."""
+    job = partial(_run_scene, factory, out, cfg)
+    workers = max(1, min(cfg.workers, cfg.scenes))
+    if workers == 1:
+        _init_worker(None)
+        results = [write_scene(factory(cfg, i), out, cfg, i, bar.update) for i in range(cfg.scenes)]
+    else:
+        ctx = mp.get_context("fork")
+        q = ctx.SimpleQueue()
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(q,)) as pool:
+            pending = pool.map_async(job, range(cfg.scenes), chunksize=1)
+            while not pending.ready():
+                while not q.empty():
+                    bar.update(q.get())
+                pending.wait(0.2)
+            results = pending.get()  # re-raises a worker's exception
+            while not q.empty():
+                bar.update(q.get())
+    return results
