@@ -103,6 +103,9 @@ class DenseGraph(nn.Module):
         super().__init__()
         self.backbone = model.backbone
         self.head = model.head
+        # The exporter restores the wrapper's mode afterwards, recursively: a wrapper left in
+        # training mode would flip the shared BatchNorms of ``model`` to batch statistics.
+        self.train(model.training)
 
     def forward(self, bev: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return flatten_outputs(self.head(self.backbone(bev)))

@@ -95,4 +95,4 @@ def scatter_to_bev(
     b = coords[:, 0].long()
     idx = coords[:, 2].long() * nx + coords[:, 3].long()
     canvas = canvas.index_put((b, idx), features)
-    return canvas.permute(0, 2, 1).reshape(batch_size, c, ny, nx)
+    return canvas.permute(0, 2, 1).reshape(batch_size, c, ny, nx).contiguous()
