@@ -109,7 +109,7 @@ class BEVFormerConfig:
 
 
 def load_model_config(path: str | Path) -> BEVFormerConfig:
-    """Load the ``model:`` block of a ``*.model.yaml`` file."""
+    """Load the ``model:`` block of a ``*.model.yaml`` file (``arch: bevformer``)."""
     return load_yaml(BEVFormerConfig, path, key="model")
 
 

@@ -1,0 +1,47 @@
+"""Checkpoints: atomic save, load with the embedded model config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qd_perception.config import ConfigError, from_dict, to_dict
+from qd_perception.models.bevformer.config import BEVFormerConfig
+from qd_perception.models.bevformer.model import BEVFormer
+
+ARCH = "bevformer"
+
+
+def save_checkpoint(path: str | Path, model: BEVFormer, **extra: Any) -> Path:
+    """Write ``{arch, model_config, state_dict, **extra}`` atomically (tmp file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    payload = {"arch": ARCH, "model_config": to_dict(model.cfg), "state_dict": model.state_dict(), **extra}
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("arch") != ARCH:
+        raise ConfigError(
+            f"{path} is not a {ARCH} checkpoint (arch={ckpt.get('arch') if isinstance(ckpt, dict) else None})"
+        )
+    return ckpt
+
+
+def load_checkpoint(path: str | Path) -> BEVFormer:
+    """Model (eval mode) from a checkpoint written by :func:`save_checkpoint`."""
+    ckpt = read_checkpoint(path)
+    cfg = from_dict(BEVFormerConfig, ckpt["model_config"], where=f"{Path(path).name}.model_config")
+    model = BEVFormer(cfg)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

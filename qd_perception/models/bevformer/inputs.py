@@ -1,0 +1,73 @@
+"""Frame -> network inputs (shared by training, evaluation and the runtime backends).
+
+Images are resized to ``cfg.image_size`` (antialiased bilinear) and K is scaled with them;
+cameras are ordered as ``cfg.camera_names``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qd_perception.data.types import Frame
+from qd_perception.models.bevformer.config import BEVFormerConfig
+
+
+class MissingCameraError(ValueError):
+    """A frame lacks a camera the model needs, or an image is malformed."""
+
+
+@dataclass(frozen=True)
+class CameraTensors:
+    """One frame's camera inputs at the network resolution.
+
+    images: (N, 3, H, W) uint8 RGB; intrinsics: (N, 3, 3) float32; cam2ego: (N, 4, 4) float32.
+    """
+
+    images: np.ndarray
+    intrinsics: np.ndarray
+    cam2ego: np.ndarray
+
+
+def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) uint8 -> (3, H, W) uint8, antialiased bilinear."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    if tuple(t.shape[-2:]) != tuple(size_hw):
+        t = F.interpolate(t, size=size_hw, mode="bilinear", align_corners=False, antialias=True)
+    return t[0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def scale_intrinsics(K: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
+    """K for an image resized from ``from_hw`` to ``to_hw``.
+
+    Continuous pixel coordinates with the image spanning [0, W] x [0, H] (as ``Rig.intrinsics``
+    scales K, and as ``grid_sample(align_corners=False)`` samples), so K scales linearly.
+    """
+    sx, sy = to_hw[1] / from_hw[1], to_hw[0] / from_hw[0]
+    S = np.diag([sx, sy, 1.0])
+    return S @ K
+
+
+def camera_tensors(frame: Frame, cfg: BEVFormerConfig) -> CameraTensors:
+    """Select, order and resize the cameras of ``frame`` for the model ``cfg``."""
+    by_name = {c.name: c for c in frame.cameras}
+    missing = [n for n in cfg.camera_names if n not in by_name]
+    if missing:
+        raise MissingCameraError(f"frame {frame.token}: missing camera(s) {missing}; has {sorted(by_name)}")
+    H, W = cfg.image_size
+    imgs, Ks, Es = [], [], []
+    for n in cfg.camera_names:
+        c = by_name[n]
+        if c.image.ndim != 3 or c.image.shape[2] != 3 or c.image.dtype != np.uint8:
+            raise MissingCameraError(
+                f"frame {frame.token} camera {n}: expected (H, W, 3) uint8, "
+                f"got {c.image.shape} {c.image.dtype}"
+            )
+        hw = c.image.shape[:2]
+        imgs.append(resize_image(c.image, (H, W)))
+        Ks.append(scale_intrinsics(np.asarray(c.intrinsics, np.float64), hw, (H, W)))
+        Es.append(np.asarray(c.cam2ego, np.float64))
+    return CameraTensors(np.stack(imgs), np.stack(Ks).astype(np.float32), np.stack(Es).astype(np.float32))

@@ -1,0 +1,219 @@
+"""``qd-perception train bev``: train the BEVFormer-style camera detector.
+
+Resumable: the checkpoint (written atomically every few minutes and at each epoch end) holds the
+model, optimizer, epoch/position, loss history and the embedded model and training configs; running
+the same command again continues where it stopped. A loss-curve PNG is written beside it.
+
+Temporal training as BEVFormer: the BEV of up to ``queue_length - 1`` previous keyframes of the
+same scene is computed without gradients (eval mode) and fed, aligned by ego motion, to the frame
+being trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qd_perception.config import ConfigError, from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 35.0
+    queue_length: int = 2  # frames per training sample, current included (1 = no temporal input)
+    warmup_steps: int = 200
+    max_minutes: float = 0.0  # wall-clock budget (0 = none); training stops cleanly and saves
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.queue_length < 1:
+            raise ConfigError("epochs and queue_length must be >= 1")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="config/models/bevformer_<preset>.model.yaml")
+    p.add_argument("--data", required=True, help="nuScenes-format dataroot")
+    p.add_argument("--version", default="v1.0-synthetic")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt); resumed if it exists")
+    d = TrainConfig()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--queue-length", type=int, default=d.queue_length)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--max-minutes", type=float, default=d.max_minutes)
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint at --out")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 1e-3 of the base rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def train_step(model, optimizer, dataset, index: int, tcfg: TrainConfig):
+    """One optimisation step on sample ``index`` (with its history). Returns the LossBreakdown."""
+    import torch
+
+    from qd_perception.models.bevformer.losses import set_loss
+    from qd_perception.train.bev_data import collate, ego_motion
+
+    cur = dataset[index]
+    history = dataset.history(index, tcfg.queue_length)
+    prev_bev = prev_valid = prev_from_cur = None
+    if history:
+        model.eval()
+        with torch.no_grad():
+            last = None
+            for s in history:
+                b = collate([s])
+                kw = {}
+                if last is not None:
+                    kw = dict(prev_bev=prev_bev, prev_valid=torch.ones(1),
+                              prev_from_cur=torch.from_numpy(ego_motion(last, s))[None])  # fmt: skip
+                prev_bev = model.encode(b.images, b.intrinsics, b.cam2ego, **kw).bev
+                last = s
+        prev_valid = torch.ones(1)
+        prev_from_cur = torch.from_numpy(ego_motion(history[-1], cur))[None]
+    model.train()
+    batch = collate([cur])
+    out = model(batch.images, batch.intrinsics, batch.cam2ego, prev_bev, prev_valid, prev_from_cur)
+    loss = set_loss(out.cls_logits, out.box_codes, batch.targets, model.cfg.loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.total.backward()
+    if tcfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+    optimizer.step()
+    return loss
+
+
+def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
+    """history rows [step, total, cls, bbox] -> PNG (atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = np.asarray(history, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if len(h):
+        k = max(1, len(h) // 50)
+        kernel = np.ones(k) / k
+        for col, name in ((1, "total"), (2, "cls (last layer)"), (3, "bbox L1 (last layer)")):
+            y = np.convolve(h[:, col], kernel, mode="valid")
+            ax.plot(h[k - 1 :, 0], y, label=name)
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"loss (moving mean over {max(1, len(h) // 50)} steps)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from qd_perception.data.nuscenes import NuScenesReader
+    from qd_perception.models.bevformer.checkpoint import read_checkpoint, save_checkpoint
+    from qd_perception.models.bevformer.config import load_model_config
+    from qd_perception.models.bevformer.model import BEVFormer
+    from qd_perception.train.bev_data import BEVDataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_model_config(args.config)
+    tcfg = TrainConfig(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        queue_length=args.queue_length, warmup_steps=args.warmup_steps, max_minutes=args.max_minutes,
+        checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
+    )  # fmt: skip
+    out = Path(args.out)
+    torch.manual_seed(tcfg.seed)
+    model = BEVFormer(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    state = {"epoch": 0, "position": 0, "step": 0, "history": [], "elapsed_s": 0.0}
+    if out.exists() and not args.restart:
+        ckpt = read_checkpoint(out)
+        if ckpt["model_config"] != to_dict(cfg):
+            raise ConfigError(f"{out} was trained with another model config; use --restart or another --out")
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        tcfg = from_dict(TrainConfig, {**ckpt["train_config"], "epochs": tcfg.epochs,
+                                       "max_minutes": tcfg.max_minutes})  # fmt: skip
+        state = ckpt["state"]
+        print(f"resuming {out}: epoch {state['epoch']} position {state['position']} step {state['step']}")
+    if state["epoch"] >= tcfg.epochs:
+        print(f"{out} already trained for {state['epoch']} epochs")
+        return 0
+
+    reader = NuScenesReader(args.data, args.version, args.split, nsweeps=0, load_images=True)
+    dataset = BEVDataset(reader, cfg)
+    n = len(dataset)
+    total = tcfg.epochs * n
+    png = out.with_suffix(".loss.png")
+
+    def save() -> None:
+        save_checkpoint(
+            out, model, optimizer=optimizer.state_dict(), train_config=to_dict(tcfg), state=state,
+            data={"dataroot": str(args.data), "version": args.version, "split": args.split, "samples": n},
+        )  # fmt: skip
+        plot_loss_curve(state["history"], png, f"BEVFormer-{cfg.name} training ({n} samples)")
+
+    start = time.monotonic() - state["elapsed_s"]
+    last_save = time.monotonic()
+    stop = False
+    bar = tqdm(total=total, initial=state["step"], unit="step", desc=f"train bev-{cfg.name}")
+    while state["epoch"] < tcfg.epochs and not stop:
+        order = np.random.default_rng(tcfg.seed + state["epoch"]).permutation(n)
+        while state["position"] < n:
+            for g in optimizer.param_groups:
+                g["lr"] = tcfg.lr * lr_factor(state["step"], total, tcfg.warmup_steps)
+            loss = train_step(model, optimizer, dataset, int(order[state["position"]]), tcfg)
+            state["history"].append([state["step"], float(loss.total), loss.cls, loss.bbox])
+            state["position"] += 1
+            state["step"] += 1
+            bar.update(1)
+            bar.set_postfix(epoch=state["epoch"], loss=f"{float(loss.total):.3f}")
+            now = time.monotonic()
+            state["elapsed_s"] = now - start
+            if tcfg.max_minutes and state["elapsed_s"] > 60 * tcfg.max_minutes:
+                print(f"\nwall-clock budget of {tcfg.max_minutes} min reached; saving")
+                stop = True
+                break
+            if now - last_save > 60 * tcfg.checkpoint_minutes:
+                save()
+                last_save = now
+        if state["position"] >= n:
+            state["epoch"] += 1
+            state["position"] = 0
+        save()
+        last_save = time.monotonic()
+    bar.close()
+    save()
+    print(
+        f"saved {out} (epoch {state['epoch']}, {state['step']} steps, "
+        f"{state['elapsed_s'] / 60:.1f} min); {png}"
+    )
+    return 0

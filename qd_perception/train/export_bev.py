@@ -1,0 +1,141 @@
+"""``qd-perception export bev --model CKPT --out DIR``: the BEVFormer detector to ONNX.
+
+Writes into DIR:
+
+* ``bevformer.onnx``: one graph, the temporal state as explicit tensors (inputs ``images``,
+  ``intrinsics``, ``cam2ego``, ``prev_bev``, ``prev_valid``, ``prev_from_cur``; outputs
+  ``cls_logits``, ``box_codes``, ``bev``); the model config is stored in its metadata;
+* ``model.yaml``: ``arch`` + ``model`` (as ``config/models/*.model.yaml``);
+* ``export.json``: opset, shapes and the torch-vs-ONNX-Runtime parity on two consecutive
+  synthetic frames (the second uses the first's BEV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 17
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint written by `train bev`")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def example_frames(cfg, n: int = 2, seed: int = 0, speed_mps: float = 5.0):
+    """``n`` consecutive synthetic Frames (random images, the nuScenes-like rig at the model's
+    resolution, ego driving forward on a slight turn, 0.5 s apart) for tracing and parity."""
+    from qd_perception.data.types import CameraInput, Frame
+    from qd_perception.geometry.rig import load_rig
+    from qd_perception.geometry.transforms import make_transform
+
+    rig = load_rig()
+    rng = np.random.default_rng(seed)
+    H, W = cfg.image_size
+    frames = []
+    for k in range(n):
+        t_us = 1_000_000 + k * 500_000
+        yaw = 0.05 * k
+        pose = make_transform(
+            np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]]),
+            np.array([speed_mps * 0.5 * k, 0.1 * k, 0.0]),
+        )
+        cams = tuple(
+            CameraInput(
+                name,
+                rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
+                rig.intrinsics(name, (H, W)),
+                rig.cam2ego(name),
+                t_us,
+            )
+            for name in cfg.camera_names
+        )
+        frames.append(Frame(token=f"example{k}", scene_token="example", timestamp_us=t_us, ego2global=pose,
+                            cameras=cams))  # fmt: skip
+    return frames
+
+
+def export_onnx(model, path: str | Path) -> Path:
+    """Trace ``model`` (eval mode) into ``path`` atomically, with the config in the metadata."""
+    import onnx
+    import torch
+
+    from qd_perception.config import to_dict
+    from qd_perception.models.bevformer.model import BEVFormerExportWrapper
+    from qd_perception.runtime.bev import ONNX_CONFIG_KEY, ONNX_INPUTS, ONNX_OUTPUTS, BEVDetectorBase
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    x = BEVDetectorBase(cfg).prepare(example_frames(cfg, 1)[0])
+    args = tuple(torch.from_numpy(getattr(x, k)) for k in ONNX_INPUTS)
+    wrapper = BEVFormerExportWrapper(model).eval()
+    tmp = path.with_name(f".{path.name}.tmp")
+    # TorchScript exporter: the dynamo one needs onnxscript, which the core does not install.
+    # Shapes are static per model (image size, BEV grid), so the tracer's constant warnings are moot.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            wrapper, args, str(tmp), dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            input_names=list(ONNX_INPUTS), output_names=list(ONNX_OUTPUTS),
+        )  # fmt: skip
+    m = onnx.load(str(tmp))
+    entry = m.metadata_props.add()
+    entry.key, entry.value = ONNX_CONFIG_KEY, json.dumps(to_dict(cfg))
+    onnx.save(m, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def parity(model, onnx_path: str | Path, n_frames: int = 2) -> dict[str, float]:
+    """Max abs difference torch vs ONNX Runtime of the raw outputs over ``n_frames`` consecutive
+    frames (each backend carrying its own temporal state)."""
+    from qd_perception.runtime.bev import OrtBEVDetector, TemporalState, TorchBEVDetector
+
+    tdet, odet = TorchBEVDetector(model), OrtBEVDetector(onnx_path)
+    worst = {"cls_logits": 0.0, "box_codes": 0.0, "bev": 0.0}
+    for f in example_frames(model.cfg, n_frames):
+        xt, xo = tdet.prepare(f), odet.prepare(f)
+        outs_t, outs_o = tdet._infer(xt), odet._infer(xo)
+        for name, a, b in zip(worst, outs_t, outs_o):
+            worst[name] = max(worst[name], float(np.abs(a - b).max()))
+        for det, outs in ((tdet, outs_t), (odet, outs_o)):
+            det.state = TemporalState(outs[2], f.scene_token, f.timestamp_us, f.ego2global)
+    return worst
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from qd_perception.config import to_dict
+    from qd_perception.models.bevformer.checkpoint import ARCH, load_checkpoint
+
+    model = load_checkpoint(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(model, out / "bevformer.onnx")
+    tmp = out / ".model.yaml.tmp"
+    tmp.write_text(yaml.safe_dump({"arch": ARCH, "model": to_dict(model.cfg)}, sort_keys=False))
+    os.replace(tmp, out / "model.yaml")
+    diffs = parity(model, onnx_path)
+    cfg = model.cfg
+    report = {
+        "onnx": onnx_path.name,
+        "opset": OPSET,
+        "checkpoint": str(args.model),
+        "image_size": list(cfg.image_size),
+        "cameras": list(cfg.camera_names),
+        "bev": [cfg.bev_h, cfg.bev_w, cfg.embed_dims],
+        "parity_max_abs_diff": diffs,
+    }
+    tmp = out / ".export.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out / "export.json")
+    print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB); torch vs ORT max |diff|: {diffs}")
+    return 0
