@@ -32,6 +32,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         config="qd_perception.models.centerpoint.config:CenterPointConfig",
         model="qd_perception.models.centerpoint.model:CenterPoint",
     ),
+    "bevformer": ArchSpec(
+        config="qd_perception.models.bevformer.config:BEVFormerConfig",
+        model="qd_perception.models.bevformer.model:BEVFormer",
+    ),
 }
 
 

@@ -50,9 +50,24 @@ def _build_classical(cfg: DetectorConfig) -> Detector:
     return ClassicalDetector(dataclasses.replace(ccfg, score_threshold=cfg.score_threshold))
 
 
+def _build_bev(cfg: DetectorConfig) -> Detector:
+    """Camera BEVFormer: ``model_path`` is a ``train bev`` checkpoint (backend torch) or the
+    ``bevformer.onnx`` of ``export bev`` (backend onnxruntime); the model config travels inside."""
+    from qd_perception.runtime.bev import OrtBEVDetector, TorchBEVDetector
+
+    if not cfg.model_path:
+        raise ConfigError("detector 'bev' needs model_path (a checkpoint .pt or an exported .onnx)")
+    if cfg.backend == "torch":
+        return TorchBEVDetector.from_checkpoint(cfg.model_path, cfg.score_threshold, cfg.device)
+    if cfg.backend == "onnxruntime":
+        return OrtBEVDetector(cfg.model_path, cfg.score_threshold)
+    raise ConfigError(f"detector 'bev' has no {cfg.backend!r} backend (torch, onnxruntime)")
+
+
 #: name -> builder. CenterPoint and camera-BEV engineers add "centerpoint" and "bev" here.
 BUILDERS: dict[str, Callable[[DetectorConfig], Detector]] = {
     "classical": _build_classical,
+    "bev": _build_bev,
 }
 
 
