@@ -1,0 +1,110 @@
+"""A road of constant curvature in the global frame, addressed by arc length ``s`` and offset ``d``.
+
+``s`` (m) runs along the road centre line, ``d`` (m) is the signed lateral offset, positive to
+the left of the +s direction. Traffic is right-handed: lanes in the +s direction have ``d < 0``.
+
+Cross-section, from the centre line outwards on each side::
+
+    | lanes (n * lane_width) | bike lane | parking strip | kerb | sidewalk | buildings ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_STRAIGHT = 1e-6  # |curvature| below this is treated as a straight road (1000 km radius)
+
+
+@dataclass(frozen=True)
+class Road:
+    """Constant-curvature centre line starting at ``origin`` (global x, y) with ``heading0`` (rad)."""
+
+    origin: tuple[float, float]
+    heading0: float
+    curvature: float  # 1/m, positive turns left
+    lanes_per_direction: int
+    lane_width: float
+    bike_lane_width: float
+    parking_width: float
+    sidewalk_width: float
+    kerb_height: float = 0.15
+    kerb_width: float = 0.2
+
+    # Lateral layout -------------------------------------------------------------------------
+    @property
+    def lanes_half(self) -> float:
+        """|d| of the outer edge of the driving lanes."""
+        return self.lanes_per_direction * self.lane_width
+
+    @property
+    def bike_outer(self) -> float:
+        return self.lanes_half + self.bike_lane_width
+
+    @property
+    def road_half(self) -> float:
+        """|d| of the kerb face (edge of the carriageway)."""
+        return self.bike_outer + self.parking_width
+
+    @property
+    def sidewalk_outer(self) -> float:
+        return self.road_half + self.sidewalk_width
+
+    def lane_center(self, lane: int, forward: bool) -> float:
+        """d of lane ``lane`` (0 = next to the centre line) in the +s (forward) or -s direction."""
+        d = (lane + 0.5) * self.lane_width
+        return -d if forward else d
+
+    # Centre line ----------------------------------------------------------------------------
+    def heading(self, s: np.ndarray | float) -> np.ndarray:
+        return self.heading0 + self.curvature * np.asarray(s, dtype=np.float64)
+
+    def point(self, s: np.ndarray | float, d: np.ndarray | float) -> np.ndarray:
+        """(..., 2) global x, y of road coordinates (s, d)."""
+        s = np.asarray(s, dtype=np.float64)
+        d = np.asarray(d, dtype=np.float64)
+        k, h0 = self.curvature, self.heading0
+        x0, y0 = self.origin
+        h = h0 + k * s
+        if abs(k) < _STRAIGHT:
+            cx = x0 + s * np.cos(h0)
+            cy = y0 + s * np.sin(h0)
+        else:
+            cx = x0 + (np.sin(h) - np.sin(h0)) / k
+            cy = y0 - (np.cos(h) - np.cos(h0)) / k
+        return np.stack([cx - d * np.sin(h), cy + d * np.cos(h)], axis=-1)
+
+    def velocity(
+        self,
+        s: np.ndarray | float,
+        d: np.ndarray | float,
+        ds_dt: np.ndarray | float,
+        dd_dt: np.ndarray | float,
+    ) -> np.ndarray:
+        """(..., 2) global velocity of a point moving in road coordinates (exact derivative)."""
+        h = self.heading(s)
+        d = np.asarray(d, dtype=np.float64)
+        along = np.asarray(ds_dt) * (1.0 - self.curvature * d)
+        tx, ty = np.cos(h), np.sin(h)
+        return np.stack([along * tx - dd_dt * ty, along * ty + dd_dt * tx], axis=-1)
+
+    def speed_to_ds_dt(self, speed: float, d: float) -> float:
+        """ds/dt of a point at offset d moving at ``speed`` m/s along the road."""
+        return speed / (1.0 - self.curvature * d)
+
+    def to_sd(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global x, y (any shape) -> road coordinates (s, d), exact for this curve."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        k, h0 = self.curvature, self.heading0
+        x0, y0 = self.origin
+        if abs(k) < _STRAIGHT:
+            dx, dy = x - x0, y - y0
+            c, s_ = np.cos(h0), np.sin(h0)
+            return dx * c + dy * s_, -dx * s_ + dy * c
+        ox, oy = x0 - np.sin(h0) / k, y0 + np.cos(h0) / k  # centre of the circle
+        vx, vy = x - ox, y - oy
+        phi0 = h0 - np.sign(k) * np.pi / 2
+        dphi = (np.arctan2(vy, vx) - phi0 + np.pi) % (2 * np.pi) - np.pi
+        return dphi / k, 1.0 / k - np.sign(k) * np.hypot(vx, vy)
