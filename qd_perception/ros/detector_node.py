@@ -1,0 +1,441 @@
+"""The generic detector node: synchronised sensor inputs -> ``Detector`` -> detections + markers.
+
+Generic over :attr:`Detector.modalities`: the factory entry decides whether lidar, cameras or both
+are subscribed (plus ``inputs`` in :class:`DetectorNodeConfig`). ``lidar_detector`` and
+``bev_detector`` are this node with different names and default detectors.
+
+Data path (executor thread -> worker thread):
+
+1. Every message is converted and validated **on arrival** (:mod:`qd_perception.ros.convert`);
+   a bad one (truncated or malformed PointCloud2, missing x/y/z, empty cloud, image of the wrong
+   size or encoding, bad odometry) is logged, counted under ``bad_input.<reason>`` and never
+   enters the synchroniser. Non-finite points are removed and counted, the frame goes on.
+   Lidar points are moved into the ego frame with the rig's ``lidar2ego``.
+2. The approximate-time policy (:mod:`qd_perception.sync`) forms sets; its counters (matched,
+   dropped, late per input; resets on clock jumps) are published in the diagnostics.
+3. A set goes to a one-slot mailbox; the worker thread merges sweeps, runs the detector and
+   publishes. When the detector is slower than the input, the older unprocessed set is replaced
+   and counted as ``dropped_busy`` (latency stays bounded instead of a growing backlog).
+   When nobody subscribes to detections or markers the detector is not run
+   (``skipped_no_subscribers``) unless ``always_run``.
+
+Outputs are stamped with the input set's reference stamp (the lidar's when lidar is an input)
+in ``frame_id`` (``base_link``). Diagnostics (``diagnostic_msgs/DiagnosticArray``, one status
+named after the node) carry the counters and latency percentiles as key/values:
+``processing_ms.p50`` (set complete -> published), ``pipeline_latency_ms.p50`` (node clock at
+publish - input stamp), ``frames_in``, ``frames_out``, ``sync.<input>.dropped``...
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import Counter, deque
+from typing import Any
+
+import numpy as np
+
+from qd_perception.config import ConfigError
+from qd_perception.data.types import CameraInput, Detections, Frame
+from qd_perception.geometry.rig import load_rig
+from qd_perception.ros.convert import (
+    ConvertError,
+    camera_info_to_K,
+    detections_to_msg,
+    image_to_rgb8,
+    ns_to_stamp,
+    odometry_to_pose,
+    pointcloud2_to_xyzi,
+    stamp_to_ns,
+)
+from qd_perception.ros.graph import resolve_rig
+from qd_perception.ros.markers import detections_to_markers
+from qd_perception.ros.node_config import DetectorNodeConfig, camera_key
+from qd_perception.ros.params import declare_config
+from qd_perception.runtime.factory import DetectorConfig, build_detector
+from qd_perception.runtime.sweeps import SweepAccumulator
+from qd_perception.sync.approximate_time import ApproximateTimePolicy, SyncedSet
+
+LIDAR = "lidar"
+ODOM = "odom"
+
+
+def _percentiles(values: deque[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan")}
+    a = np.fromiter(values, float)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(a.max())}
+
+
+def make_node(node_name: str, default_detector: str) -> Any:
+    """Create the node (imports rclpy lazily so this module's docs build without ROS)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from nav_msgs.msg import Odometry
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from visualization_msgs.msg import MarkerArray
+
+    from qd_perception.msg import Detection3DArray
+
+    class DetectorNode(Node):
+        def __init__(self) -> None:
+            super().__init__(node_name)
+            base = DetectorNodeConfig(detector=DetectorConfig(name=default_detector))
+            self.cfg: DetectorNodeConfig = declare_config(self, DetectorNodeConfig, base=base)
+            cfg = self.cfg
+            self.rig = load_rig(resolve_rig(cfg.rig))
+            self.lidar2ego = self.rig.lidar2ego()
+            self.detector = build_detector(cfg.detector)
+            modalities = set(self.detector.modalities) | set(cfg.inputs)
+            self.use_lidar = LIDAR in modalities
+            self.use_cameras = "cameras" in modalities
+            if not (self.use_lidar or self.use_cameras):
+                raise ConfigError(f"detector {cfg.detector.name!r} needs no input I know of")
+            for cam in cfg.cameras if self.use_cameras else ():
+                self.rig.camera(cam)  # unknown camera names fail here, clearly
+            required = ([LIDAR] if self.use_lidar else []) + (list(cfg.cameras) if self.use_cameras else [])
+            optional = [ODOM] if cfg.use_odometry else []
+            self.policy: ApproximateTimePolicy[Any] = ApproximateTimePolicy(
+                required, cfg.sync, optional=optional, pivot=required[0], on_reset=self._on_reset
+            )
+            self.sweeps = SweepAccumulator(cfg.sweeps)
+            self.bad_input: Counter[str] = Counter()
+            self._last_log: dict[str, float] = {}
+            self.stats: Counter[str] = Counter()
+            self.processing_ms: deque[float] = deque(maxlen=cfg.latency_window)
+            self.latency_ms: deque[float] = deque(maxlen=cfg.latency_window)
+            self.last_arrival: dict[str, float] = {}
+            self.last_set_time = time.monotonic()
+            self.camera_K: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
+            self._lock = threading.Condition()
+            self._mailbox: tuple[SyncedSet[Any], float] | None = None
+            self._reset_pending = False
+            self._stop = False
+
+            qos = qos_profile_sensor_data
+            self.subs = []
+            if self.use_lidar:
+                self.subs.append(
+                    self.create_subscription(PointCloud2, "~/input/pointcloud", self._on_cloud, qos)
+                )
+            if self.use_cameras:
+                for cam in cfg.cameras:
+                    key = camera_key(cam)
+                    self.subs.append(
+                        self.create_subscription(
+                            Image, f"~/input/{key}/image", lambda m, c=cam: self._on_image(c, m), qos
+                        )
+                    )
+                    self.subs.append(
+                        self.create_subscription(
+                            CameraInfo,
+                            f"~/input/{key}/camera_info",
+                            lambda m, c=cam: self._on_info(c, m),
+                            qos,
+                        )
+                    )
+            if cfg.use_odometry:
+                self.subs.append(self.create_subscription(Odometry, "~/input/odom", self._on_odom, qos))
+            out_qos = QoSProfile(depth=5)
+            self.pub_det = self.create_publisher(Detection3DArray, "~/output/detections", out_qos)
+            self.pub_markers = self.create_publisher(MarkerArray, "~/output/markers", out_qos)
+            self.pub_diag = self.create_publisher(DiagnosticArray, "~/output/diagnostics", out_qos)
+            self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
+            self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)
+            self.create_timer(min(1.0, cfg.stall_warn_s / 2), self._check_stall)
+            self._worker = threading.Thread(target=self._work, name=f"{node_name}-worker", daemon=True)
+            self._worker.start()
+            self.get_logger().info(
+                f"detector {cfg.detector.name!r} ({cfg.detector.backend}) on inputs {required}"
+                f"{' + odometry' if cfg.use_odometry else ''}; sync slop {cfg.sync.slop_s * 1e3:.0f} ms, "
+                f"queue {cfg.sync.queue_size}; sweeps {cfg.sweeps.max_sweeps}"
+            )
+
+        # -- arrival (executor thread) -----------------------------------------------------
+        def _drop(self, stream: str, reason: str, detail: str, stamp_ns: int | None = None) -> None:
+            self.bad_input[reason] += 1
+            when = f" at {stamp_ns / 1e9:.3f} s" if stamp_ns is not None else ""
+            self._warn(
+                reason,
+                f"dropped {stream} message{when}: {detail} [bad_input.{reason}={self.bad_input[reason]}]",
+            )
+
+        def _warn(self, key: str, text: str, period_s: float = 1.0) -> None:
+            """Warning throttled per ``key`` (rclpy throttles per call site: one kind would hide another)."""
+            now = time.monotonic()
+            if now - self._last_log.get(key, -1e9) < period_s:
+                return
+            self._last_log[key] = now
+            self.get_logger().warning(text)
+
+        def _offer(self, stream: str, stamp_ns: int, payload: Any) -> None:
+            self.last_arrival[stream] = time.monotonic()
+            out = self.policy.add(stream, stamp_ns, payload)
+            if out is not None:
+                self.last_set_time = time.monotonic()
+                with self._lock:
+                    if self._mailbox is not None:
+                        self.stats["dropped_busy"] += 1
+                    self._mailbox = (out, time.monotonic())
+                    self._lock.notify()
+
+        def _on_cloud(self, msg: Any) -> None:
+            stamp = stamp_to_ns(msg.header.stamp)
+            try:
+                xyzi, n_bad = pointcloud2_to_xyzi(msg)
+            except ConvertError as e:
+                reason = "pointcloud_missing_field" if "no field" in str(e) else "pointcloud_malformed"
+                self._drop(LIDAR, reason, str(e), stamp)
+                return
+            if n_bad:
+                self.stats["nonfinite_points"] += n_bad
+                self._warn(
+                    "nonfinite", f"removed {n_bad} non-finite points from the cloud at {stamp / 1e9:.3f} s"
+                )
+            if len(xyzi) == 0:
+                self._drop(LIDAR, "pointcloud_empty", "no (finite) points", stamp)
+                return
+            frame = msg.header.frame_id
+            if frame == self.cfg.lidar_frame:
+                T = self.lidar2ego.astype(np.float32)
+                xyzi[:, :3] = xyzi[:, :3] @ T[:3, :3].T + T[:3, 3]
+            elif frame != self.cfg.frame_id:
+                self._drop(
+                    LIDAR,
+                    "pointcloud_frame",
+                    f"frame_id {frame!r} is neither {self.cfg.lidar_frame!r} nor {self.cfg.frame_id!r}",
+                    stamp,
+                )
+                return
+            self._offer(LIDAR, stamp, xyzi)
+
+        def _on_image(self, cam: str, msg: Any) -> None:
+            stamp = stamp_to_ns(msg.header.stamp)
+            try:
+                rgb = image_to_rgb8(msg)
+            except ConvertError as e:
+                reason = "image_encoding" if "encoding" in str(e) else "image_malformed"
+                self._drop(cam, reason, str(e), stamp)
+                return
+            H, W = self.cfg.image_size
+            if (H, W) != (0, 0) and rgb.shape[:2] != (H, W):
+                self._drop(
+                    cam, "image_size", f"image is {rgb.shape[1]}x{rgb.shape[0]}, expected {W}x{H}", stamp
+                )
+                return
+            self._offer(cam, stamp, rgb)
+
+        def _on_info(self, cam: str, msg: Any) -> None:
+            try:
+                self.camera_K[cam] = camera_info_to_K(msg)
+            except ConvertError as e:
+                self._drop(f"{cam}/camera_info", "camera_info", str(e))
+
+        def _on_odom(self, msg: Any) -> None:
+            stamp = stamp_to_ns(msg.header.stamp)
+            try:
+                pose = odometry_to_pose(msg)
+            except ConvertError as e:
+                self._drop(ODOM, "odometry_malformed", str(e), stamp)
+                return
+            self.policy.add(ODOM, stamp, pose)
+
+        def _on_reset(self, reason: str) -> None:
+            self.get_logger().warning(f"synchroniser reset: {reason}; temporal state cleared")
+            with self._lock:
+                self._reset_pending = True
+                self._mailbox = None
+
+        def _check_stall(self) -> None:
+            now = time.monotonic()
+            if not self.last_arrival or now - self.last_set_time < self.cfg.stall_warn_s:
+                return
+            silent = [
+                s
+                for s in self.policy.required
+                if now - self.last_arrival.get(s, -1e9) > self.cfg.stall_warn_s
+            ]
+            if len(silent) == len(self.policy.required):
+                return  # every input stopped (end of a bag, sensors off): nothing is stuck
+            self.stats["stall_warnings"] += 1
+            self.get_logger().warning(
+                f"no synchronised set for {now - self.last_set_time:.1f} s; silent inputs: "
+                f"{silent or 'none'}; queued: {self.policy.queued()}",
+                throttle_duration_sec=max(self.cfg.stall_warn_s, 1.0),
+            )
+
+        # -- processing (worker thread) ----------------------------------------------------
+        def _work(self) -> None:
+            while True:
+                with self._lock:
+                    while self._mailbox is None and not self._stop:
+                        self._lock.wait(0.5)
+                    if self._stop:
+                        return
+                    item, t_complete = self._mailbox  # type: ignore[misc]
+                    self._mailbox = None
+                    reset, self._reset_pending = self._reset_pending, False
+                if reset:
+                    self.detector.reset()
+                    self.sweeps.reset()
+                try:
+                    self._process(item, t_complete)
+                except Exception as e:  # a detector bug must not kill the node
+                    self.stats["detector_errors"] += 1
+                    self.get_logger().error(f"frame at {item.stamp_ns / 1e9:.3f} s failed: {e!r}")
+                    self.get_logger().debug(traceback.format_exc())
+
+        def _process(self, item: SyncedSet[Any], t_complete: float) -> None:
+            cfg = self.cfg
+            self.stats["frames_in"] += 1
+            stamp_ns = item.stamp_ns
+            msgs = dict(zip(self.policy.required, item.messages))
+            odom = item.optional.get(ODOM)
+            if cfg.use_odometry and odom is None:
+                self.stats["missing_odometry"] += 1
+                self.get_logger().warning(
+                    f"no odometry within {cfg.sync.optional_max_age_s:.2f} s of the frame at "
+                    f"{stamp_ns / 1e9:.3f} s: single sweep, velocities relative to the ego",
+                    throttle_duration_sec=5.0,
+                )
+            ego2global = odom[0] if odom is not None else None
+            points = None
+            if self.use_lidar:
+                points = self.sweeps.add(msgs[LIDAR], stamp_ns // 1000, ego2global)
+            n_subs = self.pub_det.get_subscription_count() + self.pub_markers.get_subscription_count()
+            if n_subs == 0 and not cfg.always_run:
+                self.stats["skipped_no_subscribers"] += 1
+                return
+            cameras = ()
+            if self.use_cameras:
+                cams = []
+                for cam, stamp in zip(self.policy.required, item.stamps_ns):
+                    if cam == LIDAR:
+                        continue
+                    img = msgs[cam]
+                    K_res = self.camera_K.get(cam)
+                    K = (
+                        K_res[0]
+                        if K_res and K_res[1] == img.shape[:2]
+                        else self.rig.intrinsics(cam, img.shape[:2])
+                    )
+                    cams.append(CameraInput(cam, img, K, self.rig.cam2ego(cam), stamp // 1000))
+                cameras = tuple(cams)
+            frame = Frame(
+                token=str(stamp_ns),
+                scene_token="live",
+                timestamp_us=stamp_ns // 1000,
+                ego2global=ego2global if ego2global is not None else np.eye(4),
+                points=points,
+                cameras=cameras,
+                ego_velocity=odom[1] if odom is not None else None,
+            )
+            dets: Detections = self.detector.detect(frame)
+            stamp = ns_to_stamp(stamp_ns)
+            self.pub_det.publish(detections_to_msg(dets, stamp_ns, cfg.frame_id))
+            if self.pub_markers.get_subscription_count():
+                self.pub_markers.publish(
+                    detections_to_markers(dets, stamp, cfg.frame_id, cfg.marker_lifetime_s)
+                )
+            self.stats["frames_out"] += 1
+            self.processing_ms.append((time.monotonic() - t_complete) * 1e3)
+            now_ns = self.get_clock().now().nanoseconds
+            self.latency_ms.append((now_ns - stamp_ns) / 1e6)
+
+        # -- diagnostics -------------------------------------------------------------------
+        def diagnostics(self) -> dict[str, float | int | str]:
+            sync = self.policy.counters
+            out: dict[str, float | int | str] = {
+                "detector": self.cfg.detector.name,
+                "sync.sets": sync.sets,
+                "sync.resets": sync.resets,
+                "sync.dropped": sum(c.dropped for c in sync.streams.values()),
+                "sync.late": sum(c.late for c in sync.streams.values()),
+            }
+            for name, c in sync.streams.items():
+                for k in ("received", "matched", "dropped", "late"):
+                    out[f"sync.{name}.{k}"] = getattr(c, k)
+            for k in ("frames_in", "frames_out", "skipped_no_subscribers", "dropped_busy", "detector_errors",
+                      "missing_odometry", "nonfinite_points", "stall_warnings"):  # fmt: skip
+                out[k] = self.stats[k]
+            out["bad_input"] = sum(self.bad_input.values())
+            for k, v in self.bad_input.items():
+                out[f"bad_input.{k}"] = v
+            for k, v in _percentiles(self.processing_ms).items():
+                out[f"processing_ms.{k}"] = round(v, 3)
+            for k, v in _percentiles(self.latency_ms).items():
+                out[f"pipeline_latency_ms.{k}"] = round(v, 3)
+            return out
+
+        def _publish_diagnostics(self) -> None:
+            DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
+            d = self.diagnostics()
+            problems = d["bad_input"] or d["detector_errors"] or d["sync.late"]
+            level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+            st = DiagnosticStatus(
+                level=level,
+                name=self.get_fully_qualified_name(),
+                message=f"{d['frames_out']} frames out, {d['sync.dropped']} inputs dropped, "
+                f"{d['bad_input']} bad inputs",
+                hardware_id=self.cfg.detector.name,
+                values=[KeyValue(key=k, value=str(v)) for k, v in d.items()],
+            )
+            msg = DiagnosticArray(status=[st])
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self.pub_diag.publish(msg)
+
+        def stop(self) -> None:
+            with self._lock:
+                self._stop = True
+                self._lock.notify()
+            self._worker.join(timeout=5.0)
+
+    return DetectorNode()
+
+
+def main_for(node_name: str, default_detector: str, argv: list[str] | None = None) -> int:
+    """Entry point of a detector node executable: returns the process exit code.
+
+    SIGINT and SIGTERM stop the node cleanly (worker joined, summary logged, exit code 0).
+    rclpy's own signal handlers are disabled so the summary can still be logged through ROS
+    before the context shuts down.
+    """
+    import signal
+    import sys
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    def _stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    try:
+        node = make_node(node_name, default_detector)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)  # short waits: signals are handled between them
+    except KeyboardInterrupt:
+        pass
+    except (ConfigError, ValueError) as e:
+        print(f"[{node_name}] configuration error: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if node is not None:
+            node.stop()
+            d = node.diagnostics()
+            node.get_logger().info(
+                f"shutting down: {d['frames_out']} frames out of {d['sync.sets']} sets, "
+                f"{d['sync.dropped']} inputs dropped, {d['bad_input']} bad inputs"
+            )
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

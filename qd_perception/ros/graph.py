@@ -1,0 +1,187 @@
+"""One description of the node graphs, shared by ``launch/*.launch.py`` and ``qd-perception launch``.
+
+A graph is a tuple of :class:`NodeSpec`: executable (``lib/qd_perception/<executable>``), the
+Python module that is the same program (``python -m <module>``, for pip installs without the
+``ros2`` CLI), its parameter file under ``config/`` and its topic remaps. Input topics default to
+the sensing topics the simulator's bags and a nuScenes-like vehicle use
+(:mod:`qd_perception.sim.rosmsgs`).
+
+To add a graph or a node, add a :class:`NodeSpec` and an entry in :data:`GRAPHS`; both launch
+paths pick it up. A node whose ``detector`` is not in the detector factory (e.g. ``bev`` before
+the camera model lands) is left out with a message, so ``bev`` starts "every detector that exists".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qd_perception.ros.node_config import DEFAULT_CAMERAS, camera_key
+from qd_perception.sim.rosmsgs import LIDAR_TOPIC, ODOM_TOPIC, camera_info_topic, image_topic
+
+PACKAGE = "qd_perception"
+_REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a graph.
+
+    name: node name (also the top-level key of its parameter file).
+    executable: ``lib/qd_perception/<executable>`` (installed by CMakeLists.txt).
+    module: the same program as ``python -m <module>``.
+    params: parameter file relative to the package's ``config/`` ("" = none).
+    remaps: (from, to) topic remaps; ``~`` is the node's private namespace.
+    detector: detector-factory name the node runs by default ("" = no detector); the node's
+        parameter file may override it (``detector.name``).
+    arguments: extra non-ROS command-line arguments.
+    """
+
+    name: str
+    executable: str
+    module: str
+    params: str = ""
+    remaps: tuple[tuple[str, str], ...] = ()
+    detector: str = ""
+    arguments: tuple[str, ...] = ()
+
+
+def detector_remaps(
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS, lidar: bool = True
+) -> tuple[tuple[str, str], ...]:
+    """Remaps from a detector node's ``~/input/*`` topics to the sensing topics."""
+    out: list[tuple[str, str]] = [("~/input/odom", ODOM_TOPIC)]
+    if lidar:
+        out.append(("~/input/pointcloud", LIDAR_TOPIC))
+    for cam in cameras:
+        out.append((f"~/input/{camera_key(cam)}/image", image_topic(cam)))
+        out.append((f"~/input/{camera_key(cam)}/camera_info", camera_info_topic(cam)))
+    return tuple(out)
+
+
+LIDAR_DETECTOR = NodeSpec(
+    name="lidar_detector",
+    executable="lidar_detector",
+    module="qd_perception.ros.nodes.lidar_detector",
+    params="lidar_detector.param.yaml",
+    remaps=detector_remaps(),
+    detector="classical",
+)
+BEV_DETECTOR = NodeSpec(
+    name="bev_detector",
+    executable="bev_detector",
+    module="qd_perception.ros.nodes.bev_detector",
+    params="bev_detector.param.yaml",
+    remaps=detector_remaps(),
+    detector="bev",
+)
+
+#: graph name -> nodes. ``calibration`` and ``replay`` entries are added by their owners.
+GRAPHS: dict[str, tuple[NodeSpec, ...]] = {
+    "lidar": (LIDAR_DETECTOR,),
+    "bev": (LIDAR_DETECTOR, BEV_DETECTOR),
+}
+
+
+def config_dir() -> Path:
+    """The package's ``config/``: the source tree's when running from a checkout, else the
+    installed ``share/qd_perception/config`` (ament index)."""
+    if (_REPO / "config" / "rig").is_dir():
+        return _REPO / "config"
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory(PACKAGE)) / "config"
+
+
+def resolve_rig(name_or_path: str) -> Path:
+    """Rig name (``nuscenes_like``) or path -> the YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        return p
+    return config_dir() / "rig" / f"{name_or_path}.yaml"
+
+
+def params_path(spec: NodeSpec, override: str | Path | None = None) -> Path | None:
+    if override:
+        return Path(override)
+    return config_dir() / spec.params if spec.params else None
+
+
+def effective_detector(spec: NodeSpec, params: Path | None) -> str:
+    """The detector a node will run: its parameter file's ``detector.name`` or the default."""
+    if params is None or not params.exists():
+        return spec.detector
+    data = yaml.safe_load(params.read_text()) or {}
+    node = data.get(spec.name) or data.get("/**") or {}
+    ros = node.get("ros__parameters", {}) if isinstance(node, dict) else {}
+    name = ros.get("detector.name") or (ros.get("detector") or {}).get("name")
+    return name or spec.detector
+
+
+def nodes(graph: str, param_overrides: dict[str, str] | None = None) -> tuple[list[NodeSpec], list[str]]:
+    """Nodes of ``graph`` that can run here and messages about the ones left out."""
+    if graph not in GRAPHS:
+        raise KeyError(f"unknown graph {graph!r}; graphs: {sorted(GRAPHS)}")
+    from qd_perception.runtime.factory import detector_names
+
+    available = set(detector_names())
+    keep, skipped = [], []
+    for spec in GRAPHS[graph]:
+        det = effective_detector(spec, params_path(spec, (param_overrides or {}).get(spec.name)))
+        if det and det not in available:
+            skipped.append(
+                f"{spec.name}: detector {det!r} not available (have {sorted(available)}), not started"
+            )
+            continue
+        keep.append(spec)
+    return keep, skipped
+
+
+def ros_arguments(spec: NodeSpec, params: Path | None, log_level: str = "info") -> list[str]:
+    """``--ros-args`` of a node started as a plain process (the pip launcher)."""
+    args = ["--ros-args", "-r", f"__node:={spec.name}", "--log-level", log_level]
+    if params is not None:
+        args += ["--params-file", str(params)]
+    for a, b in spec.remaps:
+        args += ["-r", f"{a}:={b}"]
+    return args
+
+
+def launch_description(graph: str) -> Any:
+    """``launch.LaunchDescription`` of ``graph`` for ``ros2 launch`` (launch/*.launch.py).
+
+    Launch arguments: ``log_level`` (default info) and ``<node>_params`` (parameter file).
+    """
+    from launch.actions import DeclareLaunchArgument, LogInfo
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    from launch import LaunchDescription
+
+    entries: list[Any] = [DeclareLaunchArgument("log_level", default_value="info")]
+    specs, skipped = nodes(graph)
+    entries += [LogInfo(msg=f"[qd_perception {graph}] {s}") for s in skipped]
+    for spec in specs:
+        arg = f"{spec.name}_params"
+        default = params_path(spec)
+        entries.append(
+            DeclareLaunchArgument(
+                arg, default_value=str(default or ""), description=f"{spec.name} parameters"
+            )
+        )
+        entries.append(
+            Node(
+                package=PACKAGE,
+                executable=spec.executable,
+                name=spec.name,
+                parameters=[LaunchConfiguration(arg)] if default else [],
+                remappings=list(spec.remaps),
+                arguments=[*spec.arguments, "--ros-args", "--log-level", LaunchConfiguration("log_level")],
+                output="screen",
+                emulate_tty=True,
+            )
+        )
+    return LaunchDescription(entries)

@@ -1,0 +1,81 @@
+"""Configuration of the detector nodes (pure: importable without ROS).
+
+The same frozen dataclass is declared as ROS parameters (:mod:`qd_perception.ros.params`),
+written to ``config/<node>.param.yaml`` and used by the pip launcher. Parameter names are the
+dotted field paths, e.g. ``detector.name``, ``sync.slop_s``, ``sweeps.max_sweeps``.
+
+Topics of a detector node (relative to the node, remapped by the launch files, see
+:mod:`qd_perception.ros.graph`):
+
+======================================  ===========================================================
+``~/input/pointcloud``                  ``PointCloud2`` in frame ``lidar_frame`` or ``frame_id``
+``~/input/<camera lower>/image``        ``Image`` (rgb8, bgr8, rgba8, bgra8, mono8)
+``~/input/<camera lower>/camera_info``  ``CameraInfo`` (K; the rig's K scaled when absent)
+``~/input/odom``                        ``nav_msgs/Odometry`` (``map`` <- ``base_link``), optional
+``~/output/detections``                 ``qd_perception/msg/Detection3DArray`` (``frame_id``, stamp)
+``~/output/markers``                    ``visualization_msgs/MarkerArray``
+``~/output/diagnostics``                ``diagnostic_msgs/DiagnosticArray`` (counters, latency)
+======================================  ===========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qd_perception.runtime.factory import DetectorConfig
+from qd_perception.runtime.sweeps import SweepConfig
+from qd_perception.sync.approximate_time import SyncConfig
+
+DEFAULT_CAMERAS: tuple[str, ...] = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_FRONT_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_BACK_RIGHT",
+)
+
+
+@dataclass(frozen=True)
+class DetectorNodeConfig:
+    """Parameters of ``lidar_detector`` and ``bev_detector``.
+
+    inputs: modalities to synchronise in addition to the detector's own ("lidar", "cameras"),
+        e.g. to run a lidar detector only on frames where all cameras are present.
+    cameras: rig camera names (topics use the lower-case name).
+    image_size: expected (H, W) of every image; [0, 0] accepts any size.
+    use_odometry: subscribe to odometry (ego pose for multi-sweep merging and velocities).
+    always_run: run the detector even when nobody subscribes to its outputs (benchmarks).
+    stall_warn_s: warn (naming the silent inputs) when no complete set formed for this long.
+    diagnostics_period_s: how often ``~/output/diagnostics`` is published.
+    """
+
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    sync: SyncConfig = field(default_factory=lambda: SyncConfig(slop_s=0.05, queue_size=10))
+    sweeps: SweepConfig = field(default_factory=SweepConfig)
+    rig: str = "nuscenes_like"
+    inputs: tuple[str, ...] = ()
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS
+    image_size: tuple[int, int] = (0, 0)
+    frame_id: str = "base_link"
+    lidar_frame: str = "lidar_top"
+    use_odometry: bool = True
+    always_run: bool = False
+    marker_lifetime_s: float = 0.0
+    stall_warn_s: float = 2.0
+    diagnostics_period_s: float = 1.0
+    latency_window: int = 200
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.inputs) - {"lidar", "cameras"})
+        if bad:
+            raise ValueError(f"inputs: unknown modality {bad}; use 'lidar' and/or 'cameras'")
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras: duplicate names in {list(self.cameras)}")
+        if self.diagnostics_period_s <= 0 or self.stall_warn_s <= 0:
+            raise ValueError("diagnostics_period_s and stall_warn_s must be > 0")
+
+
+def camera_key(camera: str) -> str:
+    """Topic segment of a camera: ``CAM_FRONT`` -> ``cam_front``."""
+    return camera.lower()

@@ -1,0 +1,127 @@
+"""Helpers for tests with real node processes on loopback DDS (imported by test/ros/*).
+
+* :class:`NodeProcess` starts a node as ``python -m <module> --ros-args ...`` (the same program
+  as the installed executable), captures its output to a file and stops it by PID.
+* :class:`Driver` is the test's own rclpy node, in its own ``Context``: publishers for the sensor
+  topics and recorders for the node's outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class NodeProcess:
+    """A node in its own process; output in ``log``. Stop with :meth:`stop` (SIGINT, then kill)."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self._fh = open(log, "wb")
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+
+    @classmethod
+    def module(cls, module: str, ros_args: list[str], log: Path, args: list[str] = ()) -> NodeProcess:
+        return cls([sys.executable, "-m", module, *args, "--ros-args", *ros_args], log)
+
+    def output(self) -> str:
+        if not self._fh.closed:
+            self._fh.flush()
+        return self.log.read_text(errors="replace")
+
+    def wait_output(self, text: str, timeout: float = 10.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if text in self.output():
+                return True
+            if self.proc.poll() is not None:
+                return text in self.output()
+            time.sleep(0.05)
+        return False
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._fh.close()
+        return self.proc.returncode
+
+
+class Driver:
+    """The test's rclpy node (own context): publish inputs, record outputs, spin until."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node(f"test_driver_{os.getpid()}", context=self.ctx)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._pubs: dict[str, Any] = {}
+        self.received: dict[str, list[Any]] = {}
+
+    def publisher(self, msg_type: Any, topic: str) -> Any:
+        from rclpy.qos import qos_profile_sensor_data
+
+        if topic not in self._pubs:
+            self._pubs[topic] = self.node.create_publisher(msg_type, topic, qos_profile_sensor_data)
+        return self._pubs[topic]
+
+    def publish(self, topic: str, msg: Any) -> None:
+        self.publisher(type(msg), topic).publish(msg)
+        self.spin(0.0)
+
+    def record(self, msg_type: Any, topic: str) -> list[Any]:
+        from rclpy.qos import QoSProfile
+
+        buf: list[Any] = self.received.setdefault(topic, [])
+        self.node.create_subscription(msg_type, topic, buf.append, QoSProfile(depth=50))
+        return buf
+
+    def spin(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while True:
+            self.executor.spin_once(timeout_sec=max(0.0, min(0.05, end - time.monotonic())))
+            if time.monotonic() >= end:
+                return
+
+    def spin_until(self, cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return True
+            self.executor.spin_once(timeout_sec=0.05)
+        return cond()
+
+    def wait_for_subscribers(self, topic: str, n: int = 1, timeout: float = 10.0) -> bool:
+        pub = self._pubs[topic]
+        return self.spin_until(lambda: pub.get_subscription_count() >= n, timeout)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.ctx.try_shutdown()
+
+
+def diag_values(msg: Any) -> dict[str, str]:
+    """``DiagnosticArray`` of a detector node -> {key: value}."""
+    return {kv.key: kv.value for kv in msg.status[0].values}

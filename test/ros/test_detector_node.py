@@ -1,0 +1,341 @@
+"""The lidar detector node as a real process: good frames, every kind of bad input, clock jumps,
+missing odometry, silent/bad cameras, skipped inference, configuration errors."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from ros_harness import Driver, NodeProcess, diag_values
+
+from qd_perception.classes import MEAN_SIZE_LWH
+from qd_perception.geometry.rig import load_rig
+from qd_perception.geometry.transforms import invert
+
+LIDAR_T = "/t/points"
+ODOM_T = "/t/odom"
+CAMS = ("CAM_FRONT", "CAM_BACK")
+NODE = "lidar_detector"
+CAR = (12.0, 3.0)  # ego frame
+
+
+def car_cloud(rng: np.random.Generator, car=CAR) -> np.ndarray:
+    """(P, 4) ego-frame points: a car's two visible faces, its roof and a ground plane."""
+    L, W, H = MEAN_SIZE_LWH["car"]
+    x, y = car
+    rear = np.stack(np.meshgrid(np.arange(-W / 2, W / 2, 0.1), np.arange(0.05, H, 0.1)), -1).reshape(-1, 2)
+    side = np.stack(np.meshgrid(np.arange(-L / 2, L / 2, 0.1), np.arange(0.05, H, 0.1)), -1).reshape(-1, 2)
+    roof = np.stack(np.meshgrid(np.arange(-L / 2, L / 2, 0.2), np.arange(-W / 2, W / 2, 0.2)), -1).reshape(
+        -1, 2
+    )
+    pts = [
+        np.stack([np.full(len(rear), x - L / 2), y + rear[:, 0], rear[:, 1]], 1),
+        np.stack([x + side[:, 0], np.full(len(side), y - W / 2), side[:, 1]], 1),
+        np.stack([x + roof[:, 0], y + roof[:, 1], np.full(len(roof), H)], 1),
+    ]
+    g = rng.uniform(-30, 30, (4000, 2))
+    pts.append(np.concatenate([g, np.zeros((len(g), 1))], 1))
+    xyz = np.concatenate(pts)
+    return np.concatenate([xyz, np.full((len(xyz), 1), 40.0)], 1).astype(np.float32)
+
+
+def cloud_msg(xyzi_ego: np.ndarray, stamp_ns: int, frame: str = "lidar_top", drop_field: str = ""):
+    """PointCloud2 in the lidar frame with the simulator's padded layout (24 bytes per point)."""
+    from qd_perception.ros.convert import array_to_pointcloud2
+    from qd_perception.sim.rosmsgs import POINT_DTYPE
+
+    pts = xyzi_ego.astype(np.float64)
+    if frame == "lidar_top":
+        T = invert(load_rig().lidar2ego())
+        pts[:, :3] = pts[:, :3] @ T[:3, :3].T + T[:3, 3]
+    arr = np.zeros(len(pts), POINT_DTYPE)
+    for i, k in enumerate(("x", "y", "z", "intensity")):
+        arr[k] = pts[:, i]
+    if drop_field:
+        names = [n for n in POINT_DTYPE.names if n != drop_field]
+        arr = arr[names]
+    return array_to_pointcloud2(arr, stamp_ns, frame)
+
+
+def odom_msg(stamp_ns: int, x: float = 0.0):
+    from nav_msgs.msg import Odometry
+
+    from qd_perception.ros.convert import ns_to_stamp
+
+    m = Odometry()
+    m.header.stamp = ns_to_stamp(stamp_ns)
+    m.header.frame_id = "map"
+    m.child_frame_id = "base_link"
+    m.pose.pose.position.x = x
+    m.pose.pose.orientation.w = 1.0
+    return m
+
+
+def image_msg(stamp_ns: int, cam: str, hw=(90, 160), encoding="rgb8"):
+    from qd_perception.ros.convert import numpy_to_image
+
+    arr = np.full((*hw, 3), 100, np.uint8)
+    return numpy_to_image(arr, encoding, stamp_ns, f"{cam.lower()}_optical")
+
+
+def node_args(extra: list[str] = (), cams: bool = False, name: str = NODE, lidar: str = LIDAR_T) -> list[str]:
+    args = [
+        "-r",
+        f"__node:={name}",
+        "-r",
+        f"~/input/pointcloud:={lidar}",
+        "-r",
+        f"~/input/odom:={ODOM_T}",
+        "-p",
+        "diagnostics_period_s:=0.2",
+        "-p",
+        "stall_warn_s:=1.0",
+        "-p",
+        "sync.slop_s:=0.03",
+    ]
+    if cams:
+        args += ["-p", "inputs:=[lidar, cameras]", "-p", f"cameras:=[{', '.join(CAMS)}]"]
+        args += ["-p", "image_size:=[90, 160]"]
+        for c in CAMS:
+            args += ["-r", f"~/input/{c.lower()}/image:=/t/{c.lower()}/image"]
+    return [*args, *extra]
+
+
+class Harness:
+    def __init__(self, driver: Driver, proc: NodeProcess, name: str = NODE) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from qd_perception.msg import Detection3DArray
+
+        self.d, self.proc = driver, proc
+        self.dets = driver.record(Detection3DArray, f"/{name}/output/detections")
+        self.diags = driver.record(DiagnosticArray, f"/{name}/output/diagnostics")
+        self.rng = np.random.default_rng(0)
+        self.t = 1_000 * 10**9
+        assert proc.wait_output("detector 'classical'", 15), proc.output()
+        self.d.publish(LIDAR_T, cloud_msg(car_cloud(self.rng), 1))  # create the publisher
+        assert driver.wait_for_subscribers(LIDAR_T), "node did not subscribe"
+        driver.spin(0.5)  # discovery of the outputs
+
+    def diag(self, key: str, fresh: bool = True) -> float:
+        """Latest diagnostics value of ``key`` (waits for a message newer than now)."""
+        n = len(self.diags)
+        if fresh:
+            assert self.d.spin_until(lambda: len(self.diags) > n + 1, 5), "no diagnostics"
+        return float(diag_values(self.diags[-1]).get(key, 0))
+
+    def good_frame(self, odom: bool = True, cams: tuple[str, ...] = ()) -> object:
+        """Publish one complete frame; return the detections the node publishes for it."""
+        self.t += 100_000_000
+        stamp = self.t
+        if odom:
+            self.d.publish(ODOM_T, odom_msg(stamp))
+        for c in cams:
+            self.d.publish(f"/t/{c.lower()}/image", image_msg(stamp + 2_000_000, c))
+        self.d.publish(LIDAR_T, cloud_msg(car_cloud(self.rng), stamp))
+        ok = self.d.spin_until(lambda: any(_stamp(m) == stamp for m in self.dets), 10)
+        assert ok, f"no detections for the frame at {stamp}; node output:\n{self.proc.output()[-3000:]}"
+        return next(m for m in self.dets if _stamp(m) == stamp)
+
+
+def _stamp(m) -> int:
+    return m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+
+
+@pytest.fixture(scope="module")
+def lidar_node(driver, tmp_path_factory):
+    proc = NodeProcess.module(
+        "qd_perception.ros.nodes.lidar_detector", node_args(), tmp_path_factory.mktemp("n") / "node.log"
+    )
+    h = Harness(driver, proc)
+    yield h
+    assert proc.stop() == 0, proc.output()[-2000:]
+    assert "shutting down" in proc.output()
+
+
+def test_good_frame_detections_and_markers(lidar_node, driver):
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    markers = driver.record(MarkerArray, f"/{NODE}/output/markers")
+    driver.spin(0.5)
+    msg = lidar_node.good_frame()
+    assert msg.header.frame_id == "base_link"
+    cars = [d for d in msg.detections if d.class_name == "car"]
+    assert cars, [d.class_name for d in msg.detections]
+    best = min(cars, key=lambda d: np.hypot(d.box.center.x - CAR[0], d.box.center.y - CAR[1]))
+    assert np.hypot(best.box.center.x - CAR[0], best.box.center.y - CAR[1]) < 1.0
+    assert 0 < best.score <= 1 and best.class_id == 0
+    assert driver.spin_until(lambda: len(markers) > 0, 5)
+    m = markers[-1].markers
+    assert m[0].action == Marker.DELETEALL
+    boxes = [x for x in m if x.type == Marker.LINE_LIST]
+    labels = [x for x in m if x.type == Marker.TEXT_VIEW_FACING]
+    assert len(boxes) == len(labels) >= 1 and len(boxes[0].points) == 24
+    assert labels[0].text.startswith(msg.detections[0].class_name)
+    assert lidar_node.diag("frames_out") >= 1
+    assert lidar_node.diag("processing_ms.p50") > 0
+
+
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("truncated", "pointcloud_malformed"),
+        ("missing_z", "pointcloud_missing_field"),
+        ("empty", "pointcloud_empty"),
+        ("all_nan", "pointcloud_empty"),
+        ("bad_step", "pointcloud_malformed"),
+        ("unknown_frame", "pointcloud_frame"),
+    ],
+)
+def test_bad_pointcloud_dropped_counted_and_node_recovers(lidar_node, case, reason):
+    h = lidar_node
+    before = h.diag(f"bad_input.{reason}")
+    h.t += 100_000_000
+    pts = car_cloud(h.rng)
+    if case == "missing_z":
+        msg = cloud_msg(pts, h.t, drop_field="z")
+    elif case == "unknown_frame":
+        msg = cloud_msg(pts, h.t, frame="radar_front")
+    else:
+        msg = cloud_msg(pts, h.t)
+    if case == "truncated":
+        msg.data = bytes(msg.data)[: len(msg.data) // 2]
+    elif case == "empty":
+        msg = cloud_msg(pts[:0], h.t)
+    elif case == "all_nan":
+        msg = cloud_msg(np.full((50, 4), np.nan, np.float32), h.t)
+    elif case == "bad_step":
+        msg.point_step = 8  # fields end beyond the point
+    h.d.publish(ODOM_T, odom_msg(h.t))
+    h.d.publish(LIDAR_T, msg)
+    assert h.d.spin_until(lambda: h.diag(f"bad_input.{reason}") == before + 1, 5)
+    assert h.proc.alive()
+    assert h.proc.wait_output(f"bad_input.{reason}=", 5)  # a clear log line names the reason
+    h.good_frame()  # still answers
+
+
+def test_nonfinite_points_removed_frame_kept(lidar_node):
+    h = lidar_node
+    before = h.diag("nonfinite_points")
+    h.t += 100_000_000
+    pts = car_cloud(h.rng)
+    pts[:7, 0] = np.nan
+    pts[7:10, 2] = np.inf
+    h.d.publish(ODOM_T, odom_msg(h.t))
+    h.d.publish(LIDAR_T, cloud_msg(pts, h.t))
+    stamp = h.t
+    assert h.d.spin_until(lambda: any(_stamp(m) == stamp for m in h.dets), 10)
+    assert h.diag("nonfinite_points") == before + 10
+    assert h.proc.wait_output("removed 10 non-finite points", 5)
+
+
+def test_out_of_order_and_clock_jump_backwards(lidar_node):
+    h = lidar_node
+    h.good_frame()
+    late0, resets0 = h.diag("sync.late"), h.diag("sync.resets")
+    # a stamp older than the last emitted frame (out of order): late, dropped
+    h.d.publish(LIDAR_T, cloud_msg(car_cloud(h.rng), h.t - 50_000_000))
+    assert h.d.spin_until(lambda: h.diag("sync.late") == late0 + 1, 5)
+    # the bag loops: time jumps back by 100 s -> reset, and frames flow again from there
+    h.t -= 100 * 10**9
+    h.good_frame()
+    assert h.diag("sync.resets") == resets0 + 1
+    assert h.proc.wait_output("synchroniser reset: clock jumped back", 5)
+    h.good_frame()
+
+
+def test_missing_odometry_counted_frames_still_out(lidar_node):
+    h = lidar_node
+    before = h.diag("missing_odometry")
+    h.t += 500_000_000  # the last odometry is now older than sync.optional_max_age_s
+    msg = h.good_frame(odom=False)
+    assert len(msg.detections) >= 1
+    assert h.diag("missing_odometry") >= before + 1
+    assert h.proc.wait_output("no odometry within", 5)
+
+
+def test_cameras_bad_and_silent(driver, tmp_path):
+    """Node synchronising lidar + 2 cameras: wrong size / encoding / truncated images are
+    dropped and counted, a silent camera stalls sets (warning names it), recovery after."""
+    proc = NodeProcess.module(
+        "qd_perception.ros.nodes.lidar_detector", node_args(cams=True, name="gated"), tmp_path / "cams.log"
+    )
+    try:
+        h = Harness(driver, proc, "gated")
+        for c in CAMS:
+            h.d.publish(f"/t/{c.lower()}/image", image_msg(1, c))
+            assert h.d.wait_for_subscribers(f"/t/{c.lower()}/image")
+        h.d.spin(0.3)
+        h.good_frame(cams=CAMS)
+        t = h.t + 100_000_000
+        bad = {
+            "image_size": image_msg(t, "CAM_BACK", hw=(80, 160)),
+            "image_encoding": image_msg(t, "CAM_BACK", encoding="bgr8"),
+        }
+        bad["image_encoding"].encoding = "yuv422"
+        trunc = image_msg(t, "CAM_BACK")
+        trunc.data = bytes(trunc.data)[:-100]
+        bad["image_malformed"] = trunc
+        for reason, msg in bad.items():
+            before = h.diag(f"bad_input.{reason}")
+            h.d.publish("/t/cam_back/image", msg)
+            assert h.d.spin_until(lambda r=reason, b=before: h.diag(f"bad_input.{r}") == b + 1, 5), reason
+        # CAM_BACK silent for ~1.5 s while lidar and CAM_FRONT keep coming
+        n_out = len(h.dets)
+        dropped0 = h.diag("sync.dropped")
+        for _ in range(15):
+            h.t += 100_000_000
+            h.d.publish(ODOM_T, odom_msg(h.t))
+            h.d.publish("/t/cam_front/image", image_msg(h.t, "CAM_FRONT"))
+            h.d.publish(LIDAR_T, cloud_msg(car_cloud(h.rng), h.t))
+            h.d.spin(0.1)
+        assert len(h.dets) == n_out  # no complete set
+        assert proc.wait_output("silent inputs: ['CAM_BACK']", 5), proc.output()[-2000:]
+        assert h.diag("sync.dropped") > dropped0  # queued inputs superseded are counted
+        h.good_frame(cams=CAMS)  # recovers
+    finally:
+        assert proc.stop() == 0
+
+
+def test_inference_skipped_without_subscribers(driver, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    name = "lonely_detector"
+    proc = NodeProcess.module(
+        "qd_perception.ros.nodes.lidar_detector",
+        node_args(name=name, lidar=f"{LIDAR_T}_lonely"),
+        tmp_path / "lonely.log",
+    )
+    try:
+        diags = driver.record(DiagnosticArray, f"/{name}/output/diagnostics")
+        assert proc.wait_output("detector 'classical'", 15)
+        driver.publish(f"{LIDAR_T}_lonely", cloud_msg(car_cloud(np.random.default_rng(0)), 5))
+        assert driver.wait_for_subscribers(f"{LIDAR_T}_lonely")
+        for k in range(5):
+            msg = cloud_msg(car_cloud(np.random.default_rng(k)), (10 + k) * 10**9)
+            driver.publish(f"{LIDAR_T}_lonely", msg)
+            driver.spin(0.2)
+
+        def skipped() -> float:
+            return float(diag_values(diags[-1]).get("skipped_no_subscribers", 0)) if diags else 0.0
+
+        assert driver.spin_until(lambda: skipped() >= 3, 5)
+        assert float(diag_values(diags[-1])["frames_out"]) == 0
+    finally:
+        assert proc.stop(sig=15) == 0  # SIGTERM stops cleanly too
+
+
+def test_configuration_errors_exit_clearly(tmp_path):
+    bad_params = tmp_path / "bad.yaml"
+    bad_params.write_text(f"{NODE}:\n  ros__parameters:\n    sync.slop_ms: 30\n")
+    for ros_args, expected in (
+        (["--params-file", str(bad_params)], "unknown parameter(s) ['sync.slop_ms']"),
+        (["-p", "sync.queue_size:=many"], "sync.queue_size: expected an integer"),
+        (["-p", "detector.name:=yolo"], "unknown detector 'yolo'"),
+    ):
+        proc = NodeProcess.module("qd_perception.ros.nodes.lidar_detector", ros_args, tmp_path / "e.log")
+        t0 = time.monotonic()
+        rc = proc.proc.wait(20)
+        proc.stop()
+        assert rc == 2 and expected in proc.output(), proc.output()
+        assert time.monotonic() - t0 < 20
