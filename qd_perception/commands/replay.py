@@ -1,0 +1,622 @@
+"""``qd-perception replay``: play a rosbag2 through the real node processes and score their output.
+
+::
+
+    qd-perception replay --bag BAG --launch lidar|bev --out DIR [--rate 1.0] [--gt keyframes|all]
+
+1. starts the node processes of the ``--launch`` graph (:mod:`qd_perception.ros.graph`, the same
+   description ``ros2 launch`` and ``qd-perception launch`` use) and a recorder process
+   subscribed to every detector's ``~/output/detections`` and diagnostics;
+2. once the nodes subscribe to the bag's topics and the recorder sees the detectors' outputs,
+   plays the bag with its original timing (``--rate``) from this process (raw CDR, see
+   :mod:`qd_perception.ros.bag_player`);
+3. waits ``--drain`` seconds for the last outputs, stops the recorder and the nodes by PID
+   (SIGINT, then SIGKILL after a timeout), and
+4. writes ``DIR/metrics.json`` (atomically) and ``DIR/bev.png``.
+
+**Ground truth** is the bag's own ``/ground_truth/detections`` (the simulator writes it at every
+lidar sweep, in ``base_link`` with lidar point counts), so no nuScenes directory is needed and a
+replay of one scene is scored on exactly that scene. ``--gt keyframes`` (default) scores the
+2 Hz instants at 0.5 s multiples from the first ground-truth stamp, which are the synthetic data
+set's keyframes, i.e. what ``qd-perception eval`` and the devkit score; ``--gt all`` scores every
+ground-truth message. Metrics use the devkit's definitions (:mod:`qd_perception.eval.streaming`).
+
+**Metrics** (per detector; the first detector of the graph also at the top level):
+``nds``, ``map``, ``per_class_ap``, ``tp_errors``: offline scores (output of the input stamped at
+the ground-truth instant); ``streaming_nds``, ``streaming_map``, ``streaming``: scores of the most
+recent output published before each instant (streaming perception); ``latency_ms``
+{p50, p95, p99, mean, max}: publish time (receive time at the recorder, mapped to the bag clock)
+minus input stamp; ``frames_in`` (messages of the detector's trigger input played), ``frames_out``
+(outputs recorded for distinct played input stamps), ``dropped`` = ``frames_in - frames_out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qd_perception.classes import CLASS_NAMES
+from qd_perception.data.types import Detections
+from qd_perception.eval.latency import ReplayClock, latency_stats
+from qd_perception.eval.streaming import GroundTruthFrame, TimedOutput, evaluate_replay
+
+KEYFRAME_PERIOD_US = 500_000
+
+
+# ------------------------------------------------------------------------------ reading bags
+
+
+def _stamp_us(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000 + int(header.stamp.nanosec) // 1000
+
+
+def detections_from_msg(msg: Any) -> Detections:
+    """``qd_perception/msg/Detection3DArray`` (rosbags or rclpy object) -> :class:`Detections`."""
+    d = msg.detections
+    boxes = np.array(
+        [
+            [x.box.center.x, x.box.center.y, x.box.center.z, x.box.size.x, x.box.size.y, x.box.size.z,
+             x.box.yaw, x.velocity.x, x.velocity.y]
+            for x in d
+        ],
+        np.float64,
+    ).reshape(-1, 9)  # fmt: skip
+    labels = np.array([x.class_id for x in d], np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
+        raise ValueError(f"class_id out of range in a Detection3DArray: {sorted(set(labels.tolist()))}")
+    return Detections(
+        boxes,
+        labels,
+        np.array([x.score for x in d], np.float32),
+        tuple(x.attribute for x in d),
+        num_lidar_pts=np.array([x.num_lidar_points for x in d], np.int64),
+    )
+
+
+class PoseTrack:
+    """Ego poses (``map`` <- ``base_link``) from ``/odom``, interpolated at any stamp (linear
+    translation, slerp rotation; clamped at the ends). Identity when the bag has no odometry."""
+
+    def __init__(self, stamps_us: np.ndarray, poses: np.ndarray) -> None:
+        order = np.argsort(stamps_us, kind="stable")
+        self.t = np.asarray(stamps_us, np.int64)[order]
+        self.T = np.asarray(poses, np.float64)[order]
+        if len(self.t) > 1:
+            from scipy.spatial.transform import Rotation, Slerp
+
+            self._slerp = Slerp(self.t.astype(np.float64), Rotation.from_matrix(self.T[:, :3, :3]))
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def at(self, t_us: int) -> np.ndarray:
+        if len(self.t) == 0:
+            return np.eye(4)
+        if len(self.t) == 1:
+            return self.T[0].copy()
+        tc = float(np.clip(t_us, self.t[0], self.t[-1]))
+        out = np.eye(4)
+        out[:3, :3] = self._slerp([tc]).as_matrix()[0]
+        for k in range(3):
+            out[k, 3] = np.interp(tc, self.t, self.T[:, k, 3])
+        return out
+
+
+def read_bag(bag: Path, topics: set[str], keep: Any = None) -> dict[str, list[tuple[int, Any]]]:
+    """topic -> [(log time ns, item)] for the requested topics; ``item`` is the deserialized
+    message, or ``keep(topic, msg)`` when given (to keep only what is needed of large messages)."""
+    from qd_perception.ros.bag_player import open_reader
+    from qd_perception.sim.rosmsgs import deserialize
+
+    reader = open_reader(bag)
+    out: dict[str, list[tuple[int, Any]]] = {t: [] for t in topics}
+    try:
+        conns = [c for c in reader.connections if c.topic in topics]
+        for c, t, raw in reader.messages(connections=conns):
+            msg = deserialize(raw, c.msgtype)
+            out[c.topic].append((t, msg if keep is None else keep(c.topic, msg)))
+    finally:
+        reader.close()
+    return out
+
+
+def pose_track(odom_msgs: list[tuple[int, Any]]) -> PoseTrack:
+    from qd_perception.geometry.transforms import transform_from_pose
+
+    stamps, poses = [], []
+    for _, m in odom_msgs:
+        p, q = m.pose.pose.position, m.pose.pose.orientation
+        stamps.append(_stamp_us(m.header))
+        poses.append(transform_from_pose(np.array([p.x, p.y, p.z]), np.array([q.w, q.x, q.y, q.z])))
+    return PoseTrack(np.array(stamps, np.int64), np.array(poses).reshape(-1, 4, 4))
+
+
+def ground_truth_frames(
+    gt_msgs: list[tuple[int, Any]], poses: PoseTrack, mode: str = "keyframes"
+) -> list[GroundTruthFrame]:
+    """Ground-truth instants of a bag (see the module docstring for ``mode``)."""
+    frames = []
+    t0 = None
+    for _, m in gt_msgs:
+        t = _stamp_us(m.header)
+        t0 = t if t0 is None else t0
+        if mode == "keyframes" and (t - t0) % KEYFRAME_PERIOD_US:
+            continue
+        frames.append(GroundTruthFrame(f"gt_{t}", t, poses.at(t), detections_from_msg(m)))
+    return frames
+
+
+def timed_outputs(rec_msgs: list[tuple[int, Any]], clock: ReplayClock, poses: PoseTrack) -> list[TimedOutput]:
+    """Recorded ``(receive wall ns, Detection3DArray)`` -> outputs on the bag clock."""
+    out = []
+    for wall_ns, m in rec_msgs:
+        s = _stamp_us(m.header)
+        pub = int(clock.to_bag_us(wall_ns / 1e9))
+        out.append(TimedOutput(s, pub, poses.at(s), detections_from_msg(m)))
+    return out
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+@dataclass(frozen=True)
+class DetectorOutputs:
+    """What one detector of the graph produced during a replay."""
+
+    name: str
+    topic: str
+    trigger_topic: str  # the input whose every message should produce one output
+    outputs: list[TimedOutput]
+    diagnostics: list[Any] = field(default_factory=list)
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if not np.isfinite(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def detector_metrics(
+    det: DetectorOutputs, gt: list[GroundTruthFrame], played_stamps_us: list[int]
+) -> dict[str, Any]:
+    """The metrics.json block of one detector."""
+    played = set(played_stamps_us)
+    out_stamps = {o.stamp_us for o in det.outputs}
+    matched = out_stamps & played
+    scores = evaluate_replay(gt, det.outputs)
+    lat = latency_stats([(o.publish_us - o.stamp_us) / 1000.0 for o in det.outputs])
+    stale = latency_stats(scores.streaming_staleness_ms)
+    return _clean(
+        {
+            "detector": det.name,
+            "topic": det.topic,
+            "nds": scores.offline.nds,
+            "map": scores.offline.map,
+            "per_class_ap": scores.offline.per_class_ap,
+            "tp_errors": scores.offline.tp_errors,
+            "streaming_nds": scores.streaming.nds,
+            "streaming_map": scores.streaming.map,
+            "streaming": {
+                **scores.streaming.to_dict(),
+                "staleness_ms": stale.to_dict(),
+                "instants_without_output": scores.streaming_missing,
+            },
+            "latency_ms": lat.to_dict(),
+            "frames_in": len(played),
+            "frames_out": len(matched),
+            "dropped": len(played) - len(matched),
+            "outputs_total": len(det.outputs),
+            "outputs_unmatched": len(out_stamps - played),
+            "gt_instants": len(gt),
+            "gt_instants_without_output": scores.offline_missing,
+            "num_gt_boxes": scores.offline.num_gt_boxes,
+        }
+    )
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+def _trigger_topic(node_name: str) -> str:
+    """The input topic of a detector node each of whose messages should yield one output."""
+    from qd_perception.sim.rosmsgs import LIDAR_TOPIC, image_topic
+
+    return image_topic("CAM_FRONT") if node_name == "bev_detector" else LIDAR_TOPIC
+
+
+def ros_env() -> dict[str, str]:
+    """Environment for the node processes: loopback-only DDS and the large shared-memory Fast DDS
+    profile unless the caller chose otherwise (see ENVIRONMENT.md: the default segment loses
+    large frames)."""
+    from qd_perception.ros.graph import config_dir
+
+    env = dict(os.environ)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("ROS_LOCALHOST_ONLY", "1")
+    profile = config_dir() / "fastdds.xml"
+    if profile.exists():
+        env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
+    # The children must import this checkout's package first (source tree or installed).
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+class Processes:
+    """Child processes started here, stopped by PID (SIGINT, then SIGKILL after ``timeout_s``)."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.procs: list[tuple[str, subprocess.Popen, Any]] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "wb")  # closed in stop_all
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.procs.append((name, p, log))
+        return p
+
+    def check_alive(self) -> None:
+        for name, p, _ in self.procs:
+            if p.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited early with code {p.returncode}:\n{tail}")
+
+    def stop(self, name: str, timeout_s: float = 10.0) -> int | None:
+        for n, p, log in self.procs:
+            if n == name:
+                rc = _stop_process(p, timeout_s)
+                log.close()
+                return rc
+        raise KeyError(name)
+
+    def stop_all(self, timeout_s: float = 10.0) -> dict[str, int | None]:
+        out = {}
+        for name, p, log in reversed(self.procs):
+            out[name] = _stop_process(p, timeout_s)
+            log.close()
+        return out
+
+
+def _stop_process(p: subprocess.Popen, timeout_s: float) -> int | None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    return p.returncode
+
+
+def _wait_for(pred, timeout_s: float, what: str, procs: Processes) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        procs.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    bag: Path
+    out: Path
+    launch: str = "lidar"
+    rate: float = 1.0
+    gt: str = "keyframes"
+    drain_s: float = 2.0
+    startup_timeout_s: float = 120.0
+    params: dict[str, str] = field(default_factory=dict)  # node name -> parameter file
+    log_level: str = "info"
+    plot: bool = True
+
+
+def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
+    """Run one replay (see the module docstring); returns the metrics written to metrics.json."""
+    from qd_perception.ros import graph
+    from qd_perception.ros.bag_player import BagPlayer, PlaybackConfig, bag_topics
+    from qd_perception.ros.recorder import read_recording
+    from qd_perception.sim.rosmsgs import GT_TOPIC, ODOM_TOPIC
+
+    say = print if verbose else (lambda *a, **k: None)
+    topics = bag_topics(opts.bag)
+    if GT_TOPIC not in topics:
+        raise ValueError(f"{opts.bag} has no {GT_TOPIC}: nothing to score against")
+    specs, skipped = graph.nodes(opts.launch, opts.params)
+    for s in skipped:
+        say(f"replay: {s}")
+    if not specs:
+        raise ValueError(f"graph {opts.launch!r}: no node can run here")
+    triggers = {s.name: _trigger_topic(s.name) for s in specs}
+    for name, t in triggers.items():
+        if t not in topics:
+            raise ValueError(f"{opts.bag} has no {t}, the input of {name}")
+    out = opts.out
+    out.mkdir(parents=True, exist_ok=True)
+    env = ros_env()
+    for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "FASTDDS_DEFAULT_PROFILES_FILE"):
+        if k in env:
+            os.environ.setdefault(k, env[k])  # this process publishes the bag: same DDS set-up
+    procs = Processes(out / "logs", env)
+    det_topics = {s.name: f"/{s.name}/output/detections" for s in specs}
+    diag_topics = {s.name: f"/{s.name}/output/diagnostics" for s in specs}
+    recording = out / "recording"
+    ready = out / "logs" / "recorder.ready"
+    ready.unlink(missing_ok=True)
+    import rclpy
+
+    stats = None
+    t_start = time.time()
+    try:
+        for s in specs:
+            params = graph.params_path(s, opts.params.get(s.name))
+            argv = [
+                sys.executable,
+                "-m",
+                s.module,
+                *s.arguments,
+                *graph.ros_arguments(s, params, opts.log_level),
+            ]
+            procs.start(s.name, argv)
+        rec_topics = [f"{t}=qd_perception/msg/Detection3DArray" for t in det_topics.values()]
+        rec_topics += [f"{t}=diagnostic_msgs/msg/DiagnosticArray" for t in diag_topics.values()]
+        procs.start(
+            "recorder",
+            [sys.executable, "-m", "qd_perception.ros.recorder", "--out", str(recording),
+             "--topics", *rec_topics, "--ready-file", str(ready)],
+        )  # fmt: skip
+        say(f"replay: started {[s.name for s in specs]} + recorder; waiting for discovery")
+        _wait_for(ready.exists, opts.startup_timeout_s, "the recorder to see the detectors' outputs", procs)
+        need: dict[str, int] = {}
+        for t in triggers.values():
+            need[t] = need.get(t, 0) + 1
+        rclpy.init()
+        node = rclpy.create_node("replay_bag_player")
+        try:
+            # Play only what the graph subscribes to: a lidar graph does not pay for images.
+            _wait_for(
+                lambda: all(node.count_subscribers(t) >= n for t, n in need.items()),
+                opts.startup_timeout_s,
+                f"the nodes to subscribe to {sorted(need)}",
+                procs,
+            )
+            time.sleep(1.0)  # the nodes' other subscriptions are discovered together with these
+            played_topics = tuple(t for t in topics if node.count_subscribers(t) > 0)
+            say(f"replay: the graph subscribes to {len(played_topics)} of the bag's {len(topics)} topics")
+            cfg = PlaybackConfig(
+                rate=opts.rate,
+                topics=played_topics,
+                wait_for_subscribers=need,
+                wait_timeout_s=opts.startup_timeout_s,
+                start_delay_s=1.0,  # the nodes must discover the player's publishers too
+            )
+            player = BagPlayer(node, opts.bag, cfg)
+            say(f"replay: playing {opts.bag} at rate {opts.rate}")
+            stats = player.play()
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
+        procs.check_alive()
+        time.sleep(opts.drain_s)  # the last frames are still being processed
+        rc = procs.stop("recorder", timeout_s=30.0)
+        if rc != 0 or not recording.exists():
+            raise RuntimeError(f"recorder failed (exit code {rc}); see {out / 'logs' / 'recorder.log'}")
+    finally:
+        codes = procs.stop_all()
+    wall = time.time() - t_start
+    assert stats is not None
+    n_msgs = sum(stats.published.values())
+    say(f"replay: played {n_msgs} messages in {stats.wall_s:.1f} s; nodes exited {codes}")
+
+    # -- scoring
+    clock = stats.clocks[0]
+    bag_msgs = read_bag(opts.bag, {GT_TOPIC, ODOM_TOPIC})
+    # Of the (large) trigger inputs only the stamps are needed.
+    stamps = read_bag(opts.bag, set(triggers.values()), keep=lambda _t, m: _stamp_us(m.header))
+    poses = pose_track(bag_msgs.get(ODOM_TOPIC, []))
+    gt = ground_truth_frames(bag_msgs[GT_TOPIC], poses, opts.gt)
+    if not gt:
+        raise ValueError(f"no ground-truth instants in {opts.bag} (--gt {opts.gt})")
+    rec = read_recording(recording)
+    per_det: dict[str, Any] = {}
+    outputs: dict[str, list[TimedOutput]] = {}
+    for s in specs:
+        msgs = [(t, m) for topic, t, m in rec if topic == det_topics[s.name]]
+        outputs[s.name] = timed_outputs(msgs, clock, poses)
+        played = [st for _, st in stamps[triggers[s.name]]]
+        d = DetectorOutputs(s.name, det_topics[s.name], triggers[s.name], outputs[s.name])
+        block = detector_metrics(d, gt, played)
+        diags = [m for topic, _, m in rec if topic == diag_topics[s.name]]
+        if diags and diags[-1].status:
+            block["node_diagnostics"] = {kv.key: kv.value for kv in diags[-1].status[0].values}
+        per_det[s.name] = block
+    first = per_det[specs[0].name]
+    metrics = {
+        **{k: v for k, v in first.items() if k not in ("detector", "topic")},
+        "detector": first["detector"],
+        "bag": str(opts.bag),
+        "launch": opts.launch,
+        "rate": opts.rate,
+        "gt": opts.gt,
+        "replay_clock": {"wall_start_s": clock.wall_start_s, "bag_start_us": clock.bag_start_us},
+        "player": stats.summary() | {"clocks": None},
+        "wall_s": wall,
+        "skipped_nodes": skipped,
+        "detectors": per_det,
+    }
+    atomic_write_json(out / "metrics.json", _clean(metrics))
+    if opts.plot:
+        from qd_perception.sim.rosmsgs import LIDAR_TOPIC
+
+        picks = picture_instants(gt, outputs[specs[0].name])
+        pts = {}
+        if LIDAR_TOPIC in topics:
+            wanted = {gt[i].timestamp_us for i in picks}
+            lidar = read_bag(
+                opts.bag, {LIDAR_TOPIC}, keep=lambda _t, m: m if _stamp_us(m.header) in wanted else None
+            )[LIDAR_TOPIC]
+            pts = lidar_points_ego([(t, m) for t, m in lidar if m is not None])
+        bev_picture(out / "bev.png", [gt[i] for i in picks], outputs[specs[0].name], specs[0].name, pts)
+    return metrics
+
+
+def lidar_points_ego(
+    lidar_msgs: list[tuple[int, Any]], rig_name: str = "nuscenes_like"
+) -> dict[int, np.ndarray]:
+    """stamp (us) -> (P, 3) points in the ego frame, for the pictures."""
+    from qd_perception.geometry.rig import load_rig
+    from qd_perception.ros.graph import resolve_rig
+    from qd_perception.sim.rosmsgs import pointcloud2_to_array
+
+    T = load_rig(resolve_rig(rig_name)).lidar2ego()
+    out = {}
+    for _, m in lidar_msgs:
+        try:
+            a = pointcloud2_to_array(m)
+        except ValueError:
+            continue  # another point layout: picture without points
+        xyz = np.stack([a["x"], a["y"], a["z"]], 1).astype(np.float64)
+        out[_stamp_us(m.header)] = xyz @ T[:3, :3].T + T[:3, 3]
+    return out
+
+
+def picture_instants(gt: list[GroundTruthFrame], outputs: list[TimedOutput], n: int = 4) -> list[int]:
+    """Indices of ``n`` ground-truth instants spread over the replay, preferring instants whose
+    input produced an output."""
+    stamps = {o.stamp_us for o in outputs}
+    cand = [i for i, f in enumerate(gt) if f.timestamp_us in stamps] or list(range(len(gt)))
+    pos = np.linspace(0, len(cand) - 1, min(n, len(cand))).round().astype(int)
+    return sorted({cand[p] for p in pos})
+
+
+def bev_picture(
+    path: Path,
+    gt: list[GroundTruthFrame],
+    outputs: list[TimedOutput],
+    title: str,
+    points: dict[int, np.ndarray] | None = None,
+    extent: float = 50.0,
+) -> Path:
+    """One panel per ground-truth instant: GT solid, the detector's output for the same input
+    dashed, in the ego frame (eval.viz.draw_bev), lidar points when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from qd_perception.eval.viz import CLASS_COLORS, draw_bev, save_figure
+
+    by_stamp = {o.stamp_us: o for o in outputs}
+    fig, axes = plt.subplots(1, len(gt), figsize=(4.2 * len(gt), 4.6), squeeze=False)
+    present: set[int] = set()
+    for ax, f in zip(axes[0], gt):
+        o = by_stamp.get(f.timestamp_us)
+        pred = o.detections if o is not None else None
+        draw_bev(ax, (points or {}).get(f.timestamp_us), f.gt, pred, extent)
+        lat = f"latency {(o.publish_us - o.stamp_us) / 1000:.0f} ms" if o is not None else "no output"
+        ax.set_title(f"stamp {f.timestamp_us / 1e6:.2f} s, {lat}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        present |= {int(x) for x in f.gt.labels} | (
+            {int(x) for x in pred.labels} if pred is not None else set()
+        )
+    handles = [Line2D([], [], color=CLASS_COLORS[c], label=CLASS_NAMES[c]) for c in sorted(present)]
+    handles += [
+        Line2D([], [], color="k", ls="-", label="ground truth"),
+        Line2D([], [], color="k", ls="--", label="detection"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
+    fig.suptitle(f"replay: {title} (ego frame, BEV)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    return save_figure(fig, path, dpi=90)
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bag", type=Path, required=True, help="rosbag2 directory (MCAP or sqlite3)")
+    p.add_argument("--launch", default="lidar", help="node graph to run (lidar | bev)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (metrics.json, bev.png, logs/)")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    p.add_argument(
+        "--gt", choices=["keyframes", "all"], default="keyframes", help="ground-truth instants scored"
+    )
+    p.add_argument("--drain", type=float, default=2.0, help="seconds to wait for outputs after the bag ends")
+    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the nodes")
+    p.add_argument(
+        "--params",
+        nargs="*",
+        default=[],
+        metavar="NODE=FILE",
+        help="parameter file of a node (e.g. lidar_detector=my.yaml)",
+    )
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--no-plot", action="store_true")
+
+
+def print_summary(m: dict[str, Any]) -> None:
+    for name, d in m["detectors"].items():
+        lat = d["latency_ms"]
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        print(
+            f"{name}: NDS {fmt(d['nds'])}  mAP {fmt(d['map'])}  |  streaming NDS {fmt(d['streaming_nds'])}  "
+            f"mAP {fmt(d['streaming_map'])}  |  latency p50/p95/p99 "
+            f"{fmt(lat['p50'])}/{fmt(lat['p95'])}/{fmt(lat['p99'])} ms  |  frames in {d['frames_in']}, "
+            f"out {d['frames_out']}, dropped {d['dropped']}"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    params = {}
+    for item in args.params:
+        node, _, f = item.partition("=")
+        if not f:
+            print(f"qd-perception replay: --params expects NODE=FILE, got {item!r}", file=sys.stderr)
+            return 2
+        params[node] = f
+    opts = ReplayOptions(
+        bag=args.bag,
+        out=args.out,
+        launch=args.launch,
+        rate=args.rate,
+        gt=args.gt,
+        drain_s=args.drain,
+        startup_timeout_s=args.startup_timeout,
+        params=params,
+        log_level=args.log_level,
+        plot=not args.no_plot,
+    )
+    try:
+        m = replay(opts)
+    except (FileNotFoundError, ValueError, KeyError, TimeoutError, RuntimeError) as e:
+        print(f"qd-perception replay: {e}", file=sys.stderr)
+        return 1
+    print_summary(m)
+    print(f"wrote {args.out / 'metrics.json'}" + ("" if args.no_plot else f" and {args.out / 'bev.png'}"))
+    return 0

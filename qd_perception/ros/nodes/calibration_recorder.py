@@ -1,0 +1,522 @@
+"""``calibration_recorder``: gather a diverse PTQ calibration set from live (or replayed) sensors.
+
+Subscribes to the same inputs as a detector node (``~/input/pointcloud``, ``~/input/<cam>/image``
++ ``camera_info``, ``~/input/odom``; remapped by the launch files, see
+:mod:`qd_perception.ros.graph`), synchronises them with the project's approximate-time policy,
+merges lidar sweeps into the ego frame exactly as the detector nodes do (same conversions, rig
+and :class:`~qd_perception.runtime.sweeps.SweepAccumulator`), and offers every synchronised
+:class:`~qd_perception.data.types.Frame` to a
+:class:`~qd_perception.data.calib_store.CalibrationStore` under ``out_dir``: bounded, diverse by
+scene statistics, atomic files, resumed after a restart.
+
+The object mix of a frame comes from a detector's output on ``~/input/detections`` (matched by
+stamp, waiting at most ``detections_wait_s``; frames whose detections do not come are offered
+without them and counted). Set ``detections_wait_s: 0`` to ignore detections.
+
+**Trigger.** ``~/run_ptq`` (``std_srvs/Trigger``) runs ``ptq_command`` (an argument list;
+``{calib_dir}`` is replaced by ``out_dir``) as a subprocess once at least ``min_frames`` frames
+are stored; it answers at once (``success`` false with the reason when refused), the command's
+output goes to ``<out_dir>/ptq.log``. ``auto_trigger`` runs it when the set first becomes full.
+While PTQ runs the set is frozen (offered frames are counted, not stored) so the command reads a
+consistent set. **Status** (``~/status``, ``std_msgs/String``, JSON, every ``status_period_s``):
+stored / offered / considered frames, pending frames and the PTQ state (idle, running,
+succeeded, failed with its exit code).
+
+Parameters: :class:`CalibrationRecorderConfig` (``config/calibration_recorder.param.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qd_perception.data.calib_store import CalibStoreConfig
+from qd_perception.ros.node_config import DEFAULT_CAMERAS, camera_key
+from qd_perception.runtime.sweeps import SweepConfig
+from qd_perception.sync.approximate_time import SyncConfig
+
+NODE_NAME = "calibration_recorder"
+LIDAR = "lidar"
+ODOM = "odom"
+
+
+@dataclass(frozen=True)
+class CalibrationRecorderConfig:
+    """Parameters of ``calibration_recorder`` (dotted names, e.g. ``store.capacity``).
+
+    out_dir: the calibration set directory (``qd-perception quantize ... --calib out_dir``).
+    modalities: inputs a frame needs: "lidar" and/or "cameras" (images are stored when
+        ``store.store_images``).
+    detections_wait_s: how long a frame waits for the detector output with its stamp (object mix).
+    min_frames: fewest stored frames for which ``~/run_ptq`` starts the command.
+    ptq_command: argument list run by the trigger; ``{calib_dir}`` becomes ``out_dir``.
+    auto_trigger: run ``ptq_command`` once, when the set first becomes full.
+    """
+
+    out_dir: str = ".cache/calibration"
+    store: CalibStoreConfig = field(
+        default_factory=lambda: CalibStoreConfig(capacity=128, sample_every=5, store_images=False)
+    )
+    modalities: tuple[str, ...] = ("lidar",)
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS
+    rig: str = "nuscenes_like"
+    frame_id: str = "base_link"
+    lidar_frame: str = "lidar_top"
+    sync: SyncConfig = field(default_factory=lambda: SyncConfig(slop_s=0.05, queue_size=10))
+    sweeps: SweepConfig = field(default_factory=SweepConfig)
+    use_odometry: bool = True
+    detections_wait_s: float = 0.5
+    min_frames: int = 16
+    ptq_command: tuple[str, ...] = (
+        "qd-perception",
+        "quantize",
+        "lidar",
+        "--calib",
+        "{calib_dir}",
+        "--method",
+        "lidar_ptq",
+        "--bits",
+        "w8a8",
+        "--out",
+        "{calib_dir}/lidar_int8",
+    )
+    auto_trigger: bool = False
+    status_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.modalities) - {"lidar", "cameras"})
+        if bad or not self.modalities:
+            raise ValueError(f"modalities must be a non-empty subset of ['lidar', 'cameras'], got {bad}")
+        if self.min_frames < 1:
+            raise ValueError("min_frames must be >= 1")
+        if not self.ptq_command:
+            raise ValueError("ptq_command must not be empty")
+        if self.detections_wait_s < 0 or self.status_period_s <= 0:
+            raise ValueError("detections_wait_s must be >= 0 and status_period_s > 0")
+
+
+def ptq_argv(cfg: CalibrationRecorderConfig) -> list[str]:
+    """The trigger's command with ``{calib_dir}`` substituted."""
+    return [a.replace("{calib_dir}", str(Path(cfg.out_dir))) for a in cfg.ptq_command]
+
+
+class PtqRunner:
+    """Runs the PTQ command once at a time in a subprocess; thread-safe state for the status."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.state = "idle"  # idle | running | succeeded | failed
+        self.returncode: int | None = None
+        self.runs = 0
+        self.pid: int | None = None
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def start(self, argv: list[str], on_done=None) -> tuple[bool, str]:
+        with self._lock:
+            if self.state == "running":
+                return False, f"PTQ already running (pid {self.pid})"
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "ab")  # closed by the waiter thread
+            log.write(f"$ {' '.join(argv)}\n".encode())
+            log.flush()
+            try:
+                self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            except OSError as e:
+                log.close()
+                self.state, self.returncode = "failed", None
+                return False, f"cannot start {argv[0]!r}: {e}"
+            self.state, self.returncode, self.pid = "running", None, self._proc.pid
+            self.runs += 1
+        threading.Thread(target=self._wait, args=(self._proc, log, on_done), daemon=True).start()
+        return True, f"started PTQ (pid {self.pid}): {' '.join(argv)}; log {self.log_path}"
+
+    def _wait(self, proc: subprocess.Popen, log, on_done) -> None:
+        rc = proc.wait()
+        log.close()
+        with self._lock:
+            self.returncode = rc
+            self.state = "succeeded" if rc == 0 else "failed"
+        if on_done is not None:
+            on_done(rc)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "returncode": self.returncode,
+            "runs": self.runs,
+            "pid": self.pid,
+            "log": str(self.log_path),
+        }
+
+
+def make_node(argv_unused: Any = None) -> Any:
+    """Create the node (rclpy imported lazily: this module's config is importable without ROS)."""
+    from nav_msgs.msg import Odometry
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    from qd_perception.data.calib_store import CalibrationStore
+    from qd_perception.data.types import CameraInput, Frame
+    from qd_perception.geometry.rig import load_rig
+    from qd_perception.msg import Detection3DArray
+    from qd_perception.ros.convert import (
+        ConvertError,
+        camera_info_to_K,
+        image_to_rgb8,
+        msg_to_detections,
+        odometry_to_pose,
+        pointcloud2_to_xyzi,
+        stamp_to_ns,
+    )
+    from qd_perception.ros.graph import resolve_rig
+    from qd_perception.ros.params import declare_config
+    from qd_perception.runtime.sweeps import SweepAccumulator
+    from qd_perception.sync.approximate_time import ApproximateTimePolicy
+
+    class CalibrationRecorder(Node):
+        def __init__(self) -> None:
+            super().__init__(NODE_NAME)
+            self.cfg: CalibrationRecorderConfig = declare_config(self, CalibrationRecorderConfig)
+            cfg = self.cfg
+            self.rig = load_rig(resolve_rig(cfg.rig))
+            self.lidar2ego = self.rig.lidar2ego().astype(np.float32)
+            self.use_lidar = "lidar" in cfg.modalities
+            self.use_cameras = "cameras" in cfg.modalities
+            for cam in cfg.cameras if self.use_cameras else ():
+                self.rig.camera(cam)
+            self.out_dir = Path(cfg.out_dir)
+            self.store = CalibrationStore.open(self.out_dir, cfg.store)
+            self.ptq = PtqRunner(self.out_dir / "ptq.log")
+            self.stats: Counter[str] = Counter()
+            self.camera_K: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
+            required = ([LIDAR] if self.use_lidar else []) + (list(cfg.cameras) if self.use_cameras else [])
+            self.policy: ApproximateTimePolicy[Any] = ApproximateTimePolicy(
+                required,
+                cfg.sync,
+                optional=[ODOM] if cfg.use_odometry else [],
+                pivot=required[0],
+                on_reset=self._on_reset,
+            )
+            self.sweeps = SweepAccumulator(cfg.sweeps)
+            # Frames waiting for their detections: stamp_ns -> (Frame, monotonic arrival).
+            self._pending: dict[int, tuple[Any, float]] = {}
+            self._early_dets: dict[int, Any] = {}
+            self._lock = threading.Lock()
+            # Disk writes happen on a worker thread; a full queue drops the frame (counted).
+            self._work: queue.Queue = queue.Queue(maxsize=4)
+            self._worker = threading.Thread(target=self._run_worker, name="calib-writer", daemon=True)
+            self._worker.start()
+
+            qos = qos_profile_sensor_data
+            self.subs = []
+            if self.use_lidar:
+                self.subs.append(
+                    self.create_subscription(PointCloud2, "~/input/pointcloud", self._on_cloud, qos)
+                )
+            if self.use_cameras:
+                for cam in cfg.cameras:
+                    key = camera_key(cam)
+                    self.subs.append(
+                        self.create_subscription(
+                            Image, f"~/input/{key}/image", lambda m, c=cam: self._on_image(c, m), qos
+                        )
+                    )
+                    self.subs.append(
+                        self.create_subscription(
+                            CameraInfo,
+                            f"~/input/{key}/camera_info",
+                            lambda m, c=cam: self._on_info(c, m),
+                            qos,
+                        )
+                    )
+            if cfg.use_odometry:
+                self.subs.append(self.create_subscription(Odometry, "~/input/odom", self._on_odom, qos))
+            if cfg.detections_wait_s > 0:
+                self.subs.append(
+                    self.create_subscription(
+                        Detection3DArray, "~/input/detections", self._on_detections, QoSProfile(depth=10)
+                    )
+                )
+            self.pub_status = self.create_publisher(String, "~/status", QoSProfile(depth=5))
+            # Own callback group: the trigger answers while a large cloud is being converted.
+            self.srv = self.create_service(
+                Trigger, "~/run_ptq", self._on_trigger, callback_group=MutuallyExclusiveCallbackGroup()
+            )
+            self.create_timer(cfg.status_period_s, self._publish_status)
+            self.create_timer(0.1, self._flush_pending)
+            self.get_logger().info(
+                f"calibration set {self.out_dir}: {len(self.store)}/{cfg.store.capacity} frames "
+                f"(resumed), inputs {required}, sample every {cfg.store.sample_every}; "
+                f"trigger ~/run_ptq runs {ptq_argv(cfg)}"
+            )
+
+        # -- inputs --------------------------------------------------------------------------
+        def _bad(self, what: str, e: Exception) -> None:
+            self.stats[f"bad_input.{what}"] += 1
+            self.get_logger().warning(f"dropped {what}: {e}", throttle_duration_sec=2.0)
+
+        def _on_cloud(self, msg: Any) -> None:
+            stamp = stamp_to_ns(msg.header.stamp)
+            try:
+                xyzi, _ = pointcloud2_to_xyzi(msg)
+            except ConvertError as e:
+                self._bad("pointcloud", e)
+                return
+            if len(xyzi) == 0:
+                self._bad("pointcloud", ValueError("empty cloud"))
+                return
+            if msg.header.frame_id == self.cfg.lidar_frame:
+                T = self.lidar2ego
+                xyzi[:, :3] = xyzi[:, :3] @ T[:3, :3].T + T[:3, 3]
+            elif msg.header.frame_id != self.cfg.frame_id:
+                self._bad("pointcloud", ValueError(f"unexpected frame_id {msg.header.frame_id!r}"))
+                return
+            self._offer_sync(LIDAR, stamp, xyzi)
+
+        def _on_image(self, cam: str, msg: Any) -> None:
+            try:
+                rgb = image_to_rgb8(msg)
+            except ConvertError as e:
+                self._bad("image", e)
+                return
+            self._offer_sync(cam, stamp_to_ns(msg.header.stamp), rgb)
+
+        def _on_info(self, cam: str, msg: Any) -> None:
+            try:
+                self.camera_K[cam] = camera_info_to_K(msg)
+            except ConvertError as e:
+                self._bad("camera_info", e)
+
+        def _on_odom(self, msg: Any) -> None:
+            try:
+                pose = odometry_to_pose(msg)
+            except ConvertError as e:
+                self._bad("odometry", e)
+                return
+            self.policy.add(ODOM, stamp_to_ns(msg.header.stamp), pose)
+
+        def _on_reset(self, reason: str) -> None:
+            self.get_logger().warning(f"synchroniser reset: {reason}; sweep history cleared")
+            self.sweeps.reset()
+
+        def _offer_sync(self, stream: str, stamp_ns: int, payload: Any) -> None:
+            item = self.policy.add(stream, stamp_ns, payload)
+            if item is None:
+                return
+            self.stats["frames_synced"] += 1
+            frame = self._frame(item)
+            if self.cfg.detections_wait_s <= 0:
+                self._enqueue(frame, None)
+                return
+            with self._lock:
+                dets = self._early_dets.pop(item.stamp_ns, None)
+                if dets is None:
+                    self._pending[item.stamp_ns] = (frame, time.monotonic())
+                    return
+            self._enqueue(frame, dets)
+
+        def _frame(self, item: Any) -> Any:
+            msgs = dict(zip(self.policy.required, item.messages))
+            odom = item.optional.get(ODOM)
+            ego2global = odom[0] if odom is not None else None
+            points = None
+            if self.use_lidar:
+                points = self.sweeps.add(msgs[LIDAR], item.stamp_ns // 1000, ego2global)
+            cams = []
+            if self.use_cameras:
+                for cam, stamp in zip(self.policy.required, item.stamps_ns):
+                    if cam == LIDAR:
+                        continue
+                    img = msgs[cam]
+                    K_res = self.camera_K.get(cam)
+                    K = (
+                        K_res[0]
+                        if K_res and K_res[1] == img.shape[:2]
+                        else self.rig.intrinsics(cam, img.shape[:2])
+                    )
+                    cams.append(CameraInput(cam, img, K, self.rig.cam2ego(cam), stamp // 1000))
+            return Frame(
+                token=str(item.stamp_ns),
+                scene_token="live",
+                timestamp_us=item.stamp_ns // 1000,
+                ego2global=ego2global if ego2global is not None else np.eye(4),
+                points=points,
+                cameras=tuple(cams),
+                ego_velocity=odom[1] if odom is not None else None,
+            )
+
+        def _on_detections(self, msg: Any) -> None:
+            stamp = stamp_to_ns(msg.header.stamp)
+            try:
+                dets = msg_to_detections(msg)
+            except (ValueError, IndexError) as e:
+                self._bad("detections", e)
+                return
+            with self._lock:
+                waiting = self._pending.pop(stamp, None)
+                if waiting is None:
+                    self._early_dets[stamp] = dets
+                    while len(self._early_dets) > 50:  # detections of frames we never formed
+                        self._early_dets.pop(next(iter(self._early_dets)))
+                    return
+            self.stats["with_detections"] += 1
+            self._enqueue(waiting[0], dets)
+
+        def _flush_pending(self) -> None:
+            now = time.monotonic()
+            with self._lock:
+                late = [s for s, (_, t) in self._pending.items() if now - t > self.cfg.detections_wait_s]
+                items = [self._pending.pop(s)[0] for s in late]
+            for f in items:
+                self.stats["without_detections"] += 1
+                self._enqueue(f, None)
+
+        def _enqueue(self, frame: Any, dets: Any) -> None:
+            if self.ptq.running:
+                self.stats["frozen_during_ptq"] += 1
+                return
+            try:
+                self._work.put_nowait((frame, dets))
+            except queue.Full:
+                self.stats["dropped_busy"] += 1
+
+        def _run_worker(self) -> None:
+            while True:
+                job = self._work.get()
+                if job is None:
+                    return
+                frame, dets = job
+                try:
+                    res = self.store.offer(frame, dets)
+                except OSError as e:
+                    self.stats["write_errors"] += 1
+                    self.get_logger().error(f"could not store the frame at {frame.timestamp_us} us: {e}")
+                    continue
+                if res.stored:
+                    self.stats["stored"] += 1
+                if self.cfg.auto_trigger and self.store.full and self.ptq.runs == 0 and not self.ptq.running:
+                    _, text = self._start_ptq()
+                    self.get_logger().info(f"auto trigger: {text}")
+
+        # -- trigger and status ----------------------------------------------------------------
+        def _start_ptq(self) -> tuple[bool, str]:
+            n = len(self.store)
+            if n < self.cfg.min_frames:
+                return False, f"only {n} frames stored, need {self.cfg.min_frames}"
+
+            def done(rc: int) -> None:
+                log = self.get_logger().info if rc == 0 else self.get_logger().error
+                log(f"PTQ command finished with exit code {rc}; log {self.ptq.log_path}")
+
+            return self.ptq.start(ptq_argv(self.cfg), on_done=done)
+
+        def _on_trigger(self, request: Any, response: Any) -> Any:
+            ok, text = self._start_ptq()
+            response.success, response.message = ok, text
+            (self.get_logger().info if ok else self.get_logger().warning)(f"~/run_ptq: {text}")
+            return response
+
+        def status(self) -> dict[str, Any]:
+            with self._lock:
+                pending = len(self._pending)
+            return {
+                "out_dir": str(self.out_dir),
+                "stored": len(self.store),
+                "capacity": self.cfg.store.capacity,
+                "ready_for_ptq": len(self.store) >= self.cfg.min_frames,
+                **{f"store.{k}": v for k, v in self.store.counters.items()},
+                **dict(self.stats),
+                "pending_detections": pending,
+                "ptq": self.ptq.as_dict(),
+            }
+
+        def _publish_status(self) -> None:
+            self.pub_status.publish(String(data=json.dumps(self.status())))
+
+        def stop(self) -> None:
+            self._flush_pending_all()
+            self._work.put(None)
+            self._worker.join(timeout=10.0)
+            self.ptq.stop()
+
+        def _flush_pending_all(self) -> None:
+            with self._lock:
+                items = [f for f, _ in self._pending.values()]
+                self._pending.clear()
+            for f in items:
+                try:
+                    self._work.put((f, None), timeout=2.0)
+                except queue.Full:
+                    self.stats["dropped_busy"] += 1
+
+    return CalibrationRecorder()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; SIGINT / SIGTERM stop cleanly (pending frames written, PTQ child stopped)."""
+    import signal
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from qd_perception.config import ConfigError
+
+    def _stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    try:
+        node = make_node()
+        # Two threads: the trigger service has its own callback group (see the node).
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)
+    except KeyboardInterrupt:
+        pass
+    except (ConfigError, ValueError) as e:
+        print(f"[{NODE_NAME}] configuration error: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if node is not None:
+            node.stop()
+            node.get_logger().info(f"shutting down: {json.dumps(node.status())}")
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
