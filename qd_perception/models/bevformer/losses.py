@@ -93,5 +93,5 @@ def set_loss(
         lb = cfg.bbox_weight * lb / num_gt
         total = total + lc + lb
         if layer == L - 1:
-            last_cls, last_box = float(lc), float(lb)
+            last_cls, last_box = float(lc.detach()), float(lb.detach())
     return LossBreakdown(total, last_cls, last_box)

@@ -1,0 +1,171 @@
+"""Camera BEV detector: Hungarian matching, loss, a few training steps, runtime temporal state,
+ONNX export parity (torch vs ONNX Runtime)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from qd_perception.config import from_dict
+from qd_perception.data.types import Detections
+from qd_perception.models.bevformer import BEVFormer, BEVFormerConfig, preset
+from qd_perception.models.bevformer.coder import decode_codes, encode_boxes
+from qd_perception.models.bevformer.config import LossConfig
+from qd_perception.models.bevformer.losses import Targets, hungarian_match, set_loss
+from qd_perception.runtime.bev import OrtBEVDetector, TorchBEVDetector
+from qd_perception.train.bev import TrainConfig, train_step
+from qd_perception.train.bev_data import BEVDataset
+from qd_perception.train.export_bev import example_frames, export_onnx, parity
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared CPU, oversubscribed threads make these tests ~20x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_config(**kw) -> BEVFormerConfig:
+    base = {
+        "name": "test",
+        "image_size": [64, 112],
+        "backbone": {"block": "basic", "layers": [1, 1, 1, 1], "base_width": 8, "out_indices": [2, 3]},
+        "embed_dims": 32, "ffn_dims": 64, "num_heads": 4, "num_levels": 2, "bev_h": 16, "bev_w": 16,
+        "sca_num_points": 4, "tsa_num_points": 2, "decoder_num_points": 2,
+        "encoder_layers": 1, "decoder_layers": 2, "num_queries": 20, "max_detections": 20,
+    }  # fmt: skip
+    base.update(kw)
+    return from_dict(BEVFormerConfig, base)
+
+
+def test_hungarian_matching_toy_case():
+    cfg = LossConfig()
+    targets = Targets(
+        torch.tensor([[10.0, 0, 0, 4, 2, 1.5, 0, 0, 0], [-20.0, 5, 0, 0.7, 0.7, 1.8, 0, 0, 0]]),
+        torch.tensor([0, 8]),
+    )
+    t = encode_boxes(targets.boxes)
+    codes = torch.zeros(3, 10)
+    codes[0] = t[1] + 0.1  # query 0 sits on target 1
+    codes[1, :2] = torch.tensor([50.0, 50.0])  # query 1 is far from both
+    codes[2] = t[0] - 0.1  # query 2 sits on target 0
+    logits = torch.full((3, 10), -5.0)
+    logits[0, 8] = logits[2, 0] = 3.0
+    qi, ti = hungarian_match(logits, codes, targets, cfg)
+    assert dict(zip(qi.tolist(), ti.tolist())) == {0: 1, 2: 0}
+    # swapping the class evidence alone must not override a 30 m geometric mismatch
+    logits2 = logits.clone()
+    logits2[0, 8], logits2[0, 0] = -5.0, 3.0
+    qi, ti = hungarian_match(logits2, codes, targets, cfg)
+    assert dict(zip(qi.tolist(), ti.tolist())) == {0: 1, 2: 0}
+    # the matched loss is much smaller for the right assignment than for a shuffled prediction
+    good = set_loss(logits[None, None], codes[None, None], [targets], cfg).total
+    bad = set_loss(logits[None, None], codes[[1, 0, 2]][None, None] * 0 + 30.0, [targets], cfg).total
+    assert float(good) < float(bad)
+    # no ground truth: only the negative focal term
+    empty = Targets(torch.zeros(0, 9), torch.zeros(0, dtype=torch.long))
+    assert hungarian_match(logits, codes, empty, cfg)[0].size == 0
+    assert float(set_loss(logits[None, None], codes[None, None], [empty], cfg).total) > 0
+
+
+def test_box_code_round_trip():
+    boxes = np.array(
+        [[1.0, -2.0, 0.5, 4.2, 1.9, 1.6, 2.9, 1.0, -0.5], [30, 10, -1, 0.6, 0.6, 1.7, -1.2, 0, 0]]
+    )
+    back = decode_codes(encode_boxes(torch.tensor(boxes)).numpy())
+    assert np.allclose(back, boxes, atol=1e-6)
+
+
+def test_forward_exposes_stages_and_typed_outputs():
+    cfg = tiny_config()
+    m = BEVFormer(cfg)
+    for stage in ("backbone", "neck", "encoder", "decoder"):
+        assert isinstance(getattr(m, stage), torch.nn.Module)
+    layer_types = {type(x) for x in m.modules() if not list(x.children())} - {torch.nn.ModuleList}
+    allowed = {torch.nn.Conv2d, torch.nn.Linear, torch.nn.LayerNorm, torch.nn.BatchNorm2d, torch.nn.ReLU,
+               torch.nn.MaxPool2d, torch.nn.Identity, torch.nn.Embedding}  # fmt: skip
+    assert layer_types <= allowed, layer_types - allowed
+    f = example_frames(cfg, 1)[0]
+    x = TorchBEVDetector(m).prepare(f)
+    out = m(*(torch.from_numpy(getattr(x, k)) for k in ("images", "intrinsics", "cam2ego")))
+    assert out.cls_logits.shape == (2, 1, 20, 10) and out.box_codes.shape == (2, 1, 20, 10)
+    assert out.bev.shape == (1, 256, 32)
+    assert out.bev_mask.shape == (6, 1, 256, 4)
+    assert [tuple(t.shape) for t in out.img_feats] == [(1, 6, 32, 4, 7), (1, 6, 32, 2, 4)]
+    # the published tiny preset: ~33.5 M parameters (BEVFormer-Tiny FP32 is ~127 MB)
+    n = sum(p.numel() for p in BEVFormer(preset("tiny")).parameters())
+    assert 30e6 < n < 37e6
+
+
+def _frames_with_gt(cfg, n=2):
+    frames = example_frames(cfg, n, seed=1)
+    gt = Detections(
+        np.array([[12.0, 3.0, 0.8, 4.5, 1.9, 1.6, 0.3, 2.0, 0.0],
+                  [-15.0, -6.0, 0.9, 0.7, 0.7, 1.8, 1.2, 0.0, 0.0],
+                  [5.0, -20.0, 1.0, 10.5, 2.9, 3.4, -1.5, 0.0, 0.0]]),
+        np.array([0, 8, 3]), np.ones(3, np.float32),
+    )  # fmt: skip
+    return [dataclasses.replace(f, gt=gt) for f in frames]
+
+
+def test_few_training_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = BEVFormer(cfg)
+    ds = BEVDataset(_frames_with_gt(cfg, 2), cfg)
+    assert len(ds.history(1, 2)) == 1 and ds.history(0, 2) == []
+    tcfg = TrainConfig(queue_length=2, lr=2e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)
+    losses = [float(train_step(model, opt, ds, 1, tcfg).total) for _ in range(25)]
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+
+
+def test_runtime_temporal_state_resets_on_scene_change_and_clock_jump():
+    cfg = tiny_config()
+    det = TorchBEVDetector(BEVFormer(cfg))
+    f0, f1, f2 = example_frames(cfg, 3)
+    assert det.prepare(f0).prev_valid[0] == 0
+    det.detect(f0)
+    x1 = det.prepare(f1)
+    assert x1.prev_valid[0] == 1
+    # ego moved 2.5 m forward and turned 0.05 rad between the frames
+    assert np.isclose(x1.prev_from_cur[0, 0, 3], 2.5, atol=1e-4)
+    assert np.isclose(np.arctan2(x1.prev_from_cur[0, 1, 0], x1.prev_from_cur[0, 0, 0]), 0.05, atol=1e-5)
+    det.detect(f1)
+    assert det.prepare(dataclasses.replace(f2, scene_token="other")).prev_valid[0] == 0
+    det.detect(f1)
+    assert det.prepare(dataclasses.replace(f2, timestamp_us=f1.timestamp_us - 100_000)).prev_valid[0] == 0
+    det.detect(f1)
+    gap = f1.timestamp_us + int(1e6 * (cfg.max_time_gap_s + 0.5))
+    assert det.prepare(dataclasses.replace(f2, timestamp_us=gap)).prev_valid[0] == 0
+    assert det.resets == 3
+    det.detect(f1)
+    det.reset()
+    assert det.prepare(f2).prev_valid[0] == 0
+    # a missing camera is a clear error, not a crash deep in the network
+    bad = dataclasses.replace(f2, cameras=f2.cameras[:5])
+    with pytest.raises(ValueError, match="missing camera"):
+        det.detect(bad)
+
+
+def test_export_parity_torch_vs_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(score_threshold=0.0)
+    model = BEVFormer(cfg).eval()
+    path = export_onnx(model, tmp_path / "bevformer.onnx")
+    diffs = parity(model, path, n_frames=2)
+    assert max(diffs.values()) < 1e-4, diffs
+    # end to end through both detectors, temporal state included
+    tdet, odet = TorchBEVDetector(model), OrtBEVDetector(path)
+    assert odet.cfg == cfg
+    for f in example_frames(cfg, 2):
+        a, b = tdet.detect(f), odet.detect(f)
+        assert len(a) == len(b) > 0
+        assert np.allclose(a.scores, b.scores, atol=1e-5)
+        assert np.allclose(a.boxes, b.boxes, atol=1e-3)
