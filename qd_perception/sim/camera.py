@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qd_perception.sim import shapes
-from qd_perception.sim.materials import ground_material, hash_noise
-from qd_perception.sim.raycast import Geometry, HitBuffer, Rect, cast
+from qd_perception.sim.materials import fmod, ground_material, hash_noise
+from qd_perception.sim.raycast import Geometry, HitBuffer, Rect, Surface, cast, surface
 from qd_perception.sim.types import CameraImage
 
 if TYPE_CHECKING:
@@ -32,23 +32,23 @@ class CameraModel:
     name: str
     K: np.ndarray  # (3, 3) at the render resolution
     cam2ego: np.ndarray  # (4, 4)
-    dirs: np.ndarray  # (H, W, 3) float32 optical-frame rays with z = 1
+    dirs: np.ndarray  # (3, H, W) float32 optical-frame ray planes x, y (z = 1)
 
 
 @functools.lru_cache(maxsize=32)
-def camera_models(rig_key: object, rig, resolution: tuple[int, int]) -> tuple[CameraModel, ...]:
+def camera_models(rig, resolution: tuple[int, int]) -> tuple[CameraModel, ...]:
     H, W = resolution
     models = []
     for name in rig.camera_names:
         K = rig.intrinsics(name, (H, W))
         u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
-        dirs = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+        dirs = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)])
         models.append(CameraModel(name, K, rig.cam2ego(name), dirs.astype(np.float32)))
     return tuple(models)
 
 
 def _models(scene: SimScene, resolution: tuple[int, int]) -> tuple[CameraModel, ...]:
-    return camera_models(scene.cfg.rig, scene.rig, tuple(resolution))
+    return camera_models(scene.rig, tuple(resolution))
 
 
 def _rects(
@@ -94,20 +94,22 @@ def _rects(
 
 
 def cast_camera(
-    scene: SimScene, t_us: int, model: CameraModel, resolution: tuple[int, int], surface: bool = True
-) -> tuple[HitBuffer, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Cast one camera. Returns hits, global ray dirs (H, W, 3), origin (3,), R (3, 3), footprints."""
+    scene: SimScene, t_us: int, model: CameraModel, resolution: tuple[int, int]
+) -> tuple[HitBuffer, np.ndarray, np.ndarray, np.ndarray]:
+    """Cast one camera. Returns hits, global ray planes (3, H, W), origin (3,), footprints (N,)."""
     geo = scene.geometry(int(t_us))
     c2g = scene.ego2global(t_us) @ model.cam2ego
     R, o = c2g[:3, :3], c2g[:3, 3]
-    dirs = model.dirs @ R.T.astype(np.float32)
+    Rf = R.astype(np.float32)
+    x, y = model.dirs[0], model.dirs[1]
+    dirs = np.stack([Rf[k, 0] * x + Rf[k, 1] * y + Rf[k, 2] for k in range(3)])
     hits = HitBuffer.empty(resolution)
-    dz = dirs[..., 2]
+    dz = dirs[2]
     ground = dz < -1e-6
-    hits.depth[ground] = (-o[2] / dz[ground]).astype(np.float32)
+    hits.depth[ground] = (np.float32(-o[2]) / dz[ground]).astype(np.float32)
     rects = _rects(geo, R, o, model.K, resolution, scene.cfg.camera_max_range)
-    footprint = cast(o, dirs, geo, rects, hits, want_surface=surface)
-    return hits, dirs, o, R, footprint
+    footprint = cast(o, dirs, geo, rects, hits)
+    return hits, dirs, o, footprint
 
 
 @functools.lru_cache(maxsize=16)
@@ -119,7 +121,7 @@ def _visibility_cached(scene: SimScene, t_us: int) -> np.ndarray:
     foot = np.zeros(n, np.int64)
     seen = np.zeros(n, np.int64)
     for model in _models(scene, res):
-        hits, _, _, _, fp = cast_camera(scene, t_us, model, res, surface=False)
+        hits, _, _, fp = cast_camera(scene, t_us, model, res)
         foot += fp[:n]
         obj = hits.obj[hits.obj >= 0]
         seen += np.bincount(obj[obj < n], minlength=n)[:n]
@@ -177,146 +179,181 @@ def lighting_for(scene: SimScene) -> Lighting:
     return L
 
 
+# Indices into _PALETTE (albedo replacing the part colour) and _EMIT (emitted light).
+_KEEP, _GLASS, _WHITE, _HEAD, _TAIL, _GRILLE, _WINDOW, _ROOF = range(8)
+_PALETTE_BASE = np.array(
+    [[0, 0, 0], [0.10, 0.13, 0.17], [0.95, 0.95, 0.95], [0.9, 0.9, 0.85], [0.75, 0.06, 0.05],
+     [0.08, 0.08, 0.08], [0.11, 0.14, 0.19], [0.35, 0.34, 0.33]], np.float32,
+).T  # fmt: skip
+_NO_EMIT, _E_HEAD, _E_TAIL, _E_WINDOW, _E_LAMP = range(5)
+_EMIT = np.array(
+    [[0, 0, 0], [1.2, 1.15, 1.0], [0.9, 0.05, 0.03], [0.9, 0.7, 0.4], [2.0, 1.8, 1.4]], np.float32
+).T
+
+
 def _object_albedo(
-    scene: SimScene, hits: HitBuffer, m: np.ndarray, lit: Lighting
+    scene: SimScene, part: np.ndarray, srf: Surface, obj: np.ndarray, lit: Lighting
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Albedo (M, 3) and emission (M, 3) of object hits ``m`` (mask), with surface patterns."""
-    part = hits.part[m]
-    col = scene.part_color[part].copy()
-    emit = np.zeros_like(col)
-    pat = scene.part_pattern[part]
-    loc = hits.local[m]  # normalised [-1, 1]
-    met = loc * scene.part_half[part]  # metres from the part centre
-    code = hits.normal_code[m]
+    """Albedo (3, M) and emission (3, M) of M object hits, with the parts' surface patterns."""
+    pat = scene.part_pattern.take(part)
+    half = scene.part_half.take(part, axis=0)
+    code = srf.code
     axis = code // 2
     positive = (code % 2) == 1
     vertical = axis != 2
-    glass = np.array([0.10, 0.13, 0.17], np.float32) + 0.25 * lit.sky_horizon
-    p = pat == shapes.GLASS_SIDES
-    g = p & vertical & (loc[:, 2] > -0.75)
-    col[g] = glass
-    p = pat == shapes.WINDOW_BAND
-    band_lo = np.where((axis == 0) & positive, -0.35, 0.15)
-    g = p & vertical & (loc[:, 2] > band_lo) & (loc[:, 2] < 0.8)
-    col[g] = glass
-    p = pat == shapes.STRIPES_Y
-    stripe = p & (np.floor((met[:, 1] + 10.0) / 0.4).astype(np.int64) % 2 == 0)
-    col[stripe] = np.array([0.95, 0.95, 0.95], np.float32)
-    p = pat == shapes.CORRUGATED
-    col[p & vertical & (np.mod(met[:, 0], 0.4) < 0.06)] *= 0.72
-    p = pat == shapes.VEHICLE_BODY
-    front = p & (axis == 0) & positive
-    back = p & (axis == 0) & ~positive
-    ay, z = np.abs(loc[:, 1]), loc[:, 2]
-    head = front & (ay > 0.5) & (ay < 0.9) & (z > 0.05) & (z < 0.6)
-    tail = back & (ay > 0.55) & (ay < 0.92) & (z > 0.1) & (z < 0.7)
-    grille = front & (ay < 0.4) & (z > -0.4) & (z < 0.3)
-    col[head] = np.array([0.9, 0.9, 0.85], np.float32)
-    col[tail] = np.array([0.75, 0.06, 0.05], np.float32)
-    col[grille] = np.array([0.08, 0.08, 0.08], np.float32)
-    col[p & vertical & (z < -0.75)] *= 0.35
-    emit[head] = lit.emissive * np.array([1.2, 1.15, 1.0], np.float32)
-    emit[tail] = lit.emissive * np.array([0.9, 0.05, 0.03], np.float32)
-    p = pat == shapes.FACADE
-    if p.any():
-        zb = met[:, 2] + scene.part_half[part, 2]  # height above the ground
-        along = np.where(axis == 0, met[:, 1], met[:, 0])
-        fa = np.mod(along + 100.0, 3.0) / 3.0
-        fz = np.mod(zb, 3.2) / 3.2
+    lx, ly, lz = srf.local
+    ay = np.abs(ly)
+    choice = np.zeros(len(part), np.int8)
+    mult = np.ones(len(part), np.float32)
+    echoice = np.zeros(len(part), np.int8)
+
+    def put(mask: np.ndarray, k: int) -> None:
+        np.putmask(choice, mask, k)
+
+    put((pat == shapes.GLASS_SIDES) & vertical & (lz > -0.75), _GLASS)
+    band_lo = np.where((axis == 0) & positive, np.float32(-0.35), np.float32(0.15))
+    put((pat == shapes.WINDOW_BAND) & vertical & (lz > band_lo) & (lz < 0.8), _GLASS)
+    my = ly * half[:, 1]
+    mx = lx * half[:, 0]
+    put((pat == shapes.STRIPES_Y) & (np.floor((my + 10.0) / 0.4).astype(np.int64) % 2 == 0), _WHITE)
+    np.putmask(mult, (pat == shapes.CORRUGATED) & vertical & (fmod(mx, 0.4) < 0.06), np.float32(0.72))
+    body = pat == shapes.VEHICLE_BODY
+    if body.any():
+        front = body & (axis == 0) & positive
+        back = body & (axis == 0) & ~positive
+        head = front & (ay > 0.5) & (ay < 0.9) & (lz > 0.05) & (lz < 0.6)
+        tail = back & (ay > 0.55) & (ay < 0.92) & (lz > 0.1) & (lz < 0.7)
+        put(head, _HEAD)
+        put(tail, _TAIL)
+        put(front & (ay < 0.4) & (lz > -0.4) & (lz < 0.3), _GRILLE)
+        np.putmask(mult, body & vertical & (lz < -0.75), np.float32(0.35))
+        np.putmask(echoice, head, _E_HEAD)
+        np.putmask(echoice, tail, _E_TAIL)
+    fac = pat == shapes.FACADE
+    if fac.any():
+        zb = lz * half[:, 2] + half[:, 2]  # height above the ground
+        along = np.where(axis == 0, my, mx)
+        fa = fmod(along, 3.0) / 3.0
+        fz = fmod(zb, 3.2) / 3.2
         upper = (zb > 3.2) & (fa > 0.22) & (fa < 0.78) & (fz > 0.3) & (fz < 0.85)
         shop = (zb > 0.4) & (zb < 2.8) & (fa > 0.08) & (fa < 0.92)
-        win = p & vertical & (upper | shop)
-        col[win] = glass * 1.1
-        roof = p & ~vertical
-        col[roof] = np.array([0.35, 0.34, 0.33], np.float32)
+        win = fac & vertical & (upper | shop)
+        put(win, _WINDOW)
+        put(fac & ~vertical, _ROOF)
         if lit.emissive > 0:
-            wid = hash_noise(np.floor((along + 100.0) / 3.0), np.floor(zb / 3.2) + 97 * hits.obj[m])
-            on = win & (wid < 0.35)
-            emit[on] = lit.emissive * np.array([0.9, 0.7, 0.4], np.float32)
-    p = pat == shapes.LAMP
-    emit[p & (axis == 2) & ~positive] = (lit.lamps > 0) * np.array([2.0, 1.8, 1.4], np.float32)
+            wid = hash_noise(np.floor((along + 100.0) / 3.0), np.floor(zb / 3.2) + 97 * obj)
+            np.putmask(echoice, win & (wid < 0.35), _E_WINDOW)
+    if lit.lamps > 0:
+        np.putmask(echoice, (pat == shapes.LAMP) & (axis == 2) & ~positive, _E_LAMP)
+    palette = _PALETTE_BASE.copy()
+    palette[:, _GLASS] += 0.25 * lit.sky_horizon
+    palette[:, _WINDOW] += 0.25 * lit.sky_horizon
+    col = scene.part_color.take(part, axis=0).T
+    col = np.where(choice == _KEEP, col, palette.take(choice, axis=1)) * mult
+    emit_scale = np.where(echoice == _E_LAMP, np.float32(1.0), np.float32(lit.emissive))
+    emit = _EMIT.take(echoice, axis=1) * emit_scale
     return col, emit
+
+
+def _lamp_light(scene: SimScene, p: np.ndarray, n: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(N,) light at points p (3, N) with normals n (3, N) from the two nearest lamps (by road
+    s) on each side of the road; farther lamps add a few per cent at most."""
+    acc = np.zeros(p.shape[1], np.float32)
+    for lamp_s, lamp_xyz in scene.lamp_rows:
+        if len(lamp_s) == 0:
+            continue
+        j = np.searchsorted(lamp_s, s)
+        for k in (j - 1, j):
+            lp = lamp_xyz.take(np.clip(k, 0, len(lamp_s) - 1), axis=0)
+            vx, vy, vz = lp[:, 0] - p[0], lp[:, 1] - p[1], lp[:, 2] - p[2]
+            dist2 = vx * vx + vy * vy + vz * vz
+            ndl = np.maximum(n[0] * vx + n[1] * vy + n[2] * vz, 0) / np.sqrt(dist2)
+            acc += ndl / (1.0 + dist2 / 36.0)
+    return acc
 
 
 def shade(
     scene: SimScene, t_us: int, hits: HitBuffer, dirs: np.ndarray, o: np.ndarray, cam_index: int
 ) -> np.ndarray:
-    """RGB uint8 image of one cast camera."""
+    """RGB uint8 image of one cast camera (planar (3, H * W) arrays inside)."""
     lit = lighting_for(scene)
     H, W = hits.depth.shape
-    img = np.empty((H, W, 3), np.float32)
-    finite = np.isfinite(hits.depth)
-    # Sky: vertical gradient by ray elevation.
-    sky = ~finite
-    if sky.any():
-        dn = dirs[sky]
-        el = np.clip(dn[:, 2] / np.linalg.norm(dn, axis=1), 0.0, 1.0) ** 0.6
-        img[sky] = lit.sky_horizon * (1 - el[:, None]) + lit.sky_zenith * el[:, None]
-    surf = finite
-    depth_all = hits.depth[surf]
-    pos = o.astype(np.float32) + dirs[surf] * depth_all[:, None]
-    obj = hits.obj[surf]
-    is_obj = obj >= 0
-    albedo = np.empty((len(pos), 3), np.float32)
-    emit = np.zeros((len(pos), 3), np.float32)
-    normal = np.zeros((len(pos), 3), np.float32)
-    normal[:, 2] = 1.0
-    gm = ~is_obj
-    if gm.any():
-        s, d = scene.road.to_sd(pos[gm, 0], pos[gm, 1])
-        albedo[gm], _ = ground_material(scene.road, s, d)
-        if scene.conditions.rain:
-            albedo[gm] *= 0.75
-    if is_obj.any():
-        om = np.zeros_like(surf)
-        om[surf] = is_obj
-        albedo[is_obj], emit[is_obj] = _object_albedo(scene, hits, om, lit)
+    N = H * W
+    f32 = np.float32
+    depth = hits.depth.reshape(N)
+    finite = np.isfinite(depth)
+    D = dirs.reshape(3, N)
+    t = np.where(finite, depth, f32(0))
+    of = o.astype(f32)
+    pos = np.stack([of[0] + D[0] * t, of[1] + D[1] * t, of[2] + D[2] * t])
+    obj = hits.obj.reshape(N)
+    s, d = scene.road.to_sd(pos[0], pos[1])
+    s, d = s.astype(f32), d.astype(f32)
+    albedo, _ = ground_material(scene.road, s, d)
+    if scene.conditions.rain:
+        albedo *= f32(0.75)
+    emit = np.zeros((3, N), f32)
+    normal = np.zeros((3, N), f32)
+    normal[2] = 1.0
+    oi = np.flatnonzero(obj >= 0)
+    if len(oi):
         geo = scene.geometry(int(t_us))
-        normal[is_obj] = hits.global_normals(geo, om)
-    # Lighting: hemispheric ambient + sun + point lamps + ego headlights.
-    light = lit.ambient[None] * (0.75 + 0.25 * normal[:, 2:3])
+        srf = surface(hits, geo, o, dirs, oi)
+        part = hits.part.reshape(N).take(oi)
+        o_col, o_emit = _object_albedo(scene, part, srf, obj.take(oi), lit)
+        albedo[:, oi] = o_col
+        emit[:, oi] = o_emit
+        normal[:, oi] = srf.normal
+    # Lighting: hemispheric ambient + sun + street lamps + ego headlights (a grey level per pixel,
+    # coloured lights as separate planes).
+    light = lit.ambient[:, None] * (f32(0.75) + f32(0.25) * normal[2])[None]
     if lit.sun.any():
-        light = light + lit.sun[None] * np.clip(normal @ lit.sun_dir, 0, None)[:, None]
+        sd = lit.sun_dir
+        light += lit.sun[:, None] * np.maximum(normal[0] * sd[0] + normal[1] * sd[1] + normal[2] * sd[2], 0)
     if lit.lamps > 0 and len(scene.lamp_xyz):
-        # Lamps farther than ~25 m from a surface add < 5 % of their light: only near pairs count.
-        close = np.flatnonzero(depth_all < 70.0)
-        pc_, nc_ = pos[close], normal[close]
-        acc = np.zeros((len(close), 1), np.float32)
-        near = np.linalg.norm(scene.lamp_xyz[:, :2] - o[:2], axis=1) < 80
-        for lp in scene.lamp_xyz[near].astype(np.float32):
-            v = lp - pc_
-            dist2 = np.einsum("ij,ij->i", v, v)
-            ndl = np.maximum(np.einsum("ij,ij->i", nc_, v), 0) / np.sqrt(dist2)
-            acc[:, 0] += ndl / (1.0 + dist2 / 36.0)
-        light[close] += (lit.lamps * 1.6 * acc) * np.array([1.0, 0.82, 0.55], np.float32)
+        lamp = f32(lit.lamps * 1.6) * _lamp_light(scene, pos, normal, s)
+        light += np.array([1.0, 0.82, 0.55], f32)[:, None] * lamp
     if lit.headlights > 0:
         e2g = scene.ego2global(t_us)
-        hp = (e2g[:3, :3] @ np.array([3.7, 0.0, 0.7]) + e2g[:3, 3]).astype(np.float32)
-        fwd = e2g[:3, 0].astype(np.float32)
-        v = pos - hp
-        dist = np.linalg.norm(v, axis=1) + 1e-3
-        cone = np.clip(((v @ fwd) / dist - 0.82) / 0.12, 0, 1)
-        ndl = np.clip(-(normal * v).sum(1) / dist, 0, None)
-        light += (lit.headlights * 2.2 * cone * ndl / (1.0 + (dist / 14.0) ** 2))[:, None]
+        hp = (e2g[:3, :3] @ np.array([3.7, 0.0, 0.7]) + e2g[:3, 3]).astype(f32)
+        fwd = e2g[:3, 0].astype(f32)
+        vx, vy, vz = pos[0] - hp[0], pos[1] - hp[1], pos[2] - hp[2]
+        dist = np.sqrt(vx * vx + vy * vy + vz * vz) + f32(1e-3)
+        cone = np.clip(((vx * fwd[0] + vy * fwd[1] + vz * fwd[2]) / dist - f32(0.82)) / f32(0.12), 0, 1)
+        ndl = np.maximum(-(normal[0] * vx + normal[1] * vy + normal[2] * vz) / dist, 0)
+        light += (f32(lit.headlights * 2.2) * cone * ndl / (1.0 + (dist / f32(14.0)) ** 2))[None]
     col = albedo * light + emit
-    # Atmospheric haze.
-    f = np.exp(-depth_all / lit.visibility)[:, None]
-    img[surf] = col * f + lit.haze * (1 - f)
+    # Atmospheric haze, then the sky where nothing was hit.
+    fog = np.exp(-t / f32(lit.visibility))
+    col = col * fog + lit.haze[:, None] * (1 - fog)
+    el = np.clip(D[2] / np.sqrt(D[0] * D[0] + D[1] * D[1] + D[2] * D[2]), 0.0, 1.0) ** f32(0.6)
+    sky = lit.sky_horizon[:, None] * (1 - el) + lit.sky_zenith[:, None] * el
+    img = np.where(finite, col, sky).reshape(3, H, W)
     rng = scene.frame_rng(t_us, 100 + cam_index)
     if scene.conditions.rain:
         img = _rain(img, rng)
-    noise = rng.standard_normal((H, W, 1), dtype=np.float32) * (scene.cfg.image_noise / 255.0)
-    img += noise
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    img += rng.standard_normal((1, H, W), dtype=np.float32) * f32(scene.cfg.image_noise / 255.0)
+    img = np.clip(img * f32(255.0) + f32(0.5), 0.0, 255.0).astype(np.uint8)
+    return np.ascontiguousarray(img.transpose(1, 2, 0))
 
 
 def _rain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Contrast loss, a slight blur and bright streaks."""
-    H, W, _ = img.shape
-    mean = img.mean(axis=(0, 1), keepdims=True)
-    img = 0.72 * img + 0.28 * mean
-    p = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    img = (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] + 2 * p[1:-1, 1:-1]) / 6.0
+    """Contrast loss, a slight blur and bright streaks on a (3, H, W) image."""
+    _, H, W = img.shape
+    mean = img.mean(axis=(1, 2), keepdims=True)
+    # Contrast loss and a [1 2 1]/4 blur, separable, in place.
+    img = img * np.float32(0.72 / 4) + mean * np.float32(0.28 / 4)
+    b = img * 2
+    b[:, 1:] += img[:, :-1]
+    b[:, :-1] += img[:, 1:]
+    b[:, 0] += img[:, 0]
+    b[:, -1] += img[:, -1]
+    img = b * 2
+    img[:, :, 1:] += b[:, :, :-1]
+    img[:, :, :-1] += b[:, :, 1:]
+    img[:, :, 0] += b[:, :, 0]
+    img[:, :, -1] += b[:, :, -1]
+    img *= np.float32(0.25)
     n = max(1, H * W // 900)
     length = max(4, H // 18)
     x0 = rng.uniform(0, W, n)
@@ -328,7 +365,7 @@ def _rain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ok = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
     streak = np.zeros((H, W), np.float32)
     np.add.at(streak, (ys[ok], xs[ok]), 0.12)
-    return img + streak[..., None]
+    return (img + streak[None]).astype(np.float32)
 
 
 def render_cameras(scene: SimScene, t_us: int) -> list[CameraImage]:
@@ -337,7 +374,7 @@ def render_cameras(scene: SimScene, t_us: int) -> list[CameraImage]:
     e2g = scene.ego2global(t_us)
     res = tuple(scene.resolution)
     for ci, model in enumerate(_models(scene, res)):
-        hits, dirs, o, _, _ = cast_camera(scene, t_us, model, res)
+        hits, dirs, o, _ = cast_camera(scene, t_us, model, res)
         image = shade(scene, t_us, hits, dirs, o, ci)
         obj = hits.obj
         inst = np.full(obj.shape, -1, np.int64)

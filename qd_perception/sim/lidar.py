@@ -17,7 +17,7 @@ import numpy as np
 
 from qd_perception.geometry.rig import LidarSpec
 from qd_perception.sim.materials import ground_material
-from qd_perception.sim.raycast import Geometry, HitBuffer, Rect, cast
+from qd_perception.sim.raycast import Geometry, HitBuffer, Rect, cast, surface
 from qd_perception.sim.types import LidarSweep
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ class LidarModel:
     elevation: np.ndarray  # (B,) radians, ring 0 = lowest beam
     azimuth: np.ndarray  # (A,) radians in the sensor frame, firing order
     dirs: np.ndarray  # (B, A, 3) float32 unit rays in the sensor frame
+    planes: np.ndarray  # (3, B, A) float32 the same rays as x, y, z planes
     az_start: float
     col_time: np.ndarray  # (A,) float32 seconds relative to the sweep timestamp
 
@@ -49,7 +50,9 @@ def lidar_model(spec: LidarSpec, ego_yaw_deg: float) -> LidarModel:
     )
     period = 1.0 / spec.rate_hz
     col_time = ((np.arange(A) + 0.5) / A - 1.0) * period
-    return LidarModel(spec, el, az, dirs.astype(np.float32), az_start, col_time.astype(np.float32))
+    dirs = dirs.astype(np.float32)
+    planes = np.ascontiguousarray(dirs.transpose(2, 0, 1))
+    return LidarModel(spec, el, az, dirs, planes, az_start, col_time.astype(np.float32))
 
 
 def _rects(geo: Geometry, R: np.ndarray, o: np.ndarray, model: LidarModel) -> list[tuple[int, list[Rect]]]:
@@ -111,10 +114,12 @@ def render_lidar(scene: SimScene, t_us: int) -> LidarSweep:
     e2g = scene.ego2global(t_us)
     s2g = e2g @ scene.rig.lidar2ego()
     R, o = s2g[:3, :3], s2g[:3, 3]
-    dirs = model.dirs @ R.T.astype(np.float32)
+    Rf = R.astype(np.float32)
+    x, y, z = model.planes
+    dirs = np.stack([Rf[k, 0] * x + Rf[k, 1] * y + Rf[k, 2] * z for k in range(3)])
     B, A = spec.beams, spec.azimuth_steps
     hits = HitBuffer.empty((B, A))
-    dz = dirs[..., 2]
+    dz = dirs[2]
     ground = dz < -1e-6
     hits.depth[ground] = (-o[2] / dz[ground]).astype(np.float32)
     cast(o, dirs, geo, _rects(geo, R, o, model), hits)
@@ -136,16 +141,10 @@ def render_lidar(scene: SimScene, t_us: int) -> LidarSweep:
     is_obj = obj >= 0
     part = hits.part.T[col, ring]
     refl[is_obj] = scene.part_refl[part[is_obj]]
-    dg = dirs[ring, col]
+    dg = dirs[:, ring, col].T
     if is_obj.any():
-        om = np.zeros((B, A), bool)
-        om[ring[is_obj], col[is_obj]] = True
-        # global_normals walks the mask in row-major (ring, col) order: reorder to firing order.
-        n_rm = hits.global_normals(geo, om)
-        rr, cc = np.nonzero(om)
-        order = np.lexsort((rr, cc))
-        n_fire = n_rm[order]
-        cosi[is_obj] = np.abs((n_fire * dg[is_obj]).sum(1))
+        srf = surface(hits, geo, o, dirs, ring[is_obj] * A + col[is_obj])
+        cosi[is_obj] = np.abs((srf.normal.T * dg[is_obj]).sum(1))
     gm = ~is_obj
     if gm.any():
         gp = o[None] + dg[gm].astype(np.float64) * rng_t[gm, None]

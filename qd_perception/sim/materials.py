@@ -25,36 +25,44 @@ def hash_noise(a: np.ndarray, b: np.ndarray, salt: int = 0) -> np.ndarray:
     return ((h ^ (h >> 16)) & 0xFFFF).astype(np.float32) / 65536.0
 
 
+ZONE_COLORS = np.stack([ASPHALT, BIKE, PARKING, SIDEWALK, VERGE])
+ZONE_REFL = np.array([10.0, 18.0, 12.0, 30.0, 14.0], np.float32)
+
+
+def fmod(x: np.ndarray, period: float) -> np.ndarray:
+    """x mod period in [0, period) (faster than np.mod for float arrays)."""
+    return x - np.float32(period) * np.floor(x * np.float32(1.0 / period))
+
+
 def ground_material(road: Road, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Albedo (M, 3) float32 and lidar reflectivity (M,) float32 of the ground at (s, d)."""
+    """Albedo (3, M) float32 planes and lidar reflectivity (M,) float32 of the ground at (s, d)."""
+    s = s.astype(np.float32)
+    d = d.astype(np.float32)
     ad = np.abs(d)
-    n = len(s)
-    color = np.empty((n, 3), np.float32)
-    refl = np.empty(n, np.float32)
-    zones = [
-        (ad < road.lanes_half, ASPHALT, 10.0),
-        ((ad >= road.lanes_half) & (ad < road.bike_outer), BIKE, 18.0),
-        ((ad >= road.bike_outer) & (ad < road.road_half), PARKING, 12.0),
-        ((ad >= road.road_half) & (ad < road.sidewalk_outer), SIDEWALK, 30.0),
-        (ad >= road.sidewalk_outer, VERGE, 14.0),
-    ]
-    for m, c, r in zones:
-        color[m] = c
-        refl[m] = r
+    zone = (
+        (ad >= road.lanes_half).astype(np.int8)
+        + (ad >= road.bike_outer)
+        + (ad >= road.road_half)
+        + (ad >= road.sidewalk_outer)
+    )
+    refl = ZONE_REFL.take(zone)
     # Fine texture: 25 cm lattice noise on the road, slab joints on the sidewalk.
     grain = hash_noise(np.floor(s * 4), np.floor(d * 4)) - 0.5
     coarse = hash_noise(np.floor(s * 0.5), np.floor(d * 0.5), 7) - 0.5
-    color *= (1.0 + 0.10 * grain + 0.08 * coarse)[:, None]
-    walk = (ad >= road.road_half) & (ad < road.sidewalk_outer)
-    joint = walk & ((np.mod(s, 1.5) < 0.04) | (np.mod(ad - road.road_half, 1.5) < 0.04))
-    color[joint] *= 0.7
+    walk = zone == 3
+    joint = walk & ((fmod(s, 1.5) < 0.04) | (fmod(ad - np.float32(road.road_half), 1.5) < 0.04))
+    factor = (1.0 + 0.10 * grain + 0.08 * coarse) * np.where(joint, np.float32(0.7), np.float32(1.0))
     # Markings (retro-reflective paint: bright for the lidar too).
     white = np.abs(ad - road.lanes_half) < 0.08
     for i in range(1, road.lanes_per_direction):
-        white |= (np.abs(ad - i * road.lane_width) < 0.075) & (np.mod(s, 9.0) < 3.0)
-    white |= (np.abs(ad - road.bike_outer) < 0.06) & (np.mod(s, 4.0) < 2.0)
+        white |= (np.abs(ad - i * road.lane_width) < 0.075) & (fmod(s, 9.0) < 3.0)
+    white |= (np.abs(ad - road.bike_outer) < 0.06) & (fmod(s, 4.0) < 2.0)
     yellow = np.abs(ad - 0.15) < 0.06
-    color[white] = WHITE_PAINT
-    color[yellow] = YELLOW_PAINT
-    refl[white | yellow] = 130.0
-    return color, refl
+    zone = np.where(white, np.int8(5), np.where(yellow, np.int8(6), zone))
+    factor = np.where(white | yellow, np.float32(1.0), factor)
+    color = _GROUND_PLANES.take(zone, axis=1) * factor.astype(np.float32)
+    refl = np.where(white | yellow, np.float32(130.0), refl)
+    return color, refl.astype(np.float32)
+
+
+_GROUND_PLANES = np.stack([ASPHALT, BIKE, PARKING, SIDEWALK, VERGE, WHITE_PAINT, YELLOW_PAINT]).T.copy()

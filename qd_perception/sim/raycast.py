@@ -13,12 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Normal codes stored per hit: axis * 2 + (1 if the outward normal points to +axis else 0).
-N_NORMAL_CODES = 6
-_NORMAL_OF_CODE = np.array(
-    [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], dtype=np.float32
-)
-
 Rect = tuple[int, int, int, int]  # row0, row1, col0, col1 (half-open) in the ray grid
 
 
@@ -58,8 +52,6 @@ class HitBuffer:
     depth: np.ndarray  # (R, C) float32, inf = no hit
     obj: np.ndarray  # (R, C) int32 object index, -1 = none (ground/sky)
     part: np.ndarray  # (R, C) int32 global part index, -1 = none
-    normal_code: np.ndarray  # (R, C) int8, see N_NORMAL_CODES
-    local: np.ndarray  # (R, C, 3) float32 hit position in the part, normalised to [-1, 1]
 
     @classmethod
     def empty(cls, shape: tuple[int, int]) -> HitBuffer:
@@ -67,16 +59,54 @@ class HitBuffer:
             depth=np.full(shape, np.inf, np.float32),
             obj=np.full(shape, -1, np.int32),
             part=np.full(shape, -1, np.int32),
-            normal_code=np.full(shape, -1, np.int8),
-            local=np.zeros((*shape, 3), np.float32),
         )
 
-    def global_normals(self, geo: Geometry, mask: np.ndarray) -> np.ndarray:
-        """(M, 3) float32 outward normals in the global frame of the object hits in ``mask``."""
-        n = _NORMAL_OF_CODE[self.normal_code[mask]]
-        yaw = geo.yaw[self.obj[mask]].astype(np.float32)
-        c, s = np.cos(yaw), np.sin(yaw)
-        return np.stack([c * n[:, 0] - s * n[:, 1], s * n[:, 0] + c * n[:, 1], n[:, 2]], -1)
+
+@dataclass
+class Surface:
+    """Surface details of M object hits (planar (3, M) arrays)."""
+
+    local: np.ndarray  # (3, M) float32 hit position in its part, normalised to [-1, 1]
+    code: np.ndarray  # (M,) int8 normal code in the object frame (axis * 2 + positive)
+    normal: np.ndarray  # (3, M) float32 outward normal, global frame
+
+
+def surface(
+    hits: HitBuffer, geo: Geometry, origin: np.ndarray, dirs: np.ndarray, flat_idx: np.ndarray
+) -> Surface:
+    """Recompute where, on which face, the rays ``flat_idx`` hit their nearest part.
+
+    ``dirs`` are the (3, R, C) global ray planes given to :func:`cast`. Done once per image for
+    the visible hits only, instead of for every candidate inside the casting loop.
+    """
+    obj = hits.obj.reshape(-1).take(flat_idx)
+    part = hits.part.reshape(-1).take(flat_idx)
+    t = hits.depth.reshape(-1).take(flat_idx)
+    d = dirs.reshape(3, -1).take(flat_idx, axis=1)
+    rel = (np.asarray(origin, np.float64)[None] - geo.center.take(obj, axis=0)).astype(np.float32)
+    gx = rel[:, 0] + t * d[0]
+    gy = rel[:, 1] + t * d[1]
+    gz = rel[:, 2] + t * d[2]
+    yaw = geo.yaw.take(obj).astype(np.float32)
+    c, s = np.cos(yaw), np.sin(yaw)
+    pc = geo.part_center.take(part, axis=0)
+    ph = geo.part_half.take(part, axis=0)
+    u = np.stack(
+        [
+            (c * gx + s * gy - pc[:, 0]) / ph[:, 0],
+            (-s * gx + c * gy - pc[:, 1]) / ph[:, 1],
+            (gz - pc[:, 2]) / ph[:, 2],
+        ]
+    )
+    a0, a1, a2 = np.abs(u)
+    axis = np.where((a0 >= a1) & (a0 >= a2), 0, np.where(a1 >= a2, 1, 2)).astype(np.int8)
+    positive = np.where(axis == 0, u[0], np.where(axis == 1, u[1], u[2])) > 0
+    sign = np.where(positive, np.float32(1), np.float32(-1))
+    nx = np.where(axis == 0, sign, np.float32(0))
+    ny = np.where(axis == 1, sign, np.float32(0))
+    nz = np.where(axis == 2, sign, np.float32(0))
+    normal = np.stack([c * nx - s * ny, s * nx + c * ny, nz])
+    return Surface(np.clip(u, -1, 1), (axis * 2 + positive).astype(np.int8), normal)
 
 
 def cast(
@@ -85,9 +115,8 @@ def cast(
     geo: Geometry,
     rects: list[tuple[int, list[Rect]]],
     hits: HitBuffer,
-    want_surface: bool = True,
 ) -> np.ndarray:
-    """Cast the ray grid ``dirs`` (R, C, 3), from ``origin`` (3,) global, against objects.
+    """Cast the ray grid ``dirs`` (3, R, C) (x, y, z planes, global axes) from ``origin`` (3,).
 
     ``rects`` lists, per candidate object index, the grid rectangles its envelope may cover.
     ``hits`` is updated in place (z-test against what it already holds, e.g. the ground).
@@ -96,58 +125,43 @@ def cast(
     """
     footprint = np.zeros(len(geo), np.int64)
     origin = np.asarray(origin, np.float64)
+    tiny = np.float32(1e-9)
     for i, rect_list in rects:
         c, s = np.cos(geo.yaw[i]), np.sin(geo.yaw[i])
-        rinv = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]], np.float32)  # global -> object
-        o_l = (rinv @ (origin - geo.center[i])).astype(np.float32)
-        p0, p1 = geo.part_start[i], geo.part_start[i + 1]
+        rel = origin - geo.center[i]
+        o_l = np.array([c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2]], np.float32)
+        p0, p1 = int(geo.part_start[i]), int(geo.part_start[i + 1])
         pc = geo.part_center[p0:p1]
         ph = geo.part_half[p0:p1]
-        lo_b = (pc - ph - o_l).T[:, :, None]  # (3, P, 1)
-        hi_b = (pc + ph - o_l).T[:, :, None]
+        lo_b = (pc - ph - o_l).T[:, :, None, None]  # (3, P, 1, 1)
+        hi_b = (pc + ph - o_l).T[:, :, None, None]
+        cf, sf = np.float32(c), np.float32(s)
         for r0, r1, c0, c1 in rect_list:
-            sub = dirs[r0:r1, c0:c1]
-            h, w = sub.shape[:2]
-            if h == 0 or w == 0:
+            if r1 <= r0 or c1 <= c0:
                 continue
-            d = sub.reshape(-1, 3) @ rinv.T
-            inv = np.ascontiguousarray((1.0 / np.where(np.abs(d) < 1e-9, np.float32(1e-9), d)).T)
-            # Slab test, one axis at a time ((P, M) arrays; reductions over a size-3 axis are slow).
-            near_ax = []
+            dx, dy, dz = dirs[0, r0:r1, c0:c1], dirs[1, r0:r1, c0:c1], dirs[2, r0:r1, c0:c1]
             t_near = t_far = None
-            for ax in range(3):
-                ta = lo_b[ax] * inv[ax]
-                tb = hi_b[ax] * inv[ax]
+            for ax, comp in enumerate((cf * dx + sf * dy, cf * dy - sf * dx, dz)):
+                inv = 1.0 / np.where(np.abs(comp) < tiny, tiny, comp)
+                ta = lo_b[ax] * inv
+                tb = hi_b[ax] * inv
                 tn = np.minimum(ta, tb)
                 tf = np.maximum(ta, tb, out=ta)
-                near_ax.append(tn)
-                t_near = tn.copy() if t_near is None else np.maximum(t_near, tn, out=t_near)
+                t_near = tn if t_near is None else np.maximum(t_near, tn, out=t_near)
                 t_far = tf if t_far is None else np.minimum(t_far, tf, out=t_far)
             t_near[(t_far < t_near) | (t_near <= 0)] = np.inf
             if len(pc) > 1:
                 best = t_near.argmin(0)
                 t_best = np.take_along_axis(t_near, best[None], 0)[0]
             else:
-                best = np.zeros(t_near.shape[1], np.int64)
+                best = np.zeros(t_near.shape[1:], np.int64)
                 t_best = t_near[0]
-            finite = np.isfinite(t_best)
-            footprint[i] += int(finite.sum())
-            depth_view = hits.depth[r0:r1, c0:c1].reshape(-1)
+            footprint[i] += int(np.count_nonzero(t_best < np.inf))
+            depth_view = hits.depth[r0:r1, c0:c1]
             closer = t_best < depth_view
             if not closer.any():
                 continue
-            m = np.flatnonzero(closer)
-            bm = best[m]
-            tb = t_best[m]
-            rr = r0 + m // w
-            cc = c0 + m % w
-            hits.depth[rr, cc] = tb
-            hits.obj[rr, cc] = i
-            hits.part[rr, cc] = p0 + bm
-            if want_surface:
-                axis = np.stack([near_ax[a][bm, m] for a in range(3)], -1).argmax(-1)
-                dm = d[m]
-                sign_pos = np.take_along_axis(dm, axis[:, None], 1)[:, 0] < 0
-                hits.normal_code[rr, cc] = (axis * 2 + sign_pos).astype(np.int8)
-                hits.local[rr, cc] = (o_l + tb[:, None] * dm - pc[bm]) / ph[bm]
+            depth_view[closer] = t_best[closer]
+            hits.obj[r0:r1, c0:c1][closer] = i
+            hits.part[r0:r1, c0:c1][closer] = p0 + best[closer]
     return footprint

@@ -62,6 +62,7 @@ class _Actor:
     dd_dt: float = 0.0
     yaw_offset: float = 0.0  # heading relative to the road tangent
     has_rider: bool = True
+    pinned: bool = False  # placed to guarantee class coverage: never removed to make room
 
 
 class SimScene:
@@ -362,8 +363,9 @@ class SimScene:
         for a in actors:
             s = a.s0 + a.ds_dt * t_key
             xy = road.point(s, a.d0 + a.dd_dt * t_key)
-            if np.min(np.linalg.norm(xy - ego, axis=-1)) < 35.0:
+            if a.class_name not in present and np.min(np.linalg.norm(xy - ego, axis=-1)) < 35.0:
                 present.add(a.class_name)
+                a.pinned = True  # the witness of its class stays
         s_ego_mid = self.ego_s0 + self.ego_ds_dt * self.cfg.duration_s / 2
         for cls in CLASS_NAMES:
             if cls in present:
@@ -381,10 +383,9 @@ class SimScene:
                         )
                         occ[side].add(s - 0.4, s + 0.4, d - 0.4, d + 0.4)
                         break
-                elif cls in ("bicycle", "motorcycle") and self._place_sidewalk_cycle(
-                    rng, actors, occ, cls, s
-                ):
-                    break
+                elif cls in ("bicycle", "motorcycle"):
+                    if self._place_sidewalk_cycle(rng, actors, occ, cls, s):
+                        break
                 elif cls in ("traffic_cone", "barrier"):
                     d = side * (road.road_half + 0.6)
                     if occ[side].free(s - 1.4, s + 1.4, d - 0.5, d + 0.5):
@@ -403,12 +404,15 @@ class SimScene:
                     for a in actors:
                         in_strip = a.ds_dt == 0 and abs(a.d0 - d) < 1.0
                         if in_strip and abs(a.s0 - s) < (L + a.shape.size[0]) / 2 + 0.5:
+                            if a.pinned:
+                                break
                             continue
                         keep.append(a)
-                    if not self._zone_blocks(side, s - L / 2, s + L / 2):
-                        actors[:] = keep
-                        actors.append(_Actor(cls, shape, s, d, has_rider=False))
-                        break
+                    else:
+                        if not self._zone_blocks(side, s - L / 2, s + L / 2):
+                            actors[:] = keep
+                            actors.append(_Actor(cls, shape, s, d, has_rider=False, pinned=True))
+                            break
 
     def _finalise(self, actors: list[_Actor], statics) -> None:
         road = self.road
@@ -439,6 +443,14 @@ class SimScene:
         self.static_yaw = road.heading(st_s) + np.array([st[3] for st in statics])
         self.static_half = size / 2
         lamps = np.array(self.lamps).reshape(-1, 2)
+        # Per side of the road: lamp s (sorted) and global lamp-head positions, for the shader.
+        self.lamp_rows = []
+        for side in (+1, -1):
+            m = np.sign(lamps[:, 1]) == side
+            order = np.argsort(lamps[m, 0])
+            ls = lamps[m, 0][order]
+            xyz = np.concatenate([road.point(ls, lamps[m, 1][order]), np.full((len(ls), 1), 7.1)], 1)
+            self.lamp_rows.append((ls, xyz.astype(np.float32)))
         self.lamp_xyz = np.concatenate(
             [road.point(lamps[:, 0], lamps[:, 1]), np.full((len(lamps), 1), 7.1)], 1
         )

@@ -1,0 +1,178 @@
+"""The procedural world: geometry agreement between sensors and annotations, determinism,
+class coverage, kinematics and conditions. Tiny resolutions and short scenes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qd_perception.classes import CLASS_NAMES, MEAN_SIZE_LWH, attribute_for
+from qd_perception.config import ConfigError, from_dict, load_yaml
+from qd_perception.geometry.boxes import box_corners, points_in_boxes
+from qd_perception.geometry.transforms import invert
+from qd_perception.sim.config import SimConfig
+from qd_perception.sim.world import make_scene
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = SimConfig(resolution=(90, 160), duration_s=2.0)
+
+
+def _lidar_global(scene, sweep) -> np.ndarray:
+    s2g = sweep.ego2global @ scene.rig.lidar2ego()
+    return sweep.points[:, :3].astype(np.float64) @ s2g[:3, :3].T + s2g[:3, 3]
+
+
+def test_default_yaml_loads_and_bad_input_is_rejected():
+    cfg = load_yaml(SimConfig, ROOT / "config" / "sim" / "default.yaml")
+    assert cfg.resolution == (450, 800) and cfg.rig == "nuscenes_like"
+    assert set(cfg.density) <= set(CLASS_NAMES)
+    with pytest.raises(ConfigError, match="unknown class"):
+        from_dict(SimConfig, {"density": {"unicycle": 1.0}})
+    with pytest.raises(ConfigError, match="resolution"):
+        from_dict(SimConfig, {"resolution": [4, 4]})
+
+
+def test_lidar_points_lie_in_their_annotated_boxes():
+    scene = make_scene(TINY, seed=3, scene_index=0)
+    n_checked = 0
+    for t in (scene.start_us, scene.start_us + 1_000_000):
+        sweep = scene.lidar(t)
+        ann = scene.annotations(t)
+        assert sweep.points.dtype == np.float32 and sweep.points.shape[1] == 5
+        assert len(sweep.point_time) == len(sweep.points) == len(sweep.instance_ids)
+        period = 1.0 / scene.rig.lidar.rate_hz
+        assert sweep.point_time.min() >= -period and sweep.point_time.max() <= 0
+        assert set(np.unique(sweep.points[:, 4]).astype(int)) <= set(range(scene.rig.lidar.beams))
+        assert 0 <= sweep.points[:, 3].min() and sweep.points[:, 3].max() <= 255
+        pts = _lidar_global(scene, sweep)
+        ids = {int(k): i for i, k in enumerate(ann.instance_ids)}
+        hit_ids = np.unique(sweep.instance_ids[sweep.instance_ids >= 0])
+        assert len(hit_ids) >= 5
+        for k in hit_ids:
+            assert int(k) in ids, "a lidar point hit an object that is not annotated"
+            p = pts[sweep.instance_ids == k]
+            inside = points_in_boxes(p, ann.boxes[ids[int(k)]][None], margin=0.05)[0]
+            assert inside.all(), f"instance {k}: {np.count_nonzero(~inside)} of {len(p)} points outside"
+            n_checked += len(p)
+        # Ground returns sit on the ground plane (z = 0 in the global frame).
+        ground = (sweep.instance_ids < 0) & (np.abs(pts[:, 2]) < 0.05)
+        assert ground.sum() > 0.3 * len(pts)
+    assert n_checked > 200
+
+
+def test_projected_boxes_land_on_their_pixels():
+    scene = make_scene(replace(TINY, resolution=(180, 320)), seed=5, scene_index=1)
+    t = scene.start_us + 500_000
+    ann = scene.annotations(t)
+    by_id = {int(k): i for i, k in enumerate(ann.instance_ids)}
+    center, _, _ = scene.actor_state(0.5)  # instance id k is actor k
+    n_center, n_center_ok = 0, 0
+    for cam in scene.cameras(t):
+        K = scene.rig.intrinsics(cam.camera, scene.resolution)
+        g2c = invert(cam.ego2global @ scene.rig.cam2ego(cam.camera))
+        H, W = cam.instance_ids.shape
+        for k in np.unique(cam.instance_ids[cam.instance_ids >= 0]):
+            if int(k) not in by_id:  # seen, but beyond the annotation range
+                far = np.linalg.norm(center[int(k), :2] - cam.ego2global[:2, 3])
+                assert far > scene.cfg.annotation_range
+                continue
+            i = by_id[int(k)]
+            corners = box_corners(ann.boxes[i][None])[0]
+            pc = corners @ g2c[:3, :3].T + g2c[:3, 3]
+            if (pc[:, 2] < 0.5).any():
+                continue
+            uv = (pc @ K.T)[:, :2] / pc[:, 2:3]
+            rows, cols = np.nonzero(cam.instance_ids == k)
+            # Every pixel of the object lies inside its projected box (1 px of rounding).
+            assert cols.min() >= uv[:, 0].min() - 1 and cols.max() <= uv[:, 0].max() + 1
+            assert rows.min() >= uv[:, 1].min() - 1 and rows.max() <= uv[:, 1].max() + 1
+            # Well-visible objects: the projected centre shows the object itself.
+            if ann.visibility[i] == 4 and len(rows) > 30:
+                c = g2c[:3, :3] @ ann.boxes[i, :3] + g2c[:3, 3]
+                u, v = np.rint((K @ c)[:2] / c[2]).astype(int)
+                if 0 <= u < W and 0 <= v < H:
+                    n_center += 1
+                    n_center_ok += int(k in cam.instance_ids[max(v - 1, 0) : v + 2, max(u - 1, 0) : u + 2])
+    assert n_center >= 3
+    assert n_center_ok >= 0.9 * n_center
+    # Depth is metric along the optical axis: the ground in front of CAM_FRONT at the bottom row.
+    front = next(c for c in scene.cameras(t) if c.camera == "CAM_FRONT")
+    assert np.isfinite(front.depth[-1]).all() and np.isinf(front.depth[0]).any()
+
+
+def test_deterministic_and_independent_of_call_order():
+    cfg = replace(TINY, resolution=(36, 64))
+    a, b = make_scene(cfg, 11, 2), make_scene(cfg, 11, 2)
+    t1, t2 = a.start_us + 250_000, a.start_us + 1_500_000
+    a.lidar(t2), a.cameras(t2)  # render another instant first on one copy only
+    la, lb = a.lidar(t1), b.lidar(t1)
+    np.testing.assert_array_equal(la.points, lb.points)
+    np.testing.assert_array_equal(la.instance_ids, lb.instance_ids)
+    for ca, cb in zip(a.cameras(t1), b.cameras(t1)):
+        np.testing.assert_array_equal(ca.image, cb.image)
+        np.testing.assert_array_equal(ca.instance_ids, cb.instance_ids)
+    np.testing.assert_array_equal(a.annotations(t1).boxes, b.annotations(t1).boxes)
+    assert a.start_us == b.start_us and a.description == b.description
+    c = make_scene(cfg, 12, 2)
+    assert c.lidar(t1).points.shape != la.points.shape or not np.array_equal(c.lidar(t1).points, la.points)
+    assert make_scene(cfg, 11, 3).start_us > a.end_us
+
+
+def test_every_class_near_the_ego_in_each_scene():
+    cfg = replace(TINY, duration_s=4.0)
+    for idx in range(2):
+        scene = make_scene(cfg, seed=7, scene_index=idx)
+        near: set[str] = set()
+        for t in range(scene.start_us, scene.end_us + 1, 500_000):
+            ego = scene.ego(t).ego2global[:2, 3]
+            center, _, _ = scene.actor_state((t - scene.start_us) * 1e-6)
+            close = np.linalg.norm(center[:, :2] - ego, axis=1) < 40.0
+            near |= {scene.actor_class[i] for i in np.flatnonzero(close)}
+        assert near == set(CLASS_NAMES), f"scene {idx} lacks {set(CLASS_NAMES) - near}"
+
+
+def test_annotation_kinematics_sizes_and_attributes():
+    cfg = replace(TINY, straight_probability=0.0)  # a curved road
+    scene = make_scene(cfg, seed=2, scene_index=0)
+    assert scene.road.curvature != 0
+    t, dt = scene.start_us + 1_000_000, 50_000
+    a0, a1, a2 = (scene.annotations(t + k * dt) for k in (-1, 0, 1))
+    np.testing.assert_array_equal(a0.instance_ids, a1.instance_ids)
+    fd = (a2.boxes[:, :2] - a0.boxes[:, :2]) / (2 * dt * 1e-6)
+    np.testing.assert_allclose(fd, a1.boxes[:, 7:9], atol=0.02)
+    speed = np.linalg.norm(a1.boxes[:, 7:9], axis=1)
+    assert speed.max() > 3.0 and (speed == 0).any()  # traffic and parked objects
+    for box, cls, attr, v in zip(a1.boxes, a1.class_names, a1.attributes, speed):
+        assert cls in CLASS_NAMES
+        assert attr in (attribute_for(cls, v, True), attribute_for(cls, v, False))
+        L, W, H = MEAN_SIZE_LWH[cls]
+        assert 0.3 * L < box[3] < 1.6 * L and 0.4 * W < box[4] < 1.6 * W and 0.4 * H < box[5] < 1.6 * H
+        assert abs(box[2] - box[5] / 2) < 1e-6  # standing on the ground
+    assert set(np.unique(a1.visibility)) <= {1, 2, 3, 4} and (a1.visibility == 4).any()
+    # Ego odometry agrees with the pose trajectory.
+    e0, e1, e2 = (scene.ego(t + k * dt) for k in (-1, 0, 1))
+    v_global = (e2.ego2global[:3, 3] - e0.ego2global[:3, 3]) / (2 * dt * 1e-6)
+    np.testing.assert_allclose(e1.ego2global[:3, :3].T @ v_global, e1.linear_velocity, atol=0.01)
+    yaw = [np.arctan2(e.ego2global[1, 0], e.ego2global[0, 0]) for e in (e0, e2)]
+    assert abs((yaw[1] - yaw[0]) / (2 * dt * 1e-6) - e1.angular_velocity[2]) < 1e-3
+
+
+def test_night_is_darker_and_rain_degrades_the_lidar():
+    base = replace(TINY, resolution=(36, 64), p_dusk=0.0, p_rain=0.0)
+    day = make_scene(replace(base, p_night=0.0), 4, 0)
+    night = make_scene(replace(base, p_night=1.0), 4, 0)
+    assert day.description == "day, clear" and night.description == "night, clear"
+    t = day.start_us + 500_000
+    mean_day = np.mean([c.image.mean() for c in day.cameras(t)])
+    mean_night = np.mean([c.image.mean() for c in night.cameras(t)])
+    assert mean_night < 0.5 * mean_day
+    rain = make_scene(replace(base, p_night=0.0, p_rain=1.0), 4, 0)
+    assert rain.description == "day, rain"
+    dry_pts, wet_pts = day.lidar(t).points, rain.lidar(t).points
+    r_dry = np.linalg.norm(dry_pts[:, :3], axis=1)
+    r_wet = np.linalg.norm(wet_pts[:, :3], axis=1)
+    assert (r_wet > 5).sum() < 0.95 * (r_dry > 5).sum()  # dropouts
+    assert (r_wet < 3).sum() > (r_dry < 3).sum() + 100  # spurious near returns (ground is > 3 m)
