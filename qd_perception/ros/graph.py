@@ -79,10 +79,20 @@ BEV_DETECTOR = NodeSpec(
     detector="bev",
 )
 
-#: graph name -> nodes. ``calibration`` and ``replay`` entries are added by their owners.
+#: The calibration recorder takes the lidar detector's inputs, plus its detections (object mix).
+CALIBRATION_RECORDER = NodeSpec(
+    name="calibration_recorder",
+    executable="calibration_recorder",
+    module="qd_perception.ros.nodes.calibration_recorder",
+    params="calibration_recorder.param.yaml",
+    remaps=(*detector_remaps(), ("~/input/detections", "/lidar_detector/output/detections")),
+)
+
+#: graph name -> nodes. ``replay.launch.py`` adds the bag player to one of these.
 GRAPHS: dict[str, tuple[NodeSpec, ...]] = {
     "lidar": (LIDAR_DETECTOR,),
     "bev": (LIDAR_DETECTOR, BEV_DETECTOR),
+    "calibration": (LIDAR_DETECTOR, CALIBRATION_RECORDER),
 }
 
 

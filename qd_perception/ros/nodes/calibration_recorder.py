@@ -262,7 +262,11 @@ def make_node(argv_unused: Any = None) -> Any:
             if cfg.detections_wait_s > 0:
                 self.subs.append(
                     self.create_subscription(
-                        Detection3DArray, "~/input/detections", self._on_detections, QoSProfile(depth=10)
+                        # Best effort matches reliable and best-effort detector publishers alike.
+                        Detection3DArray,
+                        "~/input/detections",
+                        self._on_detections,
+                        qos,
                     )
                 )
             self.pub_status = self.create_publisher(String, "~/status", QoSProfile(depth=5))
@@ -421,7 +425,7 @@ def make_node(argv_unused: Any = None) -> Any:
                     self.get_logger().error(f"could not store the frame at {frame.timestamp_us} us: {e}")
                     continue
                 if res.stored:
-                    self.stats["stored"] += 1
+                    self.stats["accepted"] += 1  # incl. those that replaced a member
                 if self.cfg.auto_trigger and self.store.full and self.ptq.runs == 0 and not self.ptq.running:
                     _, text = self._start_ptq()
                     self.get_logger().info(f"auto trigger: {text}")
@@ -433,15 +437,22 @@ def make_node(argv_unused: Any = None) -> Any:
                 return False, f"only {n} frames stored, need {self.cfg.min_frames}"
 
             def done(rc: int) -> None:
-                log = self.get_logger().info if rc == 0 else self.get_logger().error
-                log(f"PTQ command finished with exit code {rc}; log {self.ptq.log_path}")
+                # One severity per call site: rclpy refuses a call site that changes severity.
+                text = f"PTQ command finished with exit code {rc}; log {self.ptq.log_path}"
+                if rc == 0:
+                    self.get_logger().info(text)
+                else:
+                    self.get_logger().error(text)
 
             return self.ptq.start(ptq_argv(self.cfg), on_done=done)
 
         def _on_trigger(self, request: Any, response: Any) -> Any:
             ok, text = self._start_ptq()
             response.success, response.message = ok, text
-            (self.get_logger().info if ok else self.get_logger().warning)(f"~/run_ptq: {text}")
+            if ok:
+                self.get_logger().info(f"~/run_ptq: {text}")
+            else:
+                self.get_logger().warning(f"~/run_ptq: {text}")
             return response
 
         def status(self) -> dict[str, Any]:
@@ -498,7 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except (ConfigError, ValueError) as e:
+            print(f"[{NODE_NAME}] configuration error: {e}", file=sys.stderr, flush=True)
+            return 2
         # Two threads: the trigger service has its own callback group (see the node).
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
@@ -506,9 +521,6 @@ def main(argv: list[str] | None = None) -> int:
             executor.spin_once(timeout_sec=0.2)
     except KeyboardInterrupt:
         pass
-    except (ConfigError, ValueError) as e:
-        print(f"[{NODE_NAME}] configuration error: {e}", file=sys.stderr, flush=True)
-        return 2
     finally:
         if node is not None:
             node.stop()

@@ -1,0 +1,144 @@
+"""The calibration recorder as a real process: collects a bounded set from synchronised inputs
+(with the detections' object mix), refuses the trigger until enough frames are stored, runs a real
+(harmless) command on ``~/run_ptq``, freezes nothing afterwards, and resumes after a restart."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import yaml
+from ros_harness import Driver, NodeProcess
+
+from qd_perception.data.calib_store import CalibrationSet
+
+NODE = "calibration_recorder"
+LIDAR_T, ODOM_T, DET_T = "/c/points", "/c/odom", "/c/detections"
+
+
+def cloud(rng: np.random.Generator, n: int, radius: float) -> np.ndarray:
+    r = rng.uniform(2.0, radius, n)
+    a = rng.uniform(-np.pi, np.pi, n)
+    return np.stack([r * np.cos(a), r * np.sin(a), rng.normal(0, 0.3, n), rng.uniform(0, 255, n)], 1).astype(
+        np.float32
+    )
+
+
+def start_node(tmp_path, out_dir, tag: str) -> NodeProcess:
+    # A real command the trigger can run: counts the set it is given, through the reader PTQ uses.
+    count = (
+        "import sys; from qd_perception.data.calib_store import CalibrationSet; "
+        "open(sys.argv[2], 'w').write(str(len(CalibrationSet(sys.argv[1]))))"
+    )
+    params = {
+        NODE: {
+            "ros__parameters": {
+                "out_dir": str(out_dir),
+                "store.capacity": 4,
+                "store.sample_every": 1,
+                "min_frames": 3,
+                "detections_wait_s": 0.3,
+                "status_period_s": 0.2,
+                "ptq_command": [sys.executable, "-c", count, "{calib_dir}", str(tmp_path / "ptq_out.txt")],
+            }
+        }
+    }
+    pf = tmp_path / "calib.param.yaml"
+    pf.write_text(yaml.safe_dump(params))
+    ros_args = [
+        "--params-file", str(pf),
+        "-r", f"~/input/pointcloud:={LIDAR_T}",
+        "-r", f"~/input/odom:={ODOM_T}",
+        "-r", f"~/input/detections:={DET_T}",
+    ]  # fmt: skip
+    return NodeProcess.module(
+        "qd_perception.ros.nodes.calibration_recorder", ros_args, tmp_path / f"calib_{tag}.log"
+    )
+
+
+def test_collects_triggers_and_resumes(tmp_path):
+    from nav_msgs.msg import Odometry
+    from qd_perception.msg import Detection3DArray
+    from sensor_msgs.msg import PointCloud2
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+    from test_detector_node import cloud_msg
+
+    from qd_perception.data.types import Detections
+    from qd_perception.ros.convert import detections_to_msg, ns_to_stamp
+
+    out_dir = tmp_path / "calib"
+    node = start_node(tmp_path, out_dir, "a")
+    d = Driver()
+    try:
+        status: list = d.record(String, f"/{NODE}/status")
+        client = d.node.create_client(Trigger, f"/{NODE}/run_ptq")
+        d.publisher(PointCloud2, LIDAR_T)
+        d.publisher(Odometry, ODOM_T)
+        d.publisher(Detection3DArray, DET_T)
+        assert d.wait_for_subscribers(LIDAR_T, timeout=60), node.output()
+        assert d.spin_until(client.service_is_ready, 20), node.output()
+
+        def trigger():
+            fut = client.call_async(Trigger.Request())
+            assert d.spin_until(fut.done, 10)
+            return fut.result()
+
+        r = trigger()
+        assert not r.success and "only 0 frames" in r.message
+
+        rng = np.random.default_rng(0)
+        t0 = 1_700_000_000_000_000_000
+        for k in range(12):
+            stamp = t0 + k * 100_000_000
+            # Alternating dense-near / sparse-far clouds; cars or pedestrians: diverse frames.
+            pts = cloud(rng, 4000, 20.0) if k % 2 else cloud(rng, 500, 60.0)
+            odom = Odometry()
+            odom.header.stamp = ns_to_stamp(stamp)
+            odom.header.frame_id = "map"
+            odom.pose.pose.position.x = k * 1.0
+            odom.pose.pose.orientation.w = 1.0
+            d.publish(ODOM_T, odom)
+            d.publish(LIDAR_T, cloud_msg(pts, stamp))
+            label = 0 if k % 3 else 8
+            dets = Detections(np.zeros((2, 9)), np.array([label, label]), np.array([0.9, 0.8], np.float32))
+            d.publish(DET_T, detections_to_msg(dets, stamp))
+            d.spin(0.1)
+
+        def last():
+            return json.loads(status[-1].data) if status else {}
+
+        assert d.spin_until(lambda: last().get("store.considered", 0) >= 12, 20), (last(), node.output())
+        s = last()
+        assert s["stored"] == 4 and s["with_detections"] >= 10 and s["ready_for_ptq"], s
+
+        r = trigger()
+        assert r.success, r.message
+        assert d.spin_until(lambda: last().get("ptq", {}).get("state") == "succeeded", 30), (
+            last(),
+            node.output(),
+        )
+        assert (tmp_path / "ptq_out.txt").read_text() == "4"
+        assert "$ " in (out_dir / "ptq.log").read_text()  # the command line is logged
+    finally:
+        d.close()
+        assert node.stop() == 0, node.output()
+
+    cs = CalibrationSet(out_dir)
+    assert len(cs) == 4
+    f = cs[0]
+    assert f.points.shape[1] == 5 and f.points.dtype == np.float32
+    assert f.ego2global[0, 3] == float(int(f.ego2global[0, 3]))  # pose taken from odometry
+    # Back in the ego frame: the clouds were sent in the lidar frame (1.84 m above base_link).
+    assert abs(float(np.median(f.points[:, 2]))) < 0.3
+
+    # Restart: the set is resumed, not rebuilt.
+    node2 = start_node(tmp_path, out_dir, "b")
+    try:
+        assert node2.wait_output("4/4 frames (resumed)", timeout=60), node2.output()
+    finally:
+        assert node2.stop() == 0
+    time.sleep(0.1)
+    assert len(CalibrationSet(out_dir)) == 4
