@@ -219,7 +219,11 @@ def generate(
     if (out / "bags").exists() and cfg.bag:
         raise FileExistsError(f"{out / 'bags'} exists: choose a new --out (nothing was written)")
     out.mkdir(parents=True, exist_ok=True)
-    factory = factory or _world_scene
+    if factory is None:
+        # Import the world once here, so forked workers share the parent's code.
+        import qd_perception.sim.world  # noqa: F401
+
+        factory = _world_scene
     bar = tqdm(total=cfg.scenes * cfg.samples, unit="keyframe", desc="sim", disable=not show_progress)
     try:
         results = _run_all(cfg, out, factory, bar)
