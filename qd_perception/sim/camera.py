@@ -255,13 +255,14 @@ def _object_albedo(
     return col, emit
 
 
-def _lamp_light(scene: SimScene, p: np.ndarray, n: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """(N,) light at points p (3, N) with normals n (3, N) from the two nearest lamps (by road
-    s) on each side of the road; farther lamps add a few per cent at most."""
+def _lamp_light(scene: SimScene, p: np.ndarray, n: np.ndarray, s: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """(N,) light at points p (3, N, relative to o) with normals n (3, N) from the two nearest
+    lamps (by road s) on each side of the road; farther lamps add a few per cent at most."""
     acc = np.zeros(p.shape[1], np.float32)
-    for lamp_s, lamp_xyz in scene.lamp_rows:
+    for lamp_s, lamp_global in scene.lamp_rows:
         if len(lamp_s) == 0:
             continue
+        lamp_xyz = (lamp_global - o).astype(np.float32)
         j = np.searchsorted(lamp_s, s)
         for k in (j - 1, j):
             lp = lamp_xyz.take(np.clip(k, 0, len(lamp_s) - 1), axis=0)
@@ -284,14 +285,16 @@ def shade(
     finite = np.isfinite(depth)
     D = dirs.reshape(3, N)
     t = np.where(finite, depth, f32(0))
-    of = o.astype(f32)
-    pos = np.stack([of[0] + D[0] * t, of[1] + D[1] * t, of[2] + D[2] * t])
+    pos = D * t  # relative to the camera centre o (float32 keeps mm precision near the camera)
     obj = hits.obj.reshape(N)
-    s, d = scene.road.to_sd(pos[0], pos[1])
-    s, d = s.astype(f32), d.astype(f32)
-    albedo, _ = ground_material(scene.road, s, d)
+    s_ref = float(scene.road.to_sd(np.array(o[0]), np.array(o[1]))[0])
+    gi = np.flatnonzero(finite & (obj < 0))
+    s_g, d_g = scene.road.to_sd_near(pos[0].take(gi), pos[1].take(gi), o[:2], s_ref)
+    albedo = np.zeros((3, N), f32)
+    g_col, _ = ground_material(scene.road, s_g, d_g)
     if scene.conditions.rain:
-        albedo *= f32(0.75)
+        g_col *= f32(0.75)  # wet asphalt
+    albedo[:, gi] = g_col
     emit = np.zeros((3, N), f32)
     normal = np.zeros((3, N), f32)
     normal[2] = 1.0
@@ -311,11 +314,12 @@ def shade(
         sd = lit.sun_dir
         light += lit.sun[:, None] * np.maximum(normal[0] * sd[0] + normal[1] * sd[1] + normal[2] * sd[2], 0)
     if lit.lamps > 0 and len(scene.lamp_xyz):
-        lamp = f32(lit.lamps * 1.6) * _lamp_light(scene, pos, normal, s)
+        s_all, _ = scene.road.to_sd_near(pos[0], pos[1], o[:2], s_ref)
+        lamp = f32(lit.lamps * 1.6) * _lamp_light(scene, pos, normal, s_all, o)
         light += np.array([1.0, 0.82, 0.55], f32)[:, None] * lamp
     if lit.headlights > 0:
         e2g = scene.ego2global(t_us)
-        hp = (e2g[:3, :3] @ np.array([3.7, 0.0, 0.7]) + e2g[:3, 3]).astype(f32)
+        hp = (e2g[:3, :3] @ np.array([3.7, 0.0, 0.7]) + e2g[:3, 3] - o).astype(f32)
         fwd = e2g[:3, 0].astype(f32)
         vx, vy, vz = pos[0] - hp[0], pos[1] - hp[1], pos[2] - hp[2]
         dist = np.sqrt(vx * vx + vy * vy + vz * vz) + f32(1e-3)
@@ -333,8 +337,13 @@ def shade(
     if scene.conditions.rain:
         img = _rain(img, rng)
     img += rng.standard_normal((1, H, W), dtype=np.float32) * f32(scene.cfg.image_noise / 255.0)
-    img = np.clip(img * f32(255.0) + f32(0.5), 0.0, 255.0).astype(np.uint8)
-    return np.ascontiguousarray(img.transpose(1, 2, 0))
+    img *= f32(255.0)
+    img += f32(0.5)
+    np.clip(img, 0.0, 255.0, out=img)
+    out = np.empty((H, W, 3), np.uint8)
+    for c in range(3):
+        out[..., c] = img[c]
+    return out
 
 
 def _rain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -33,6 +33,20 @@ class Geometry:
     def __len__(self) -> int:
         return len(self.center)
 
+    @property
+    def part_center_planes(self) -> np.ndarray:
+        """(3, Q) float32, the part centres as x, y, z planes (cached)."""
+        if not hasattr(self, "_pc_planes"):
+            self._pc_planes = np.ascontiguousarray(self.part_center.T)
+        return self._pc_planes
+
+    @property
+    def part_half_planes(self) -> np.ndarray:
+        """(3, Q) float32, the part half extents as x, y, z planes (cached)."""
+        if not hasattr(self, "_ph_planes"):
+            self._ph_planes = np.ascontiguousarray(self.part_half.T)
+        return self._ph_planes
+
     def corners(self, idx: np.ndarray) -> np.ndarray:
         """(len(idx), 8, 3) global corners of the envelopes of objects ``idx``."""
         signs = np.array(
@@ -83,21 +97,15 @@ def surface(
     part = hits.part.reshape(-1).take(flat_idx)
     t = hits.depth.reshape(-1).take(flat_idx)
     d = dirs.reshape(3, -1).take(flat_idx, axis=1)
-    rel = (np.asarray(origin, np.float64)[None] - geo.center.take(obj, axis=0)).astype(np.float32)
+    rel = (np.asarray(origin, np.float64)[None] - geo.center).astype(np.float32).take(obj, axis=0)
     gx = rel[:, 0] + t * d[0]
     gy = rel[:, 1] + t * d[1]
     gz = rel[:, 2] + t * d[2]
     yaw = geo.yaw.take(obj).astype(np.float32)
     c, s = np.cos(yaw), np.sin(yaw)
-    pc = geo.part_center.take(part, axis=0)
-    ph = geo.part_half.take(part, axis=0)
-    u = np.stack(
-        [
-            (c * gx + s * gy - pc[:, 0]) / ph[:, 0],
-            (-s * gx + c * gy - pc[:, 1]) / ph[:, 1],
-            (gz - pc[:, 2]) / ph[:, 2],
-        ]
-    )
+    pc = geo.part_center_planes.take(part, axis=1)
+    ph = geo.part_half_planes.take(part, axis=1)
+    u = np.stack([(c * gx + s * gy - pc[0]) / ph[0], (c * gy - s * gx - pc[1]) / ph[1], (gz - pc[2]) / ph[2]])
     a0, a1, a2 = np.abs(u)
     axis = np.where((a0 >= a1) & (a0 >= a2), 0, np.where(a1 >= a2, 1, 2)).astype(np.int8)
     positive = np.where(axis == 0, u[0], np.where(axis == 1, u[1], u[2])) > 0
