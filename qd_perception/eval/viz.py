@@ -51,7 +51,7 @@ def project_boxes(boxes: np.ndarray, K: np.ndarray, cam2ego: np.ndarray, min_dep
 
 
 def draw_boxes_on_image(
-    ax, camera: CameraInput, dets: Detections, linestyle: str = "-", lw: float = 1.0
+    ax, camera: CameraInput, dets: Detections, linestyle: str = "-", lw: float = 1.0, alpha: float = 1.0
 ) -> int:
     """Draw ``dets`` (ego frame) on ``camera``'s image in ``ax``; returns the number drawn."""
     H, W = camera.image.shape[:2]
@@ -65,7 +65,7 @@ def draw_boxes_on_image(
             continue
         color = CLASS_COLORS[int(dets.labels[i])]
         for a, b in BOX_EDGES:
-            ax.plot([u[a], u[b]], [v[a], v[b]], color=color, lw=lw, ls=linestyle)
+            ax.plot([u[a], u[b]], [v[a], v[b]], color=color, lw=lw, ls=linestyle, alpha=alpha)
         n += 1
     return n
 
@@ -85,14 +85,21 @@ def draw_bev(
         if dets is None or len(dets) == 0:
             continue
         corners = box_corners(dets.boxes)[:, :4, :2]  # bottom face
+        # GT boxes without a lidar point (the devkit does not score them) are drawn faintly.
+        faint = (dets.num_lidar_pts == 0) if dets.num_lidar_pts is not None else np.zeros(len(dets), bool)
         for i in range(len(dets)):
             c = corners[i]
-            color = CLASS_COLORS[int(dets.labels[i])]
+            style = {
+                "color": CLASS_COLORS[int(dets.labels[i])],
+                "lw": 1.0,
+                "ls": ls,
+                "alpha": 0.3 if faint[i] else 1,
+            }
             ring = np.vstack([c, c[:1]])
-            ax.plot(-ring[:, 1], ring[:, 0], color=color, lw=1.0, ls=ls)
+            ax.plot(-ring[:, 1], ring[:, 0], **style)
             front = c[:2].mean(0)  # heading tick: centre -> front face
             ctr = dets.boxes[i, :2]
-            ax.plot([-ctr[1], -front[1]], [ctr[0], front[0]], color=color, lw=1.0, ls=ls)
+            ax.plot([-ctr[1], -front[1]], [ctr[0], front[0]], **style)
     ax.plot([0], [0], marker="^", color="red", ms=6)
     ax.set_xlim(-extent, extent)
     ax.set_ylim(-extent, extent)
@@ -101,14 +108,25 @@ def draw_bev(
     ax.set_ylabel("x (m, forward)")
 
 
+def _with_points(gt: Detections) -> Detections:
+    """GT boxes hit by at least one lidar point (fully hidden objects would clutter the images)."""
+    if gt.num_lidar_pts is None:
+        return gt
+    k = np.asarray(gt.num_lidar_pts) > 0
+    return Detections(gt.boxes[k], gt.labels[k], gt.scores[k])
+
+
 def plot_frame(frame: Frame, pred: Detections | None = None, title: str = "", extent: float = 50.0):
-    """The six camera images with boxes (top) and a BEV lidar view (right). Returns the figure."""
+    """The six camera images with boxes and a BEV lidar view (right). Returns the figure.
+
+    Ground truth is solid (in the images only boxes with lidar points), predictions dashed.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     cams = {c.name: c for c in frame.cameras}
     fig = plt.figure(figsize=(17, 5.2), dpi=100)
-    gs = fig.add_gridspec(2, 4, width_ratios=[1, 1, 1, 0.9], wspace=0.03, hspace=0.08)
+    gs = fig.add_gridspec(2, 4, width_ratios=[1, 1, 1, 1.15], wspace=0.05, hspace=0.08)
     for r, row in enumerate(CAMERA_GRID):
         for c, name in enumerate(row):
             ax = fig.add_subplot(gs[r, c])
@@ -119,7 +137,7 @@ def plot_frame(frame: Frame, pred: Detections | None = None, title: str = "", ex
                 continue
             ax.imshow(cam.image)
             if frame.gt is not None:
-                draw_boxes_on_image(ax, cam, frame.gt)
+                draw_boxes_on_image(ax, cam, _with_points(frame.gt))
             if pred is not None:
                 draw_boxes_on_image(ax, cam, pred, linestyle="--")
             H, W = cam.image.shape[:2]
@@ -129,6 +147,8 @@ def plot_frame(frame: Frame, pred: Detections | None = None, title: str = "", ex
     ax = fig.add_subplot(gs[:, 3])
     draw_bev(ax, frame.points, frame.gt, pred, extent)
     ax.tick_params(labelsize=7)
+    ax.yaxis.tick_right()  # keep the BEV's labels off the camera images
+    ax.yaxis.set_label_position("right")
     ax.xaxis.label.set_size(7)
     ax.yaxis.label.set_size(7)
     present = sorted({int(i) for d in (frame.gt, pred) if d is not None for i in d.labels})
