@@ -111,6 +111,12 @@ def _wheels(b: _Builder, xs: list[float], W: float, r: float, w: float) -> None:
         b.mirror_y(x - r, x + r, W / 2 - w, W / 2, 0.0, 2 * r, TYRE, R_TYRE)
 
 
+def _round_wheel(b: _Builder, x: float, y0: float, y1: float, r: float) -> None:
+    """A wheel of radius r at x as a cross of two boxes (an octagon-like side view)."""
+    b.box(x - r, x + r, y0, y1, 0.3 * r, 1.7 * r, TYRE, R_TYRE)
+    b.box(x - 0.7 * r, x + 0.7 * r, y0, y1, 0.0, 2 * r, TYRE, R_TYRE)
+
+
 def car(rng: np.random.Generator) -> Shape:
     L, W, H = jittered_size("car", rng)
     paint = _pick(rng, CAR_PAINTS)
@@ -214,7 +220,7 @@ def bicycle(rng: np.random.Generator, rider: bool) -> Shape:
     b = _Builder()
     r = 0.34
     for x in (L / 2 - r, -L / 2 + r):
-        b.box(x - r, x + r, -0.03, 0.03, 0.0, 2 * r, TYRE, R_TYRE)
+        _round_wheel(b, x, -0.03, 0.03, r)
     b.box(-L / 2 + r, L / 2 - r, -0.03, 0.03, 0.5, 0.6, frame, R_METAL)
     b.box(-0.2, -0.1, -0.03, 0.03, 0.35, 0.9, frame, R_METAL)
     b.box(-0.28, -0.04, -0.08, 0.08, 0.9, 0.95, DARK, R_CLOTH)
@@ -231,7 +237,7 @@ def motorcycle(rng: np.random.Generator, rider: bool) -> Shape:
     b = _Builder()
     r = 0.31
     for x in (L / 2 - r, -L / 2 + r):
-        b.box(x - r, x + r, -0.07, 0.07, 0.0, 2 * r, TYRE, R_TYRE)
+        _round_wheel(b, x, -0.07, 0.07, r)
     b.box(-0.3 * L, 0.28 * L, -0.17, 0.17, 0.3, 0.75, DARK, R_METAL)
     b.box(0.0, 0.26 * L, -0.16, 0.16, 0.75, 0.95, paint, R_PAINT)
     b.box(-0.32 * L, 0.0, -0.15, 0.15, 0.75, 0.85, DARK, R_CLOTH)
