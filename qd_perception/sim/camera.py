@@ -112,8 +112,7 @@ def cast_camera(
     return hits, dirs, o, footprint
 
 
-@functools.lru_cache(maxsize=16)
-def _visibility_cached(scene: SimScene, t_us: int) -> np.ndarray:
+def _visibility(scene: SimScene, t_us: int) -> np.ndarray:
     H, W = scene.resolution
     sc = scene.cfg.visibility_scale
     res = (max(8, H // sc), max(8, W // sc))
@@ -136,7 +135,7 @@ def visibility_levels(scene: SimScene, t_us: int) -> np.ndarray:
     divided by the pixels it would cover without occluders, on images downscaled by
     ``cfg.visibility_scale``.
     """
-    return _visibility_cached(scene, int(t_us)).copy()
+    return scene.cached("visibility", t_us, lambda: _visibility(scene, int(t_us))).copy()
 
 
 # Shading ---------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ pure function of the scene and ``t`` (per-frame noise is seeded from ``(seed, sc
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +76,7 @@ class SimScene:
         self.name = f"scene-{scene_index:04d}"
         self.start_us = START_US + scene_index * SCENE_SPACING_US
         self.end_us = self.start_us + round(cfg.duration_s * 1e6)
+        self._cache: dict[str, dict] = {}
         rng = np.random.default_rng([self.seed, self.scene_index, 0x5C3E])
         self._build(rng)
         self.description = self.conditions.description
@@ -469,8 +469,22 @@ class SimScene:
         vel = self.road.velocity(s, d, self.a_ds, self.a_dd).reshape(-1, 2)
         return center, yaw, vel
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019 - the scene lives as long as its cache entries
+    def cached(self, kind: str, t_us: int, make):
+        """Per-scene memo of per-instant results (bounded; a pure function of t, so the order
+        of calls never changes a result)."""
+        cache = self._cache.setdefault(kind, {})
+        key = int(t_us)
+        if key not in cache:
+            if len(cache) >= 32:
+                cache.pop(next(iter(cache)))
+            cache[key] = make()
+        return cache[key]
+
     def geometry(self, t_us: int) -> Geometry:
+        """Every object (actors, then static clutter) at ``t_us``; shared, do not modify."""
+        return self.cached("geometry", t_us, lambda: self._geometry(t_us))
+
+    def _geometry(self, t_us: int) -> Geometry:
         center, yaw, _ = self.actor_state(self._t(t_us))
         return Geometry(
             center=np.concatenate([center, self.static_center]),
