@@ -280,6 +280,12 @@ class Processes:
         self.procs.append((name, p, log))
         return p
 
+    def forget(self, name: str) -> None:
+        """Drop a process that already exited (its log stays)."""
+        for entry in [e for e in self.procs if e[0] == name]:
+            entry[2].close()
+            self.procs.remove(entry)
+
     def check_alive(self) -> None:
         for name, p, _ in self.procs:
             if p.poll() is not None:
@@ -320,6 +326,36 @@ def _wait_for(pred, timeout_s: float, what: str, procs: Processes) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.1)
+
+
+def _wait_for_detectors(
+    node: Any, specs: list, procs: Processes, timeout_s: float, skipped: list, say
+) -> list:
+    """Wait until every detector publishes its output topic. A node that exits during start-up
+    (e.g. ``bev`` without a trained model) is left out with the reason from its log; the replay
+    goes on with the others."""
+    pending = {s.name: s for s in specs}
+    alive = []
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        for name, s in list(pending.items()):
+            p = next(p for n, p, _ in procs.procs if n == name)
+            if p.poll() is not None:
+                log = (procs.log_dir / f"{name}.log").read_text(errors="replace").strip().splitlines()
+                why = log[-1] if log else f"exit code {p.returncode}"
+                skipped.append(f"{name}: exited at start-up ({why}), not replayed")
+                say(f"replay: {skipped[-1]}")
+                procs.forget(name)
+                del pending[name]
+            elif node.count_publishers(f"/{name}/output/detections") > 0:
+                alive.append(s)
+                del pending[name]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"{sorted(pending)} did not start within {timeout_s:.0f} s")
+        time.sleep(0.1)
+    if not alive:
+        raise RuntimeError("no detector node started: " + "; ".join(skipped))
+    return [s for s in specs if s in alive]
 
 
 @dataclass(frozen=True)
@@ -363,8 +399,6 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
         if k in env:
             os.environ.setdefault(k, env[k])  # this process publishes the bag: same DDS set-up
     procs = Processes(out / "logs", env)
-    det_topics = {s.name: f"/{s.name}/output/detections" for s in specs}
-    diag_topics = {s.name: f"/{s.name}/output/diagnostics" for s in specs}
     recording = out / "recording"
     ready = out / "logs" / "recorder.ready"
     ready.unlink(missing_ok=True)
@@ -372,32 +406,30 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
 
     stats = None
     t_start = time.time()
+    rclpy.init()
+    node = rclpy.create_node("replay_bag_player")
     try:
-        for s in specs:
-            params = graph.params_path(s, opts.params.get(s.name))
-            argv = [
-                sys.executable,
-                "-m",
-                s.module,
-                *s.arguments,
-                *graph.ros_arguments(s, params, opts.log_level),
-            ]
-            procs.start(s.name, argv)
-        rec_topics = [f"{t}=qd_perception/msg/Detection3DArray" for t in det_topics.values()]
-        rec_topics += [f"{t}=diagnostic_msgs/msg/DiagnosticArray" for t in diag_topics.values()]
-        procs.start(
-            "recorder",
-            [sys.executable, "-m", "qd_perception.ros.recorder", "--out", str(recording),
-             "--topics", *rec_topics, "--ready-file", str(ready)],
-        )  # fmt: skip
-        say(f"replay: started {[s.name for s in specs]} + recorder; waiting for discovery")
-        _wait_for(ready.exists, opts.startup_timeout_s, "the recorder to see the detectors' outputs", procs)
-        need: dict[str, int] = {}
-        for t in triggers.values():
-            need[t] = need.get(t, 0) + 1
-        rclpy.init()
-        node = rclpy.create_node("replay_bag_player")
         try:
+            for s in specs:
+                params = graph.params_path(s, opts.params.get(s.name))
+                argv = [sys.executable, "-m", s.module, *s.arguments]
+                procs.start(s.name, [*argv, *graph.ros_arguments(s, params, opts.log_level)])
+            say(f"replay: started {[s.name for s in specs]}; waiting for their outputs to appear")
+            specs = _wait_for_detectors(node, specs, procs, opts.startup_timeout_s, skipped, say)
+            triggers = {s.name: triggers[s.name] for s in specs}
+            det_topics = {s.name: f"/{s.name}/output/detections" for s in specs}
+            diag_topics = {s.name: f"/{s.name}/output/diagnostics" for s in specs}
+            rec_topics = [f"{t}=qd_perception/msg/Detection3DArray" for t in det_topics.values()]
+            rec_topics += [f"{t}=diagnostic_msgs/msg/DiagnosticArray" for t in diag_topics.values()]
+            procs.start(
+                "recorder",
+                [sys.executable, "-m", "qd_perception.ros.recorder", "--out", str(recording),
+                 "--topics", *rec_topics, "--ready-file", str(ready)],
+            )  # fmt: skip
+            _wait_for(ready.exists, opts.startup_timeout_s, "the recorder to subscribe", procs)
+            need: dict[str, int] = {}
+            for t in triggers.values():
+                need[t] = need.get(t, 0) + 1
             # Play only what the graph subscribes to: a lidar graph does not pay for images.
             _wait_for(
                 lambda: all(node.count_subscribers(t) >= n for t, n in need.items()),
@@ -418,20 +450,20 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
             player = BagPlayer(node, opts.bag, cfg)
             say(f"replay: playing {opts.bag} at rate {opts.rate}")
             stats = player.play()
+            procs.check_alive()
+            time.sleep(opts.drain_s)  # the last frames are still being processed
+            rc = procs.stop("recorder", timeout_s=30.0)
+            if rc != 0 or not recording.exists():
+                raise RuntimeError(f"recorder failed (exit code {rc}); see {out / 'logs' / 'recorder.log'}")
         finally:
-            node.destroy_node()
-            rclpy.try_shutdown()
-        procs.check_alive()
-        time.sleep(opts.drain_s)  # the last frames are still being processed
-        rc = procs.stop("recorder", timeout_s=30.0)
-        if rc != 0 or not recording.exists():
-            raise RuntimeError(f"recorder failed (exit code {rc}); see {out / 'logs' / 'recorder.log'}")
+            codes = procs.stop_all()
     finally:
-        codes = procs.stop_all()
-    wall = time.time() - t_start
+        node.destroy_node()
+        rclpy.try_shutdown()
     assert stats is not None
     n_msgs = sum(stats.published.values())
     say(f"replay: played {n_msgs} messages in {stats.wall_s:.1f} s; nodes exited {codes}")
+    wall = time.time() - t_start
 
     # -- scoring
     clock = stats.clocks[0]
