@@ -64,10 +64,25 @@ def _build_bev(cfg: DetectorConfig) -> Detector:
     raise ConfigError(f"detector 'bev' has no {cfg.backend!r} backend (torch, onnxruntime)")
 
 
+def _build_centerpoint(cfg: DetectorConfig) -> Detector:
+    """Lidar CenterPoint: ``model_path`` is a ``train lidar`` checkpoint (backend torch) or the
+    export directory / one of its ``.onnx`` files of ``export lidar`` (backend onnxruntime)."""
+    from qd_perception.runtime.centerpoint import OrtCenterPointDetector, TorchCenterPointDetector
+
+    if not cfg.model_path:
+        raise ConfigError("detector 'centerpoint' needs model_path (a checkpoint .pt or an export dir)")
+    if cfg.backend == "torch":
+        return TorchCenterPointDetector.from_checkpoint(cfg.model_path, cfg.score_threshold)
+    if cfg.backend == "onnxruntime":
+        return OrtCenterPointDetector(cfg.model_path, cfg.score_threshold)
+    raise ConfigError(f"detector 'centerpoint' has no {cfg.backend!r} backend (torch, onnxruntime)")
+
+
 #: name -> builder. CenterPoint and camera-BEV engineers add "centerpoint" and "bev" here.
 BUILDERS: dict[str, Callable[[DetectorConfig], Detector]] = {
     "classical": _build_classical,
     "bev": _build_bev,
+    "centerpoint": _build_centerpoint,
 }
 
 
