@@ -1,0 +1,117 @@
+"""Q/DQ ONNX export of a calibrated fake-quant model, in two flavours.
+
+* ``trt`` — TensorRT explicit quantization: QuantizeLinear/DequantizeLinear on the inputs and
+  weights of every quantized conv / linear; TensorRT itself decides where outputs are requantized.
+  Every ``output_quantizer`` (conv outputs and :class:`~qd_perception.quant.nn.QuantAct`) is off.
+* ``ort`` — ONNX Runtime: Q/DQ also on the layer outputs, so ORT's QDQ transformer fuses
+  ``DQ -> Conv -> Q`` into QLinearConv (a graph with Q/DQ only on inputs runs *slower* than FP32 on
+  ORT CPU: the int8 tensors are dequantized and convolved in float). Use unsigned activations
+  (``symmetric: false``) after ReLUs: then the Q after the ReLU has zero point ``qmin`` and ORT
+  removes the ReLU, leaving a chain of QLinearConv.
+
+Sub-8-bit quantizers export as int8 Q/DQ preceded by a clamp to the narrower range (see
+``tensor_quant``): the exported graph computes the same values; no runtime here executes int4.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from qd_perception.quant.model import quantizers
+
+Flavour = Literal["ort", "trt"]
+FLAVOURS: tuple[str, ...] = ("ort", "trt")
+
+
+def _check_exportable(model: nn.Module) -> None:
+    for name, q in quantizers(model):
+        if q.rounding is not None:
+            raise RuntimeError(f"{name}: AdaRound still attached; call AdaRound.finalize() before export")
+        if q.mode == "calibrate":
+            raise RuntimeError(f"{name}: still in calibrate mode; compute ranges first")
+
+
+def export_onnx(
+    model: nn.Module,
+    args: tuple,
+    path: str | Path,
+    flavour: Flavour = "ort",
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: dict | None = None,
+    opset: int = 17,
+) -> Path:
+    """Export ``model(*args)`` to ``path`` (written atomically). Returns the path.
+
+    Output quantizers are switched per flavour for the export and restored afterwards.
+    """
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    _check_exportable(model)
+    path = Path(path)
+    saved = {n: (q.mode, q.lsq_active) for n, q in quantizers(model)}
+    was_training = model.training
+    model.eval()
+    try:
+        for _, q in quantizers(model):
+            q.lsq_active = False  # a learned step size exports through its effective amax
+        if flavour == "trt":
+            for n, q in quantizers(model):
+                if n.endswith("output_quantizer"):
+                    q.set_mode("disabled")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+        os.close(fd)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                args,
+                tmp,
+                dynamo=False,
+                opset_version=opset,
+                input_names=list(input_names) if input_names else None,
+                output_names=list(output_names) if output_names else None,
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+        os.replace(tmp, path)
+    finally:
+        for n, q in quantizers(model):
+            q.mode, q.lsq_active = saved[n]
+        model.train(was_training)
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def onnx_op_counts(path: str | Path) -> collections.Counter:
+    """Op types in an ONNX file."""
+    import onnx
+
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def ort_optimized_op_counts(path: str | Path, threads: int = 1) -> collections.Counter:
+    """Op types of the graph ONNX Runtime actually runs after its graph optimisations
+    (dumped with ``SessionOptions.optimized_model_filepath``)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        # EXTENDED (not ALL) so the dump holds no machine-specific NCHWc layout ops
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = os.path.join(d, "opt.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return onnx_op_counts(so.optimized_model_filepath)
