@@ -274,9 +274,12 @@ def test_bag_topics_types_stamps_and_frames(dataset):
                 if stamp in keyframes:
                     boxes, labels, _, _ = rm.detection3d_array_to_numpy(msg)
                     gt = reader.gt(keyframes[stamp])
-                    o1, o2 = np.lexsort(boxes[:, :2].T), np.lexsort(gt.boxes[:, :2].T)
-                    np.testing.assert_allclose(boxes[o1, :6], gt.boxes[o2, :6], atol=1e-6)
-                    assert list(labels[o1]) == list(gt.labels[o2])
+                    row = {str(tok): j for j, tok in enumerate(gt.instance_ids)}
+                    o = [row[_instance_token(VAL_SCENE, int(d.instance_id))] for d in msg.detections]
+                    assert sorted(o) == list(range(len(gt)))
+                    np.testing.assert_allclose(boxes[:, :6], gt.boxes[o, :6], atol=1e-6)
+                    assert list(labels) == list(gt.labels[o])
+                    assert [d.num_lidar_points for d in msg.detections] == list(gt.num_lidar_pts[o])
                     assert [d.class_name for d in msg.detections] == [CLASS_NAMES[i] for i in labels]
                     gt_checked += 1
         assert gt_checked == CFG.samples  # the bag's keyframe stamps are this scene's samples
