@@ -16,7 +16,17 @@ import numpy as np
 
 from qd_perception.sim import shapes
 from qd_perception.sim.materials import fmod, ground_material, hash_noise
-from qd_perception.sim.raycast import Geometry, HitBuffer, Rect, Surface, cast, surface
+from qd_perception.sim.raycast import (
+    KERB_FACE,
+    KERB_TOP,
+    Geometry,
+    HitBuffer,
+    Rect,
+    Surface,
+    cast,
+    cast_ground,
+    surface,
+)
 from qd_perception.sim.types import CameraImage
 
 if TYPE_CHECKING:
@@ -33,17 +43,42 @@ class CameraModel:
     K: np.ndarray  # (3, 3) at the render resolution
     cam2ego: np.ndarray  # (4, 4)
     dirs: np.ndarray  # (3, H, W) float32 optical-frame ray planes x, y (z = 1)
+    # The world is flat and the ego level, so a ray's vertical component never changes: the
+    # ground depth and the sky gradient of every pixel are fixed per camera.
+    ground_depth: np.ndarray  # (H, W) float32 depth of the ground plane hit, inf above horizon
+    sky_elevation: np.ndarray  # (H * W,) float32 sky gradient coordinate 0 (horizon) .. 1
+    noise: np.ndarray  # (H + 32, W + 32) float32 unit sensor-noise tile, cut at a random offset
+
+
+NOISE_PAD = 32
+KERB_COLOR = np.array([0.62, 0.62, 0.60], np.float32)
 
 
 @functools.lru_cache(maxsize=32)
 def camera_models(rig, resolution: tuple[int, int]) -> tuple[CameraModel, ...]:
     H, W = resolution
     models = []
+    noise_rng = np.random.default_rng(0x401CE)
     for name in rig.camera_names:
         K = rig.intrinsics(name, (H, W))
         u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
         dirs = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)])
-        models.append(CameraModel(name, K, rig.cam2ego(name), dirs.astype(np.float32)))
+        c2e = rig.cam2ego(name)
+        dz = np.einsum("k,khw->hw", c2e[2, :3], dirs)
+        with np.errstate(divide="ignore"):
+            ground = np.where(dz < -1e-6, -c2e[2, 3] / dz, np.inf)
+        el = np.clip(dz / np.linalg.norm(dirs, axis=0), 0.0, 1.0) ** 0.6
+        models.append(
+            CameraModel(
+                name,
+                K,
+                c2e,
+                dirs.astype(np.float32),
+                ground.astype(np.float32),
+                el.reshape(-1).astype(np.float32),
+                noise_rng.standard_normal((H + NOISE_PAD, W + NOISE_PAD), dtype=np.float32),
+            )
+        )
     return tuple(models)
 
 
@@ -104,9 +139,8 @@ def cast_camera(
     x, y = model.dirs[0], model.dirs[1]
     dirs = np.stack([Rf[k, 0] * x + Rf[k, 1] * y + Rf[k, 2] for k in range(3)])
     hits = HitBuffer.empty(resolution)
-    dz = dirs[2]
-    ground = dz < -1e-6
-    hits.depth[ground] = (np.float32(-o[2]) / dz[ground]).astype(np.float32)
+    s_ref = float(scene.road.to_sd(np.array(o[0]), np.array(o[1]))[0])
+    cast_ground(scene.road, o, dirs, model.ground_depth, s_ref, hits)
     rects = _rects(geo, R, o, model.K, resolution, scene.cfg.camera_max_range)
     footprint = cast(o, dirs, geo, rects, hits)
     return hits, dirs, o, footprint
@@ -273,7 +307,13 @@ def _lamp_light(scene: SimScene, p: np.ndarray, n: np.ndarray, s: np.ndarray, o:
 
 
 def shade(
-    scene: SimScene, t_us: int, hits: HitBuffer, dirs: np.ndarray, o: np.ndarray, cam_index: int
+    scene: SimScene,
+    t_us: int,
+    hits: HitBuffer,
+    dirs: np.ndarray,
+    o: np.ndarray,
+    model: CameraModel,
+    cam_index: int,
 ) -> np.ndarray:
     """RGB uint8 image of one cast camera (planar (3, H * W) arrays inside)."""
     lit = lighting_for(scene)
@@ -291,12 +331,23 @@ def shade(
     s_g, d_g = scene.road.to_sd_near(pos[0].take(gi), pos[1].take(gi), o[:2], s_ref)
     albedo = np.zeros((3, N), f32)
     g_col, _ = ground_material(scene.road, s_g, d_g)
+    g_obj = obj.take(gi)
+    kerb = g_obj <= KERB_TOP
+    g_col[:, kerb] = KERB_COLOR[:, None]
     if scene.conditions.rain:
         g_col *= f32(0.75)  # wet asphalt
     albedo[:, gi] = g_col
     emit = np.zeros((3, N), f32)
     normal = np.zeros((3, N), f32)
     normal[2] = 1.0
+    face = g_obj == KERB_FACE
+    if face.any():  # vertical kerb faces look at the road centre line
+        h = scene.road.heading(s_g[face]).astype(f32)
+        sign = -np.sign(d_g[face])
+        fi = gi[face]
+        normal[0, fi] = sign * -np.sin(h)
+        normal[1, fi] = sign * np.cos(h)
+        normal[2, fi] = 0.0
     oi = np.flatnonzero(obj >= 0)
     if len(oi):
         geo = scene.geometry(int(t_us))
@@ -329,13 +380,18 @@ def shade(
     # Atmospheric haze, then the sky where nothing was hit.
     fog = np.exp(-t / f32(lit.visibility))
     col = col * fog + lit.haze[:, None] * (1 - fog)
-    el = np.clip(D[2] / np.sqrt(D[0] * D[0] + D[1] * D[1] + D[2] * D[2]), 0.0, 1.0) ** f32(0.6)
-    sky = lit.sky_horizon[:, None] * (1 - el) + lit.sky_zenith[:, None] * el
+    el = model.sky_elevation
+    sky = scene.cached(
+        f"sky:{model.name}:{H}x{W}",
+        0,
+        lambda: lit.sky_horizon[:, None] * (1 - el) + lit.sky_zenith[:, None] * el,
+    )
     img = np.where(finite, col, sky).reshape(3, H, W)
     rng = scene.frame_rng(t_us, 100 + cam_index)
     if scene.conditions.rain:
         img = _rain(img, rng)
-    img += rng.standard_normal((1, H, W), dtype=np.float32) * f32(scene.cfg.image_noise / 255.0)
+    dy, dx = rng.integers(0, NOISE_PAD, 2)
+    img += model.noise[None, dy : dy + H, dx : dx + W] * f32(scene.cfg.image_noise / 255.0)
     img *= f32(255.0)
     img += f32(0.5)
     np.clip(img, 0.0, 255.0, out=img)
@@ -383,7 +439,7 @@ def render_cameras(scene: SimScene, t_us: int) -> list[CameraImage]:
     res = tuple(scene.resolution)
     for ci, model in enumerate(_models(scene, res)):
         hits, dirs, o, _ = cast_camera(scene, t_us, model, res)
-        image = shade(scene, t_us, hits, dirs, o, ci)
+        image = shade(scene, t_us, hits, dirs, o, model, ci)
         obj = hits.obj
         inst = np.full(obj.shape, -1, np.int64)
         m = (obj >= 0) & (obj < scene.n_actors)

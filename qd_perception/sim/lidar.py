@@ -17,7 +17,17 @@ import numpy as np
 
 from qd_perception.geometry.rig import LidarSpec
 from qd_perception.sim.materials import ground_material
-from qd_perception.sim.raycast import Geometry, HitBuffer, Rect, cast, surface
+from qd_perception.sim.raycast import (
+    KERB_FACE,
+    KERB_TOP,
+    Geometry,
+    HitBuffer,
+    Rect,
+    cast,
+    cast_ground,
+    surface,
+)
+from qd_perception.sim.shapes import R_CONCRETE
 from qd_perception.sim.types import LidarSweep
 
 if TYPE_CHECKING:
@@ -33,6 +43,7 @@ class LidarModel:
     azimuth: np.ndarray  # (A,) radians in the sensor frame, firing order
     dirs: np.ndarray  # (B, A, 3) float32 unit rays in the sensor frame
     planes: np.ndarray  # (3, B, A) float32 the same rays as x, y, z planes
+    ground_depth: np.ndarray  # (B, A) float32 range to the ground (level sensor), inf if none
     az_start: float
     col_time: np.ndarray  # (A,) float32 seconds relative to the sweep timestamp
 
@@ -52,7 +63,9 @@ def lidar_model(spec: LidarSpec, ego_yaw_deg: float) -> LidarModel:
     col_time = ((np.arange(A) + 0.5) / A - 1.0) * period
     dirs = dirs.astype(np.float32)
     planes = np.ascontiguousarray(dirs.transpose(2, 0, 1))
-    return LidarModel(spec, el, az, dirs, planes, az_start, col_time.astype(np.float32))
+    with np.errstate(divide="ignore"):
+        ground = np.where(planes[2] < -1e-6, -spec.translation[2] / planes[2], np.inf).astype(np.float32)
+    return LidarModel(spec, el, az, dirs, planes, ground, az_start, col_time.astype(np.float32))
 
 
 def _rects(geo: Geometry, R: np.ndarray, o: np.ndarray, model: LidarModel) -> list[tuple[int, list[Rect]]]:
@@ -119,9 +132,9 @@ def render_lidar(scene: SimScene, t_us: int) -> LidarSweep:
     dirs = np.stack([Rf[k, 0] * x + Rf[k, 1] * y + Rf[k, 2] * z for k in range(3)])
     B, A = spec.beams, spec.azimuth_steps
     hits = HitBuffer.empty((B, A))
-    dz = dirs[2]
-    ground = dz < -1e-6
-    hits.depth[ground] = (-o[2] / dz[ground]).astype(np.float32)
+    # The ego stays level on flat ground, so the sensor's ground ranges are fixed (cached).
+    s_ref = float(scene.road.to_sd(np.array(o[0]), np.array(o[1]))[0])
+    cast_ground(scene.road, o, dirs, model.ground_depth, s_ref, hits)
     cast(o, dirs, geo, _rects(geo, R, o, model), hits)
     # Firing order: column by column, beams bottom-up within a column.
     depth = hits.depth.T
@@ -149,8 +162,12 @@ def render_lidar(scene: SimScene, t_us: int) -> LidarSweep:
     if gm.any():
         gp = o[None] + dg[gm].astype(np.float64) * rng_t[gm, None]
         s, d = scene.road.to_sd(gp[:, 0], gp[:, 1])
-        _, refl[gm] = ground_material(scene.road, s, d)
-        cosi[gm] = np.abs(dg[gm, 2])
+        _, g_refl = ground_material(scene.road, s, d)
+        g_obj = obj[gm]
+        g_refl[g_obj <= KERB_TOP] = R_CONCRETE
+        refl[gm] = g_refl
+        dz = np.abs(dg[gm, 2])
+        cosi[gm] = np.where(g_obj == KERB_FACE, np.sqrt(np.maximum(1 - dz * dz, 0)), dz)
     intensity = refl * (0.3 + 0.7 * cosi) * rng.uniform(0.85, 1.15, len(refl)).astype(np.float32)
     inst = np.full(len(obj), -1, np.int64)
     am = (obj >= 0) & (obj < scene.n_actors)

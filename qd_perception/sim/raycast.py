@@ -10,8 +10,15 @@ tested against the rays that can hit it (the cost scales with covered area, not 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from qd_perception.sim.road import Road
+
+#: HitBuffer.obj codes of the static ground (all other hits are object indices >= 0).
+SKY, GROUND, KERB_TOP, KERB_FACE = -1, -2, -3, -4
 
 Rect = tuple[int, int, int, int]  # row0, row1, col0, col1 (half-open) in the ray grid
 
@@ -64,7 +71,7 @@ class HitBuffer:
     """Nearest hit per ray. ``depth`` is the ray parameter t (range for unit rays)."""
 
     depth: np.ndarray  # (R, C) float32, inf = no hit
-    obj: np.ndarray  # (R, C) int32 object index, -1 = none (ground/sky)
+    obj: np.ndarray  # (R, C) int32 object index, or SKY / GROUND / KERB_TOP / KERB_FACE (< 0)
     part: np.ndarray  # (R, C) int32 global part index, -1 = none
 
     @classmethod
@@ -173,3 +180,38 @@ def cast(
             hits.obj[r0:r1, c0:c1][closer] = i
             hits.part[r0:r1, c0:c1][closer] = p0 + best[closer]
     return footprint
+
+
+def cast_ground(
+    road: Road, origin: np.ndarray, dirs: np.ndarray, ground_depth: np.ndarray, s_ref: float, hits: HitBuffer
+) -> None:
+    """Fill ``hits`` with the ground plane (z = 0) and the kerbs, before the objects are cast.
+
+    ``ground_depth`` (R, C) is the ray parameter of the z = 0 plane (inf for rays that do not
+    go down), ``dirs`` the (3, R, C) global ray planes, ``origin`` the sensor position (its
+    height must exceed the kerb's). A kerb is the band ``road_half <= |d| <= road_half +
+    kerb_width`` raised by ``kerb_height``, following the road's curve exactly: a ray hits its
+    top where the kerb-height plane crossing lies in the band, else its road-side face where
+    the ray enters the band between that plane and the ground.
+    """
+    hits.depth[:] = ground_depth
+    down = np.isfinite(ground_depth)
+    hits.obj[:] = np.where(down, np.int32(GROUND), np.int32(SKY))
+    idx = np.flatnonzero(down)
+    t0 = ground_depth.reshape(-1).take(idx)
+    d = dirs.reshape(3, -1).take(idx, axis=1)
+    oz = np.float32(origin[2])
+    t1 = t0 * (oz - np.float32(road.kerb_height)) / oz  # same ray, at the kerb-top height
+    lo, hi = np.float32(road.road_half), np.float32(road.road_half + road.kerb_width)
+    ad1 = np.abs(road.d_near(d[0] * t1, d[1] * t1, origin[:2], s_ref))
+    top = (ad1 >= lo) & (ad1 <= hi)
+    ad0 = np.abs(road.d_near(d[0] * t0, d[1] * t0, origin[:2], s_ref))
+    # Entering the band from the road side between the two heights: the kerb face.
+    face = ~top & (ad1 < lo) & (ad0 >= lo)
+    t_face = t1 + (t0 - t1) * (lo - ad1) / np.maximum(ad0 - ad1, np.float32(1e-6))
+    flat_d = hits.depth.reshape(-1)
+    flat_o = hits.obj.reshape(-1)
+    flat_d[idx[top]] = t1[top]
+    flat_o[idx[top]] = KERB_TOP
+    flat_d[idx[face]] = t_face[face]
+    flat_o[idx[face]] = KERB_FACE

@@ -109,6 +109,16 @@ class Road:
         dphi = (np.arctan2(vy, vx) - phi0 + np.pi) % (2 * np.pi) - np.pi
         return dphi / k, 1.0 / k - np.sign(k) * np.hypot(vx, vy)
 
+    def _tangent_frame(
+        self, x_rel: np.ndarray, y_rel: np.ndarray, origin_xy: np.ndarray, s_ref: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ref = self.point(s_ref, 0.0)
+        h = float(self.heading(s_ref))
+        c, s_ = np.float32(np.cos(h)), np.float32(np.sin(h))
+        ox, oy = np.float32(origin_xy[0] - ref[0]), np.float32(origin_xy[1] - ref[1])
+        px, py = x_rel + ox, y_rel + oy
+        return c * px + s_ * py, c * py - s_ * px  # along the tangent at s_ref, to its left
+
     def to_sd_near(
         self, x_rel: np.ndarray, y_rel: np.ndarray, origin_xy: np.ndarray, s_ref: float
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -118,18 +128,19 @@ class Road:
         ``s_ref`` (pick one near the points) with cancellation-free formulas, so float32 inputs
         keep millimetre precision even for near-straight roads far from the map origin.
         """
-        ref = self.point(s_ref, 0.0)
-        h = float(self.heading(s_ref))
-        c, s_ = np.float32(np.cos(h)), np.float32(np.sin(h))
-        ox, oy = np.float32(origin_xy[0] - ref[0]), np.float32(origin_xy[1] - ref[1])
-        px, py = x_rel + ox, y_rel + oy
-        a = c * px + s_ * py  # along the tangent at s_ref
-        b = c * py - s_ * px  # to its left
+        a, b = self._tangent_frame(x_rel, y_rel, origin_xy, s_ref)
         k = np.float32(self.curvature)
         if abs(self.curvature) < _STRAIGHT:
             return a + np.float32(s_ref), b
         ak, bk = a * k, 1 - b * k
         q = np.sqrt(ak * ak + bk * bk)
-        s = np.arctan2(ak, bk) / k + np.float32(s_ref)
-        d = (2 * b - k * (a * a + b * b)) / (1 + q)
-        return s, d
+        return np.arctan2(ak, bk) / k + np.float32(s_ref), (2 * b - k * (a * a + b * b)) / (1 + q)
+
+    def d_near(self, x_rel: np.ndarray, y_rel: np.ndarray, origin_xy: np.ndarray, s_ref: float) -> np.ndarray:
+        """Only the ``d`` of :meth:`to_sd_near` (no arctangent: cheaper)."""
+        a, b = self._tangent_frame(x_rel, y_rel, origin_xy, s_ref)
+        if abs(self.curvature) < _STRAIGHT:
+            return b
+        k = np.float32(self.curvature)
+        ak, bk = a * k, 1 - b * k
+        return (2 * b - k * (a * a + b * b)) / (1 + np.sqrt(ak * ak + bk * bk))

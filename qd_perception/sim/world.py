@@ -129,12 +129,8 @@ class SimScene:
     def _build_static(self, rng, statics, occ) -> None:
         road = self.road
         s_lo, s_hi = self.s_range[0] - 60, self.s_range[1] + 60
-        kerb_len = 4.0
+        # Kerbs are not objects: raycast.cast_ground intersects them analytically.
         for side in (+1, -1):
-            d_k = side * (road.road_half + road.kerb_width / 2)
-            kshape = shapes.kerb(kerb_len, road.kerb_width, road.kerb_height)
-            for s in np.arange(s_lo, s_hi, kerb_len):
-                statics.append((kshape, float(s + kerb_len / 2), d_k, 0.0))
             # Lamp posts and trees in the strip next to the kerb.
             s = s_lo + rng.uniform(0, 20)
             while s < s_hi:
