@@ -16,9 +16,13 @@ import argparse
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Run from the source tree (not an installed copy): the repository root goes first on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qd_perception.commands.sim import parse_resolution
 from qd_perception.sim.generate import GenerateConfig, generate
