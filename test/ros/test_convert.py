@@ -207,3 +207,30 @@ def test_identical_to_cv_bridge():
         theirs = bridge.cv2_to_imgmsg(arr, encoding=enc)
         assert bytes(ours.data) == bytes(theirs.data) and ours.step == theirs.step
         np.testing.assert_array_equal(C.image_to_numpy(theirs), bridge.imgmsg_to_cv2(ours))
+
+
+def test_message_filters_style_synchronizer_over_real_topics(driver):
+    """Our Subscriber + ApproximateTimeSynchronizer (message_filters' interface) on real topics;
+    message_filters.Subscriber is accepted the same way where it exists."""
+    from sensor_msgs.msg import Image
+
+    from qd_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
+
+    subs = [Subscriber(driver.node, Image, f"/t/mf/in{k}") for k in range(3)]
+    sync = ApproximateTimeSynchronizer(subs, queue_size=5, slop=0.01)
+    sets: list[tuple] = []
+    sync.registerCallback(lambda *msgs: sets.append(tuple(C.stamp_to_ns(m.header.stamp) for m in msgs)))
+    img = np.zeros((2, 2, 3), np.uint8)
+    for k in range(3):
+        driver.publish(f"/t/mf/in{k}", C.numpy_to_image(img, "rgb8", 1, "c"))
+        assert driver.wait_for_subscribers(f"/t/mf/in{k}")
+    driver.spin(0.3)
+    for t in (1_000_000_000, 2_000_000_000):
+        for k in range(3):
+            driver.publish(f"/t/mf/in{k}", C.numpy_to_image(img, "rgb8", t + k * 1_000_000, "c"))
+    assert driver.spin_until(lambda: len(sets) >= 2, 5)
+    assert sets[-2:] == [
+        (1_000_000_000, 1_001_000_000, 1_002_000_000),
+        (2_000_000_000, 2_001_000_000, 2_002_000_000),
+    ]
+    assert sync.policy.counters.sets >= 2
