@@ -260,8 +260,9 @@ def _object_albedo(
         put(tail, _TAIL)
         put(front & (ay < 0.4) & (lz > -0.4) & (lz < 0.3), _GRILLE)
         np.putmask(mult, body & vertical & (lz < -0.75), np.float32(0.35))
-        np.putmask(echoice, head, _E_HEAD)
-        np.putmask(echoice, tail, _E_TAIL)
+        lit_up = scene.lights_on.take(obj)  # parked vehicles have their lights off
+        np.putmask(echoice, head & lit_up, _E_HEAD)
+        np.putmask(echoice, tail & lit_up, _E_TAIL)
     fac = pat == shapes.FACADE
     if fac.any():
         zb = lz * half[:, 2] + half[:, 2]  # height above the ground

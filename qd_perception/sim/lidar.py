@@ -169,6 +169,17 @@ def render_lidar(scene: SimScene, t_us: int) -> LidarSweep:
         dz = np.abs(dg[gm, 2])
         cosi[gm] = np.where(g_obj == KERB_FACE, np.sqrt(np.maximum(1 - dz * dz, 0)), dz)
     intensity = refl * (0.3 + 0.7 * cosi) * rng.uniform(0.85, 1.15, len(refl)).astype(np.float32)
+    # Dark and specular surfaces (glass, tyres) often return nothing, grazing hits too.
+    p_miss = np.where(refl < 10.0, 0.35, 0.0) + np.where(cosi < 0.1, 0.3, 0.0)
+    kept = rng.random(len(refl)) >= p_miss
+    xyz, intensity, obj, col, ring, rng_t = (
+        xyz[kept],
+        intensity[kept],
+        obj[kept],
+        col[kept],
+        ring[kept],
+        rng_t[kept],
+    )
     inst = np.full(len(obj), -1, np.int64)
     am = (obj >= 0) & (obj < scene.n_actors)
     inst[am] = scene.instance_ids[obj[am]]

@@ -120,13 +120,18 @@ def _round_wheel(b: _Builder, x: float, y0: float, y1: float, r: float) -> None:
 def car(rng: np.random.Generator) -> Shape:
     L, W, H = jittered_size("car", rng)
     paint = _pick(rng, CAR_PAINTS)
+    kind = rng.random()
+    if kind < 0.45:  # saloon: low, short cabin
+        H, zb, rear, front = 0.85 * H, 0.55, -0.33, 0.17
+    elif kind < 0.8:  # hatchback / SUV
+        zb, rear, front = 0.55, -0.46, 0.17
+    else:  # van / MPV: tall, long cabin
+        L, H, zb, rear, front = 1.05 * L, 1.1 * H, 0.5, -0.48, 0.28
     b = _Builder()
     r = min(0.34, 0.19 * H)
     _wheels(b, [L / 2 - 0.85, -L / 2 + 0.8], W, r, 0.22)
-    zb = 0.55 * H
-    b.box(-L / 2, L / 2, -W / 2 + 0.02, W / 2 - 0.02, 0.22, zb, paint, R_PAINT, VEHICLE_BODY)
-    rear = -0.46 * L if rng.random() < 0.4 else -0.33 * L  # hatchback/SUV or saloon
-    b.box(rear, 0.17 * L, -0.44 * W, 0.44 * W, zb, H, paint, R_GLASS, GLASS_SIDES)
+    b.box(-L / 2, L / 2, -W / 2 + 0.02, W / 2 - 0.02, 0.22, zb * H, paint, R_PAINT, VEHICLE_BODY)
+    b.box(rear * L, front * L, -0.44 * W, 0.44 * W, zb * H, H, paint, R_GLASS, GLASS_SIDES)
     return b.finish()
 
 

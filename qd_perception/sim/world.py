@@ -415,6 +415,9 @@ class SimScene:
         self.n_actors = len(actors)
         self.actor_class = tuple(a.class_name for a in actors)
         self.actor_rider = np.array([a.has_rider for a in actors], bool)
+        moving = np.array([a.ds_dt != 0 or a.dd_dt != 0 for a in actors], bool)
+        #: Per object (actors, then static clutter): vehicle lights on (moving traffic only).
+        self.lights_on = np.concatenate([moving, np.zeros(len(statics), bool)])
         self.instance_ids = np.arange(len(actors), dtype=np.int64)
         self.a_s0 = np.array([a.s0 for a in actors], np.float64)
         self.a_d0 = np.array([a.d0 for a in actors], np.float64)
