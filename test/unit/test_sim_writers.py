@@ -311,3 +311,15 @@ def test_errors_are_clear(dataset, tmp_path):
     with pytest.raises(ValueError, match="resolution"):
         gen.GenerateConfig(resolution=(4, 4))
     assert CLASS_ID["car"] == 0
+
+
+def test_schedule_rates(world_val):
+    s = gen.make_schedule(world_val, CFG.samples, all_cameras=True, odom_rate_hz=50.0)
+    t0 = world_val.start_us
+    assert s.keyframes == (t0, t0 + 500_000, t0 + 1_000_000)
+    assert len(s.lidar) == 30 and set(np.diff(s.lidar)) == {50_000} and set(s.keyframes) <= set(s.lidar)
+    assert len(s.cameras) == 18 and set(s.keyframes) <= set(s.cameras)
+    assert set(np.diff(s.cameras)) <= {83_333, 83_334}  # 12 Hz on integer microseconds
+    assert len(s.odom) == 75
+    only_key = gen.make_schedule(world_val, CFG.samples, all_cameras=False, odom_rate_hz=50.0)
+    assert only_key.cameras == s.keyframes
