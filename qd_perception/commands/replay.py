@@ -39,7 +39,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +328,35 @@ def _wait_for(pred, timeout_s: float, what: str, procs: Processes) -> None:
         time.sleep(0.1)
 
 
+def write_overrides(opts: ReplayOptions, specs: list, out_dir: Path) -> dict[str, str]:
+    """Apply ``NODE.PARAM=VALUE`` overrides to the nodes' parameter files; returns node -> new file."""
+    import yaml
+
+    from qd_perception.ros import graph
+
+    by_node: dict[str, dict[str, Any]] = {}
+    for item in opts.overrides:
+        key, sep, value = item.partition("=")
+        node, dot, param = key.partition(".")
+        if not sep or not dot or not param:
+            raise ValueError(f"--set expects NODE.PARAM=VALUE, got {item!r}")
+        by_node.setdefault(node, {})[param] = yaml.safe_load(value) if value else ""
+    names = {s.name: s for s in specs}
+    files = {}
+    for node, values in by_node.items():
+        if node not in names:
+            raise ValueError(f"--set {node}.*: no node {node!r} in graph {opts.launch!r} ({sorted(names)})")
+        base = graph.params_path(names[node], opts.params.get(node))
+        data = yaml.safe_load(base.read_text()) if base is not None and base.exists() else {}
+        ros = data.setdefault(node, {}).setdefault("ros__parameters", {})
+        ros.update(values)
+        path = out_dir / f"{node}.param.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        files[node] = str(path)
+    return files
+
+
 def _wait_for_detectors(
     node: Any, specs: list, procs: Processes, timeout_s: float, skipped: list, say
 ) -> list:
@@ -368,6 +397,7 @@ class ReplayOptions:
     drain_s: float = 2.0
     startup_timeout_s: float = 120.0
     params: dict[str, str] = field(default_factory=dict)  # node name -> parameter file
+    overrides: tuple[str, ...] = ()  # "NODE.PARAM=VALUE" (YAML value) on top of the parameter file
     log_level: str = "info"
     plot: bool = True
 
@@ -394,6 +424,8 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
             raise ValueError(f"{opts.bag} has no {t}, the input of {name}")
     out = opts.out
     out.mkdir(parents=True, exist_ok=True)
+    if opts.overrides:
+        opts = replace(opts, params={**opts.params, **write_overrides(opts, specs, out / "params")})
     env = ros_env()
     for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "FASTDDS_DEFAULT_PROFILES_FILE"):
         if k in env:
@@ -608,6 +640,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NODE=FILE",
         help="parameter file of a node (e.g. lidar_detector=my.yaml)",
     )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="override a node parameter, e.g. bev_detector.detector.model_path=bev.pt",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--no-plot", action="store_true")
 
@@ -641,6 +680,7 @@ def run(args: argparse.Namespace) -> int:
         drain_s=args.drain,
         startup_timeout_s=args.startup_timeout,
         params=params,
+        overrides=tuple(args.set),
         log_level=args.log_level,
         plot=not args.no_plot,
     )
