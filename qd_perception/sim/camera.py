@@ -25,6 +25,8 @@ from qd_perception.sim.raycast import (
     Surface,
     cast,
     cast_ground,
+    ground_shadow,
+    shadow_envelopes,
     surface,
 )
 from qd_perception.sim.types import CameraImage
@@ -51,6 +53,7 @@ class CameraModel:
 
 
 NOISE_PAD = 32
+SHADOW_RANGE = 80.0  # metres: farther shadows are lost in the haze anyway
 KERB_COLOR = np.array([0.62, 0.62, 0.60], np.float32)
 
 
@@ -363,7 +366,17 @@ def shade(
     light = lit.ambient[:, None] * (f32(0.75) + f32(0.25) * normal[2])[None]
     if lit.sun.any():
         sd = lit.sun_dir
-        light += lit.sun[:, None] * np.maximum(normal[0] * sd[0] + normal[1] * sd[1] + normal[2] * sd[2], 0)
+        direct = np.maximum(normal[0] * sd[0] + normal[1] * sd[1] + normal[2] * sd[2], 0)
+        # Objects' shadows on the ground under a high sun (a low one would shade everything,
+        # an overcast sky casts none).
+        if sd[2] > 0.25 and not scene.conditions.rain:
+            geo = scene.geometry(int(t_us))
+            c2g = scene.ego2global(t_us) @ model.cam2ego
+            env = shadow_envelopes(geo, sd)
+            rects = _rects(env, c2g[:3, :3], o, model.K, (H, W), SHADOW_RANGE)
+            shadow = ground_shadow(o, dirs, geo, rects, hits, sd).reshape(N)
+            direct = np.where(shadow, f32(0), direct)
+        light += lit.sun[:, None] * direct
     if lit.lamps > 0 and len(scene.lamp_xyz):
         s_all, _ = scene.road.to_sd_near(pos[0], pos[1], o[:2], s_ref)
         lamp = f32(lit.lamps * 1.6) * _lamp_light(scene, pos, normal, s_all, o)

@@ -215,3 +215,80 @@ def cast_ground(
     flat_o[idx[top]] = KERB_TOP
     flat_d[idx[face]] = t_face[face]
     flat_o[idx[face]] = KERB_FACE
+
+
+def shadow_envelopes(geo: Geometry, sun_dir: np.ndarray) -> Geometry:
+    """Flat boxes on the ground (object frames) that contain each object's sun shadow.
+
+    A point at height z throws its shadow ``z * sun_xy / sun_z`` away from the sun, so the shadow
+    of an object lies in its footprint swept by that offset up to its top.
+    """
+    w = -np.asarray(sun_dir[:2], np.float64) / max(float(sun_dir[2]), 1e-3)  # ground shift per metre
+    top = geo.center[:, 2] + geo.half[:, 2]
+    c, s = np.cos(geo.yaw), np.sin(geo.yaw)
+    vx = (c * w[0] + s * w[1]) * top  # the shift of the top, in each object's frame
+    vy = (-s * w[0] + c * w[1]) * top
+    lo_x, hi_x = -geo.half[:, 0] + np.minimum(vx, 0), geo.half[:, 0] + np.maximum(vx, 0)
+    lo_y, hi_y = -geo.half[:, 1] + np.minimum(vy, 0), geo.half[:, 1] + np.maximum(vy, 0)
+    mx, my = (lo_x + hi_x) / 2, (lo_y + hi_y) / 2
+    center = np.stack(
+        [geo.center[:, 0] + c * mx - s * my, geo.center[:, 1] + s * mx + c * my, np.full_like(mx, 0.01)], 1
+    )
+    half = np.stack([(hi_x - lo_x) / 2, (hi_y - lo_y) / 2, np.full_like(mx, 0.01)], 1)
+    return Geometry(center, geo.yaw, half, geo.part_start, geo.part_center, geo.part_half)
+
+
+def ground_shadow(
+    origin: np.ndarray,
+    dirs: np.ndarray,
+    geo: Geometry,
+    rects: list[tuple[int, list[Rect]]],
+    hits: HitBuffer,
+    sun_dir: np.ndarray,
+) -> np.ndarray:
+    """(R, C) bool: ground/kerb hits in the shadow of any object's parts (sun at ``sun_dir``).
+
+    ``rects`` are the grid rectangles of :func:`shadow_envelopes` per object. For a ground point
+    q, the segment ``q + z * sun_xy / sun_z`` (z from a part's bottom to its top) meets the
+    part's footprint exactly when some point of the part hides the sun from q.
+    """
+    shadow = np.zeros(hits.depth.shape, bool)
+    sun = np.asarray(sun_dir, np.float64)
+    w = sun[:2] / max(sun[2], 1e-3)
+    origin = np.asarray(origin, np.float64)
+    for i, rect_list in rects:
+        c, s = np.cos(geo.yaw[i]), np.sin(geo.yaw[i])
+        rel = origin - geo.center[i]
+        o_l = np.array([c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1]], np.float32)
+        w_l = np.array([c * w[0] + s * w[1], -s * w[0] + c * w[1]], np.float32)
+        p0, p1 = int(geo.part_start[i]), int(geo.part_start[i + 1])
+        pc, ph = geo.part_center[p0:p1], geo.part_half[p0:p1]
+        z_lo = (pc[:, 2] - ph[:, 2] + geo.center[i, 2])[:, None, None].astype(np.float32)
+        z_hi = (pc[:, 2] + ph[:, 2] + geo.center[i, 2])[:, None, None].astype(np.float32)
+        cf, sf = np.float32(c), np.float32(s)
+        for r0, r1, c0, c1 in rect_list:
+            if r1 <= r0 or c1 <= c0:
+                continue
+            kind = hits.obj[r0:r1, c0:c1]
+            t = hits.depth[r0:r1, c0:c1]
+            ground = (kind <= GROUND) & np.isfinite(t)
+            if not ground.any():
+                continue
+            tg = np.where(ground, t, np.float32(0))
+            gx = dirs[0, r0:r1, c0:c1] * tg
+            gy = dirs[1, r0:r1, c0:c1] * tg
+            qx = cf * gx + sf * gy + o_l[0]
+            qy = cf * gy - sf * gx + o_l[1]
+            lo, hi = z_lo.copy(), z_hi.copy()
+            for q, wa, a in ((qx, w_l[0], 0), (qy, w_l[1], 1)):
+                f_lo = (pc[:, a] - ph[:, a])[:, None, None]
+                f_hi = (pc[:, a] + ph[:, a])[:, None, None]
+                if abs(wa) < 1e-6:
+                    inside = (q[None] >= f_lo) & (q[None] <= f_hi)
+                    hi = np.where(inside, hi, np.float32(-1))
+                    continue
+                za, zb = (f_lo - q[None]) / wa, (f_hi - q[None]) / wa
+                lo = np.maximum(lo, np.minimum(za, zb))
+                hi = np.minimum(hi, np.maximum(za, zb))
+            shadow[r0:r1, c0:c1] |= ground & (lo <= hi).any(0)
+    return shadow
