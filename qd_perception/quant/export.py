@@ -9,6 +9,12 @@
   (``symmetric: false``) after ReLUs: then the Q after the ReLU has zero point ``qmin`` and ORT
   removes the ReLU, leaving a chain of QLinearConv.
 
+**Saturation on x86 without VNNI.** ORT runs u8 activations x s8 weights with VPMADDUBSW, which
+adds pairs of products in int16 and saturates when the weights use the full int8 range: measured
+on this AVX2 machine, a w8a8 3-conv net came out up to 28 output steps off, w7a8 at most 1. So the
+ORT artefacts use 7-bit weights ("reduce range", as ``onnxruntime.quantization`` does), stored as
+int8 in [-64, 63]; TensorRT artefacts keep 8-bit weights.
+
 Sub-8-bit quantizers export as int8 Q/DQ preceded by a clamp to the narrower range (see
 ``tensor_quant``): the exported graph computes the same values; no runtime here executes int4.
 """

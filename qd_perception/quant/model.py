@@ -219,7 +219,7 @@ def _sequentials(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, tuple(seqs))]
 
 
-def fold_bn(model: nn.Module) -> nn.Module:
+def fold_bn(model: nn.Module, include_sparse: bool = False) -> nn.Module:
     """Fold every BatchNorm that directly follows a Conv / ConvTranspose / Linear / spconv conv
     inside an ``nn.Sequential`` or spconv ``SparseSequential`` (CenterPoint's conv-bn-relu blocks);
     the BN becomes ``nn.Identity``. Call it on the float model, before :func:`quantize_model`.
@@ -227,17 +227,19 @@ def fold_bn(model: nn.Module) -> nn.Module:
     Deployment graphs need it (ORT only fuses QLinearConv when no BN sits between conv and Q), and
     per-channel weight ranges must see the weights the runtime multiplies. In place; returns
     ``model``. Other BNs (e.g. the PFN's, applied on a permuted tensor) stay.
+
+    spconv convs are folded only with ``include_sparse=True``: spconv 2.3.8's CPU kernels reject a
+    bias in eval mode, so a folded *float* spconv layer no longer runs on CPU (the quantized
+    wrappers add the bias themselves and are fine).
     """
     model.eval()
     for seq in _sequentials(model):
         names = list(seq._modules)
         for a, b in itertools.pairwise(names):
             conv, bn = seq._modules[a], seq._modules[b]
-            foldable = type(conv) in _FOLDABLE or type(conv).__name__ in (
-                "SubMConv3d",
-                "SparseConv3d",
-                "SparseInverseConv3d",
-            )
+            sparse = type(conv).__name__ in ("SubMConv3d", "SparseConv3d", "SparseInverseConv3d")
+            sparse = sparse or type(conv) in SPCONV_WRAPPERS.values()
+            foldable = (type(conv) in _FOLDABLE and not sparse) or (sparse and include_sparse)
             if (
                 foldable
                 and isinstance(bn, nn.modules.batchnorm._BatchNorm)

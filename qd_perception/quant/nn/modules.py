@@ -126,11 +126,12 @@ try:
 
         def forward(self, input, add_input=None):
             x = input.replace_feature(self.input_quantizer(input.features))
+            # spconv 2.3.8's CPU kernels reject a bias in eval mode: add it to the features here
             out = self._conv_forward(
                 self.training,
                 x,
                 self.weight_quantizer(self.weight),
-                self.bias,
+                None,
                 add_input,
                 name=self.name,
                 sparse_unique_name=self._sparse_unique_name,
@@ -138,6 +139,8 @@ try:
                 act_alpha=self.act_alpha,
                 act_beta=self.act_beta,
             )
+            if self.bias is not None:
+                out = out.replace_feature(out.features + self.bias)
             if self.output_quantizer is not None:
                 out = out.replace_feature(self.output_quantizer(out.features))
             return out
