@@ -174,3 +174,27 @@ def test_features_reflect_conditions():
     assert hw[names.index("class_truck")] == 1.0
     with pytest.raises(ValueError):
         CalibStoreConfig(capacity=0)
+
+
+def test_calibrate_command_on_a_synthetic_data_set(tmp_path):
+    """``qd-perception calibrate`` on a tiny data set from the real world, through the CLI."""
+    from qd_perception.cli import main
+    from qd_perception.sim.generate import GenerateConfig, generate
+
+    generate(
+        GenerateConfig(scenes=1, samples=4, resolution=(32, 64), workers=1),
+        tmp_path / "d",
+        show_progress=False,
+    )
+    out = tmp_path / "calib"
+    argv = ["calibrate", "--data", str(tmp_path / "d"), "--split", "all", "--out", str(out), "--frames", "3"]
+    assert main([*argv, "--nsweeps", "2"]) == 0
+    cs = CalibrationSet(out)
+    assert len(cs) == 3
+    f = cs[0]
+    assert f.points.shape[1] == 5 and len(f.cameras) == 6 and f.gt is not None
+    assert (out / "selection.png").stat().st_size > 5000
+    # Re-running resumes the same set (4 more offers, still 3 members, counters carried on).
+    assert main([*argv, "--nsweeps", "2"]) == 0
+    assert json.loads((out / "index.json").read_text())["offered"] == 8
+    assert main(["calibrate", "--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2
