@@ -16,8 +16,9 @@ Pipeline on the current sweep (ego frame, ``Frame.points`` rows with ``time_lag 
    prior size *away from the sensor*, keeping the visible edges in place (an L-shaped car
    return gives the correct centre, not the centre of its visible corner).
 6. **Score**: size likelihood times a point-count term.
-7. **Velocity**: nearest-neighbour association with the previous frame's detections in the
-   global frame (``Frame.ego2global``), smoothed; heading of moving vehicles follows velocity.
+7. **Velocity**: greedy one-to-one association (same class, gated) with the previous frame's
+   detections in the global frame (``Frame.ego2global``), smoothed; heading of moving vehicles
+   follows velocity.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class ClassicalConfig:
     heading_steps: int = 30  # rectangle headings tried over 90 deg
     max_size_cost: float = 2.5  # clusters matching no class better than this are dropped
     assoc_distance_m: float = 2.5
+    max_speed_mps: float = 15.0  # widens the gate for objects without a velocity yet
     velocity_smoothing: float = 0.5  # weight of the new velocity estimate
     min_speed_for_heading: float = 1.0
     score_threshold: float = 0.05
@@ -99,7 +101,8 @@ class ClassicalDetector:
 
     def __init__(self, config: ClassicalConfig | None = None) -> None:
         self.config = config or ClassicalConfig()
-        self._prev: tuple[int, np.ndarray, np.ndarray] | None = None  # (t_us, centres global, vel global)
+        # (t_us, centres (N, 2) global, velocities (N, 2) global, labels (N,)) of the last frame
+        self._prev: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def reset(self) -> None:
         self._prev = None
@@ -216,7 +219,7 @@ class ClassicalDetector:
     def _finish(self, frame: Frame, boxes: list, labels: list, scores: list) -> Detections:
         cfg = self.config
         if not boxes:
-            self._prev = (frame.timestamp_us, np.zeros((0, 2)), np.zeros((0, 2)))
+            self._prev = (frame.timestamp_us, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, np.int64))
             return Detections.empty()
         B = np.array(boxes, dtype=np.float64)
         L = np.array(labels, dtype=np.int64)
@@ -239,17 +242,25 @@ class ClassicalDetector:
         prev = self._prev
         if prev is not None and len(prev[1]) and 0 < frame.timestamp_us - prev[0] < 1_000_000:
             dt = (frame.timestamp_us - prev[0]) * 1e-6
-            predicted = prev[1] + prev[2] * dt  # constant-velocity prediction
+            p_centres, p_vel, p_labels = prev[1], prev[2], prev[3]
+            predicted = p_centres + p_vel * dt  # constant-velocity prediction
             d = np.linalg.norm(centres_g[:, None] - predicted[None], axis=2)
-            j = d.argmin(1)
-            ok = d[np.arange(len(B)), j] < cfg.assoc_distance_m
-            raw = (centres_g - prev[1][j]) / dt
+            # Gate: tracks with a velocity are predicted well; new ones may have moved up to
+            # max_speed * dt (a 2 Hz keyframe rate needs a wider gate than a 20 Hz lidar).
+            has_v = np.any(p_vel != 0, axis=1)
+            gate = cfg.assoc_distance_m + np.where(has_v, 0.0, cfg.max_speed_mps * dt)
+            d[(L[:, None] != p_labels[None]) | (d > gate[None])] = np.inf
+            # Greedy one-to-one matching, closest pairs first.
             a = cfg.velocity_smoothing
-            pv = prev[2][j]
-            fresh = ~np.any(pv != 0, axis=1)  # first association: no history to smooth with
-            blend = np.where(fresh[:, None], raw, a * raw + (1 - a) * pv)
-            vel_g[ok] = blend[ok]
-        self._prev = (frame.timestamp_us, centres_g, vel_g)
+            for flat in np.argsort(d, axis=None):
+                i, j = divmod(int(flat), d.shape[1])
+                if not np.isfinite(d[i, j]):
+                    break
+                raw = (centres_g[i] - p_centres[j]) / dt
+                vel_g[i] = a * raw + (1 - a) * p_vel[j] if has_v[j] else raw
+                d[i, :] = np.inf
+                d[:, j] = np.inf
+        self._prev = (frame.timestamp_us, centres_g, vel_g, L.copy())
         B = B.copy()
         B[:, 7:9] = vel_g @ R2  # global -> ego (R2 orthonormal: R^T v as row-vector product)
         speed = np.hypot(B[:, 7], B[:, 8])
