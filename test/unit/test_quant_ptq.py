@@ -1,0 +1,147 @@
+"""AdaRound, TGPL and the LiDAR-PTQ pipeline on small models."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from qd_perception.models.centerpoint.head import TaskOutput
+from qd_perception.quant.config import preset
+from qd_perception.quant.model import calibrate, quantize_model, quantizers
+from qd_perception.quant.ptq.adaround import AdaRoundConfig, SoftRounding, adaround_model
+from qd_perception.quant.ptq.lidar_ptq import LidarPTQConfig, run_lidar_ptq
+from qd_perception.quant.ptq.tgpl import TGPLConfig, positive_masks, tgpl_loss
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_soft_rounding_starts_at_the_float_weight_and_hardens_to_integers():
+    torch.manual_seed(0)
+    w = torch.randn(4, 6)
+    amax = w.abs().amax(1)
+    r = SoftRounding(w, amax, bits=4, axis=0)
+    torch.testing.assert_close(r(), w, atol=1e-3, rtol=0)  # h(V) = frac(W / s) at the start
+    r.hard = True
+    codes = r() / r.scale
+    torch.testing.assert_close(codes, codes.round(), atol=1e-5, rtol=0)
+    assert float(r.regularizer(2.0)) > 0
+
+
+def test_adaround_reduces_layer_reconstruction_error_vs_nearest():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    xs = [torch.randn(2, 8, 12, 12) for _ in range(6)]
+    q = quantize_model(m, preset("minmax", "w4a8", quantize_outputs=False))
+    calibrate(q, lambda: [q(x) for x in xs])
+    cfg = AdaRoundConfig(iterations=150, lr=1e-2, batch_size=3)
+    rep = adaround_model(q, xs, lambda mod, s: mod(s), cfg)
+    assert set(rep) == {"0", "2"}
+    for name, r in rep.items():
+        assert r["mse_adaround"] < r["mse_nearest"], name
+    # finalized: weights sit on the integer grid, nearest rounding reproduces them, nothing attached
+    wq = q[0].weight_quantizer
+    assert wq.rounding is None
+    with torch.no_grad():
+        torch.testing.assert_close(wq(q[0].weight), q[0].weight, atol=1e-6, rtol=0)
+
+
+def _task(hm: torch.Tensor, box: torch.Tensor) -> TaskOutput:
+    return TaskOutput(hm, box[:, :2], box[:, 2:3], box[:, 3:6], box[:, 6:8], box[:, 8:10])
+
+
+def test_tgpl_positives_are_confident_peaks_over_the_whole_scene():
+    hm = torch.full((1, 2, 16, 16), -8.0)
+    hm[0, 0, 2, 3] = 3.0  # a confident peak
+    hm[0, 0, 2, 4] = 2.0  # its neighbour: not a peak
+    hm[0, 1, 12, 14] = 1.0  # a second, far away object (other class)
+    hm[0, 1, 8, 8] = -2.0  # below the threshold
+    masks = positive_masks([_task(hm, torch.zeros(1, 10, 16, 16))], TGPLConfig(score_threshold=0.3))
+    assert masks[0].sum() == 2 and masks[0][0, 2, 3] and masks[0][0, 12, 14]
+    top1 = positive_masks([_task(hm, torch.zeros(1, 10, 16, 16))], TGPLConfig(score_threshold=0.3, top_k=1))
+    assert top1[0].sum() == 1 and top1[0][0, 2, 3]
+
+
+def test_tgpl_loss_is_zero_at_agreement_and_only_sees_positives():
+    torch.manual_seed(0)
+    hm = torch.randn(1, 3, 8, 8)
+    hm[0, 1, 4, 4] = 5.0
+    box = torch.randn(1, 10, 8, 8)
+    fp = [_task(hm, box)]
+    masks = positive_masks(fp, TGPLConfig(score_threshold=0.9))
+    same, parts = tgpl_loss([_task(hm.clone(), box.clone())], fp, masks, TGPLConfig())
+    box2 = box.clone().requires_grad_(True)
+    off = box2 + torch.where(masks[0][:, None], 1.0, 0.0)  # wrong only at the positives
+    far = box.clone()
+    far[:, :, 0, 0] += 100.0  # wrong far from any positive: ignored
+    loss_far, _ = tgpl_loss([_task(hm, far)], fp, masks, TGPLConfig())
+    loss_off, p_off = tgpl_loss([_task(hm, off)], fp, masks, TGPLConfig(heatmap_weight=0.0, box_weight=1.0))
+    assert parts["positives"] >= 1
+    assert float(loss_far) == pytest.approx(float(same))
+    assert p_off["box"] == pytest.approx(1.0)
+    loss_off.backward()
+    assert box2.grad is not None and float(box2.grad.abs().sum()) > 0
+
+
+class TinyCenterNet(nn.Module):
+    """A CenterPoint-shaped toy: sparse BEV input -> conv backbone -> heatmap + box heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(4, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1),
+        )
+        self.hm = nn.Conv2d(16, 2, 1)
+        self.box = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x):
+        f = torch.relu(self.backbone(x))
+        return [_task(self.hm(f), self.box(f))]
+
+
+def test_lidar_ptq_pipeline_runs_stage_by_stage():
+    torch.manual_seed(0)
+    model = TinyCenterNet().eval()
+    model.backbone[1].running_var.fill_(0.5)
+    samples = []
+    for _ in range(4):
+        x = torch.randn(1, 4, 16, 16) * (torch.rand(1, 1, 16, 16) < 0.15)  # ~85 % empty cells
+        samples.append(x)
+    seen: list[str] = []
+
+    def on_stage(name, q):
+        with torch.no_grad():
+            q(samples[0])
+        seen.append(name)
+
+    cfg = LidarPTQConfig(
+        grid_steps=11,
+        tgpl_iterations=5,
+        tgpl_loss=TGPLConfig(score_threshold=0.05),
+        adaround_cfg=AdaRoundConfig(iterations=5),
+    )
+    q, rep = run_lidar_ptq(model, samples, lambda m, s: m(s), preset("lidar_ptq", "w8a8"), cfg, on_stage)
+    assert seen == ["minmax", "grid", "tgpl", "adaround"]
+    assert set(rep.stage_seconds) == set(seen) and len(rep.tgpl_loss) == 5
+    assert all(qq.mode == "quantize" and qq.scale is None for _, qq in quantizers(q))
+    assert type(model.hm) is nn.Conv2d  # the float model is untouched
+    with torch.no_grad():
+        out = q(samples[1])[0].heatmap
+        ref = model(samples[1])[0].heatmap
+    assert float((out - ref).abs().max()) < 0.2 * float(ref.abs().max())
+    # the ablation switches: max-min only
+    seen.clear()
+    off = dataclasses.replace(cfg, grid_search=False, tgpl=False, adaround=False)
+    run_lidar_ptq(model, samples, lambda m, s: m(s), preset("lidar_ptq", "w8a8"), off, on_stage)
+    assert seen == ["minmax"]
