@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from qd_perception.config import load_yaml
 from qd_perception.quant.quantizer import CalibSpec, QuantSpec
@@ -32,20 +33,34 @@ def load_quant_config(path: str | Path, key: str | None = None) -> QuantConfig:
     return load_yaml(QuantConfig, path, key)
 
 
-def preset(method: str, bits: str = "w8a8", quantize_outputs: bool = True) -> QuantConfig:
+Target = Literal["ort", "trt"]
+
+
+def preset(method: str, bits: str = "w8a8", target: Target = "ort", reduce_range: bool = True) -> QuantConfig:
     """The CLI's presets: ``method`` picks the activation calibrator, ``bits`` is ``wXaY``.
 
-    ``lidar_ptq`` starts from max-min (its grid search and TGPL/AdaRound are pipeline stages);
-    ``uh`` makes activations asymmetric (UH's range is ``[min, u]``).
+    ``target="ort"`` (ONNX Runtime CPU): unsigned asymmetric activations (ReLU outputs use all
+    256 levels and ORT drops the ReLU), output quantizers on (QLinearConv fusion), and with
+    ``reduce_range`` 8-bit weights become 7-bit (no int16 saturation in ORT's x86 U8S8 kernels
+    without VNNI, see ``quant/export.py``). ``target="trt"``: symmetric int8 everywhere, Q/DQ on
+    inputs and weights only (TensorRT explicit quantization).
+    ``lidar_ptq``/``minmax`` start from max-min; ``uh`` is asymmetric by construction (ORT only).
     """
     try:
         wb, ab = bits.lower().removeprefix("w").split("a")
         wbits, abits = int(wb), int(ab)
     except ValueError as e:
         raise ValueError(f"bits must look like w8a8 / w4a8, got {bits!r}") from e
+    if target not in ("ort", "trt"):
+        raise ValueError(f"target must be ort or trt, got {target!r}")
     act_method = {"lidar_ptq": "max", "minmax": "max"}.get(method, method)
     if act_method not in ("max", "percentile", "mse", "entropy", "uh", "sparsity_grid"):
         raise ValueError(f"unknown method {method!r}")
-    act = QuantSpec(bits=abits, symmetric=act_method != "uh", calib=CalibSpec(method=act_method))
+    if target == "trt" and act_method == "uh":
+        raise ValueError("UH gives asymmetric ranges; TensorRT needs symmetric int8 (use --target ort)")
+    symmetric = target == "trt" or act_method in ("percentile", "mse", "entropy")
+    act = QuantSpec(bits=abits, symmetric=symmetric, calib=CalibSpec(method=act_method))
+    if target == "ort" and reduce_range and wbits == 8:
+        wbits = 7
     weight = QuantSpec(bits=wbits, per_channel=True, calib=CalibSpec(method="max"))
-    return QuantConfig(weight=weight, act=act, quantize_outputs=quantize_outputs)
+    return QuantConfig(weight=weight, act=act, quantize_outputs=target == "ort")

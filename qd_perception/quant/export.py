@@ -58,18 +58,19 @@ def export_onnx(
 ) -> Path:
     """Export ``model(*args)`` to ``path`` (written atomically). Returns the path.
 
-    Output quantizers are switched per flavour for the export and restored afterwards.
+    Output quantizers are switched per flavour for the export and restored afterwards; learned
+    (LSQ) step sizes are frozen into the ranges for good.
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
     _check_exportable(model)
     path = Path(path)
-    saved = {n: (q.mode, q.lsq_active) for n, q in quantizers(model)}
+    saved = {n: q.mode for n, q in quantizers(model)}
     was_training = model.training
     model.eval()
     try:
         for _, q in quantizers(model):
-            q.lsq_active = False  # a learned step size exports through its effective amax
+            q.freeze_lsq()  # learned step sizes become plain ranges (Q/DQ needs constants)
         if flavour == "trt":
             for n, q in quantizers(model):
                 if n.endswith("output_quantizer"):
@@ -93,7 +94,7 @@ def export_onnx(
         os.replace(tmp, path)
     finally:
         for n, q in quantizers(model):
-            q.mode, q.lsq_active = saved[n]
+            q.mode = saved[n]
         model.train(was_training)
         if "tmp" in locals() and os.path.exists(tmp):
             os.unlink(tmp)

@@ -29,8 +29,10 @@ from qd_perception.quant.calib import (
     UnilateralHistogramCalibrator,
 )
 from qd_perception.quant.tensor_quant import (
+    affine_params,
     fake_quant_affine,
     fake_quant_lsq,
+    fake_quant_lsq_affine,
     fake_quant_symmetric,
     qrange,
 )
@@ -70,8 +72,8 @@ class QuantSpec:
             raise ValueError("the UH calibrator gives an asymmetric range: set symmetric: false")
         if self.per_channel and self.calib.method not in ("max", "sparsity_grid"):
             raise ValueError(f"calibrator {self.calib.method!r} is per-tensor only")
-        if self.learn_scale and not self.symmetric:
-            raise ValueError("learn_scale (LSQ) is implemented for symmetric quantizers only")
+        if self.learn_scale and not self.symmetric and self.per_channel:
+            raise ValueError("learn_scale (LSQ) of asymmetric quantizers is per-tensor only")
 
 
 def make_calibrator(spec: CalibSpec, axis: int | None) -> Calibrator:
@@ -120,6 +122,7 @@ class TensorQuantizer(nn.Module):
         self.scale: nn.Parameter | None = None
         #: True: the forward uses the learnable-step formula (training); False: the Q/DQ primitive
         self.lsq_active = False
+        self._lsq_zp = 0
         #: AdaRound state (a module computing the soft/hard rounded weight), set by quant.ptq.adaround
         self.rounding: nn.Module | None = None
 
@@ -139,12 +142,18 @@ class TensorQuantizer(nn.Module):
             self.enable_lsq()
 
     def enable_lsq(self) -> nn.Parameter:
-        """Make the step size learnable (LSQ), starting from the current ``amax``."""
-        if not self.symmetric:
-            raise RuntimeError("LSQ is implemented for symmetric quantizers only")
+        """Make the step size learnable (LSQ), starting from the current range. Asymmetric
+        quantizers (per tensor) learn the step with their zero point frozen."""
         if not self.calibrated:
             raise RuntimeError("enable_lsq needs a calibrated quantizer")
-        self.scale = nn.Parameter(self.amax.clone() / qrange(self.bits)[1])
+        if self.symmetric:
+            self.scale = nn.Parameter(self.amax.clone() / qrange(self.bits)[1])
+        else:
+            if self.axis is not None:
+                raise RuntimeError("LSQ for per-channel asymmetric quantizers is not implemented")
+            scale, zp = affine_params(self.amin, self.amax, self.bits)
+            self._lsq_zp = int(zp)
+            self.scale = nn.Parameter(scale.clone())
         self.lsq_active = True
         return self.scale
 
@@ -152,7 +161,13 @@ class TensorQuantizer(nn.Module):
     def freeze_lsq(self) -> None:
         """Write the learned step size back to ``amax`` and drop the parameter (before export)."""
         if self.scale is not None:
-            self.amax = self.scale.detach().abs() * qrange(self.bits)[1]
+            s = self.scale.detach().abs()
+            if self.symmetric:
+                self.amax = s * qrange(self.bits)[1]
+            else:
+                qmax = qrange(self.bits, signed=False)[1]
+                self.amin = -self._lsq_zp * s
+                self.amax = (qmax - self._lsq_zp) * s
             self.scale = None
         self.lsq_active = False
 
@@ -168,7 +183,7 @@ class TensorQuantizer(nn.Module):
 
     def effective_amax(self) -> torch.Tensor:
         """The symmetric clip actually used (the learned one under LSQ)."""
-        if self.scale is not None:
+        if self.scale is not None and self.symmetric:
             return self.scale.detach().abs() * qrange(self.bits)[1]
         return self.amax
 
@@ -186,6 +201,8 @@ class TensorQuantizer(nn.Module):
         if not self.calibrated:
             raise RuntimeError("quantizer in quantize mode before calibration (no amax)")
         if self.scale is not None and self.lsq_active:
+            if not self.symmetric:
+                return fake_quant_lsq_affine(x, self.scale, self._lsq_zp, self.bits)
             return fake_quant_lsq(x, self.scale, self.bits, self.axis)
         if self.symmetric:
             return fake_quant_symmetric(x, self.effective_amax(), self.bits, self.axis)

@@ -126,6 +126,17 @@ def fake_quant_lsq(
     return torch.clamp(round_ste(x / s), qmin, qmax) * s
 
 
+def fake_quant_lsq_affine(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: int, bits: int = 8
+) -> torch.Tensor:
+    """Asymmetric (unsigned, per-tensor) fake quant with a learned step and a fixed zero point."""
+    qmin, qmax = qrange(bits, signed=False)
+    g = 1.0 / (max(x.numel(), 1) * qmax) ** 0.5
+    s = scale * g + (scale - scale * g).detach()
+    s = s.abs().clamp_min(EPS)
+    return (torch.clamp(round_ste(x / s) + zero_point, qmin, qmax) - zero_point) * s
+
+
 def quantize_int(x: torch.Tensor, amax: torch.Tensor, bits: int = 8, axis: int | None = None) -> torch.Tensor:
     """The integer codes (int8 storage) of the symmetric quantizer; ``q * scale`` is the fake quant."""
     qmin, qmax = qrange(bits, signed=True)

@@ -39,9 +39,9 @@ def _net() -> nn.Module:
 
 
 def _quantized(bits: str, asym_acts: bool):
-    cfg = preset("minmax", bits, quantize_outputs=True)
-    if asym_acts:
-        cfg = dataclasses.replace(cfg, act=dataclasses.replace(cfg.act, symmetric=False))
+    cfg = preset("minmax", bits, target="ort", reduce_range=False)
+    if not asym_acts:
+        cfg = dataclasses.replace(cfg, act=dataclasses.replace(cfg.act, symmetric=True))
     q = quantize_model(_net(), cfg)
     gen = torch.Generator().manual_seed(1)
     xs = [torch.randn(1, 8, 24, 24, generator=gen) for _ in range(3)]

@@ -94,7 +94,7 @@ def test_quantized_forward_equals_manual_fake_quant():
     lin = nn.Linear(6, 3)
     m = nn.Sequential(lin)
     w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
-    q = quantize_model(m, preset("minmax", "w4a8", quantize_outputs=False))
+    q = quantize_model(m, preset("minmax", "w4a8", target="trt"))
     x = torch.randn(10, 6)
     calibrate(q, lambda: q(x))
     assert type(q[0]) is QuantLinear
@@ -130,7 +130,7 @@ def test_spconv_wrappers_quantize_features_and_weights():
     ref = net(st()).features
     fold_bn(net)
     assert isinstance(net[1], nn.BatchNorm1d)  # float spconv convs are not folded by default
-    q = quantize_model(net, preset("minmax", "w8a8"))
+    q = quantize_model(net, preset("minmax", "w8a8", target="trt"))
     fold_bn(q, include_sparse=True)  # the wrapper adds the folded bias itself (CPU kernels cannot)
     set_mode(q, "disabled")
     torch.testing.assert_close(q(st()).features, ref, atol=1e-5, rtol=1e-5)
@@ -154,7 +154,7 @@ def test_size_accounting_on_a_toy_net():
     n_params = 3 * 16 * 9 + 16 + 160 + 20
     assert fp.fp32_bytes == (n_params + 20) * 4  # BN running mean / var are part of the model
     assert fp.total_bytes == fp.fp32_bytes
-    q = quantize_model(m, preset("minmax", "w4a8", quantize_outputs=False))
+    q = quantize_model(m, preset("minmax", "w4a8", target="trt"))
     x = torch.randn(1, 3, 8, 8)
     calibrate(q, lambda: q(x))
     r = model_size(q)

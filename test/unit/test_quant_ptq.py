@@ -40,7 +40,7 @@ def test_adaround_reduces_layer_reconstruction_error_vs_nearest():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
     xs = [torch.randn(2, 8, 12, 12) for _ in range(6)]
-    q = quantize_model(m, preset("minmax", "w4a8", quantize_outputs=False))
+    q = quantize_model(m, preset("minmax", "w4a8", target="trt"))
     calibrate(q, lambda: [q(x) for x in xs])
     cfg = AdaRoundConfig(iterations=150, lr=1e-2, batch_size=3)
     rep = adaround_model(q, xs, lambda mod, s: mod(s), cfg)

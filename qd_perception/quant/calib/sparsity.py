@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from qd_perception.quant.calib.base import Calibrator, NothingCollectedError, reduce_dims
-from qd_perception.quant.tensor_quant import fake_quant_symmetric
+from qd_perception.quant.tensor_quant import fake_quant_affine, fake_quant_symmetric
 
 
 def occupied_values(x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +60,8 @@ class SparsityGridCalibrator(Calibrator):
 
     def reset(self) -> None:
         self._amax: torch.Tensor | None = None  # running max |x| over everything (the max-min init)
+        self._min: torch.Tensor | None = None  # running min / max, for asymmetric (unsigned) use
+        self._max: torch.Tensor | None = None
         self._samples: list[torch.Tensor] = []
         self._n = 0
 
@@ -73,6 +75,10 @@ class SparsityGridCalibrator(Calibrator):
         dims = reduce_dims(x, self.axis)
         amax = torch.amax(x.abs(), dim=dims) if dims else x.abs()
         self._amax = amax if self._amax is None else torch.maximum(self._amax, amax)
+        if self.axis is None:
+            lo, hi = x.min(), x.max()
+            self._min = lo if self._min is None else torch.minimum(self._min, lo)
+            self._max = hi if self._max is None else torch.maximum(self._max, hi)
         if self.axis is not None:
             # weights: keep the whole tensor, channels first
             self._samples.append(x.movedim(self.axis, 0).reshape(x.shape[self.axis], -1))
@@ -116,3 +122,20 @@ class SparsityGridCalibrator(Calibrator):
 
     def compute_amax(self, bits: int) -> torch.Tensor:
         return self.search(bits)[0]
+
+    def running_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The max-min range ``(min, max)`` (per tensor)."""
+        if self._min is None or self._max is None:
+            raise NothingCollectedError("SparsityGridCalibrator: no per-tensor data collected")
+        return self._min.clone(), self._max.clone()
+
+    @torch.no_grad()
+    def compute_range(self, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Asymmetric variant: the lower bound stays the running min (ReLU outputs: 0), the upper
+        bound is searched as ``r * max`` on the same grid, scored on occupied positions."""
+        lo, hi = self.running_range()
+        v = torch.cat(self._samples) if self._samples else torch.zeros(0)
+        if v.numel() == 0 or float(hi) <= 0:
+            return lo, hi
+        errs = torch.stack([((fake_quant_affine(v, lo, r * hi, bits) - v) ** 2).mean() for r in self.grid])
+        return lo, self.grid[int(errs.argmin())] * hi

@@ -6,7 +6,8 @@ is called after each stage so a benchmark can evaluate every step from one run.
 * **max-min** — one pass over the calibration samples; the sparsity-grid calibrators record the
   running max (the max-min range) while collecting occupied values, so the grid stage needs no
   second pass.
-* **grid** — activations: ``r * max`` with the error over occupied positions; weights: per-channel
+* **grid** — activations: ``r * max`` with the error over occupied positions (asymmetric
+  activations keep their min, e.g. 0 after a ReLU, and search the max); weights: per-channel
   ``r * max`` (dense).
 * **tgpl** — the activation step sizes become learnable (LSQ) and are tuned end to end with TGPL
   (:mod:`.tgpl`) against the float model's outputs on the same samples. Which parameters TGPL
@@ -82,7 +83,7 @@ def _with_grid_calibrators(cfg: QuantConfig, p: LidarPTQConfig) -> QuantConfig:
     )
     return dataclasses.replace(
         cfg,
-        act=dataclasses.replace(cfg.act, symmetric=True, calib=grid),
+        act=dataclasses.replace(cfg.act, calib=grid),
         weight=dataclasses.replace(cfg.weight, symmetric=True, calib=grid),
     )
 
@@ -126,7 +127,11 @@ def run_lidar_ptq(
         assert isinstance(cal, SparsityGridCalibrator)
         if cal.empty:
             raise RuntimeError(f"{name}: no calibration data reached this quantizer")
-        q.set_range(cal.running_max())  # max-min
+        if q.symmetric:  # max-min
+            q.set_range(cal.running_max())
+        else:
+            lo, hi = cal.running_range()
+            q.set_range(hi, lo)
         q.mode = "quantize"
         grid_cals.append((q, cal))
     report.stage_seconds["minmax"] = time.perf_counter() - t0
@@ -136,7 +141,11 @@ def run_lidar_ptq(
     if cfg.grid_search:
         t0 = time.perf_counter()
         for q, cal in tqdm(grid_cals, desc="sparsity grid", leave=False):
-            q.set_range(cal.compute_amax(q.bits))
+            if q.symmetric:
+                q.set_range(cal.compute_amax(q.bits))
+            else:
+                lo, hi = cal.compute_range(q.bits)
+                q.set_range(hi, lo)
         report.stage_seconds["grid"] = time.perf_counter() - t0
         if on_stage:
             on_stage("grid", qmodel)
@@ -179,7 +188,7 @@ def tgpl_finetune(qmodel: nn.Module, samples: Sequence[Any], run: Run, cfg: Lida
     params = [
         q.enable_lsq()
         for n, q in quantizers(qmodel)
-        if not n.endswith("weight_quantizer") and q.mode == "quantize" and q.symmetric
+        if not n.endswith("weight_quantizer") and q.mode == "quantize"
     ]
     for p in qmodel.parameters():
         p.requires_grad_(False)
