@@ -58,6 +58,8 @@ def ground_material(road: Road, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarra
         white |= (np.abs(ad - i * road.lane_width) < 0.075) & (fmod(s, 9.0) < 3.0)
     white |= (np.abs(ad - road.bike_outer) < 0.06) & (fmod(s, 4.0) < 2.0)
     yellow = np.abs(ad - 0.15) < 0.06
+    for s_cw in road.crosswalks:
+        white |= (np.abs(s - np.float32(s_cw)) < 2.0) & (ad < road.road_half) & (fmod(d + 60.0, 1.2) < 0.6)
     zone = np.where(white, np.int8(5), np.where(yellow, np.int8(6), zone))
     factor = np.where(white | yellow, np.float32(1.0), factor)
     color = _GROUND_PLANES.take(zone, axis=1) * factor.astype(np.float32)

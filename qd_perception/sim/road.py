@@ -31,6 +31,7 @@ class Road:
     sidewalk_width: float
     kerb_height: float = 0.15
     kerb_width: float = 0.2
+    crosswalks: tuple[float, ...] = ()  # s of zebra crossings (4 m wide, kerb to kerb)
 
     # Lateral layout -------------------------------------------------------------------------
     @property

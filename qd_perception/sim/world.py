@@ -11,7 +11,7 @@ pure function of the scene and ``t`` (per-frame noise is seeded from ``(seed, sc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -113,6 +113,10 @@ class SimScene:
         s_path_end = self.ego_ds_dt * T
         self.s_range = (-110.0, s_path_end + 110.0)
         occ = {+1: _Occupancy(), -1: _Occupancy()}  # static objects per side (sign of d)
+        self.road = road = replace(road, crosswalks=(float(rng.uniform(15.0, s_path_end + 35.0)),))
+        for side in (+1, -1):  # no parking on the crossing
+            s_cw = road.crosswalks[0]
+            occ[side].add(s_cw - 3.0, s_cw + 3.0, -road.road_half, road.road_half)
         actors: list[_Actor] = []
         statics: list[tuple[shapes.Shape, float, float, float]] = []  # shape, s, d, yaw offset
         self.lamps: list[tuple[float, float]] = []  # (s, d) of lamp heads
@@ -122,6 +126,7 @@ class SimScene:
         self._build_traffic(rng, actors)
         self._build_bike_lanes(rng, actors)
         self._build_sidewalks(rng, actors, occ)
+        self._build_crossings(rng, actors)
         if cfg.guarantee_all_classes:
             self._guarantee_classes(rng, actors, occ)
         self._finalise(actors, statics)
@@ -334,6 +339,50 @@ class SimScene:
         n_bikes = int(rng.poisson(cfg.density.get("bicycle", 0.0) * 0.4 * length / 100))
         for _ in range(n_bikes):
             self._place_sidewalk_cycle(rng, actors, occ, "bicycle", float(rng.uniform(*self.s_range)))
+
+    def _build_crossings(self, rng, actors) -> None:
+        """Pedestrians on the zebra crossing, timed so that no vehicle (nor the ego) runs
+        through them: every candidate is checked against every object's track."""
+        road, T = self.road, self.cfg.duration_s
+        ts = np.arange(0.0, T + 1e-9, 0.1)
+        s_obj = np.array([a.s0 + a.ds_dt * ts for a in actors]).reshape(-1, len(ts))
+        d_obj = np.array([a.d0 + a.dd_dt * ts for a in actors]).reshape(-1, len(ts))
+        r_obj = np.array([max(a.shape.size[0], a.shape.size[1]) / 2 for a in actors])[:, None]
+        # The ego as a moving obstacle: 4.8 m long from 1 m behind the rear axle.
+        s_obj = np.concatenate([s_obj, (self.ego_s0 + 1.4 + self.ego_ds_dt * ts)[None]])
+        d_obj = np.concatenate([d_obj, np.full((1, len(ts)), self.ego_d)])
+        r_obj = np.concatenate([r_obj, [[2.6]]])
+        limit = road.sidewalk_outer - 0.5
+        for s_cw in road.crosswalks:
+            placed = 0
+            target = int(rng.integers(1, 4))
+            for _ in range(40):
+                if placed >= target:
+                    break
+                direction = 1.0 if rng.random() < 0.5 else -1.0
+                speed = float(rng.uniform(1.0, 1.6))
+                s_p = s_cw + float(rng.uniform(-1.3, 1.3))
+                d0 = -direction * speed * float(rng.uniform(0.0, T))  # at d = 0 some time in the scene
+                d_p = d0 + direction * speed * ts
+                if np.abs(d_p).max() > limit:
+                    continue
+                clear = (np.abs(s_obj - s_p) > r_obj + 0.6) | (np.abs(d_obj - d_p[None]) > r_obj + 0.6)
+                if not clear.all():
+                    continue
+                yaw = np.pi / 2 * direction
+                ped = _Actor(
+                    "pedestrian",
+                    shapes.pedestrian(rng, True),
+                    s_p,
+                    d0,
+                    dd_dt=direction * speed,
+                    yaw_offset=yaw,
+                )
+                actors.append(ped)
+                s_obj = np.concatenate([s_obj, np.full((1, len(ts)), s_p)])
+                d_obj = np.concatenate([d_obj, d_p[None]])
+                r_obj = np.concatenate([r_obj, [[0.5]]])
+                placed += 1
 
     def _place_sidewalk_cycle(self, rng, actors, occ, cls: str, s: float) -> bool:
         road = self.road

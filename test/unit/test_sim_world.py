@@ -140,9 +140,11 @@ def test_annotation_kinematics_sizes_and_attributes():
     assert scene.road.curvature != 0
     t, dt = scene.start_us + 1_000_000, 50_000
     a0, a1, a2 = (scene.annotations(t + k * dt) for k in (-1, 0, 1))
-    np.testing.assert_array_equal(a0.instance_ids, a1.instance_ids)
-    fd = (a2.boxes[:, :2] - a0.boxes[:, :2]) / (2 * dt * 1e-6)
-    np.testing.assert_allclose(fd, a1.boxes[:, 7:9], atol=0.02)
+    common = np.intersect1d(np.intersect1d(a0.instance_ids, a1.instance_ids), a2.instance_ids)
+    assert len(common) > 0.9 * len(a1)  # ids are stable (a few cross the annotation range)
+    sel = [np.searchsorted(a.instance_ids, common) for a in (a0, a1, a2)]
+    fd = (a2.boxes[sel[2], :2] - a0.boxes[sel[0], :2]) / (2 * dt * 1e-6)
+    np.testing.assert_allclose(fd, a1.boxes[sel[1], 7:9], atol=0.02)
     speed = np.linalg.norm(a1.boxes[:, 7:9], axis=1)
     assert speed.max() > 3.0 and (speed == 0).any()  # traffic and parked objects
     for box, cls, attr, v in zip(a1.boxes, a1.class_names, a1.attributes, speed):
