@@ -145,7 +145,13 @@ class ClassicalDetector:
         n = math.ceil(2 * cfg.range_m / g) + 1
         flat = ij[:, 0] * n + ij[:, 1]
         cell_min = np.full(n * n, np.inf)
-        np.minimum.at(cell_min, flat, pts[:, 2])
+        # Per-cell minimum without ufunc.at (several times slower): sort by (cell, z) and keep
+        # the first point of each cell.
+        order = np.lexsort((pts[:, 2], flat))
+        fs = flat[order]
+        first = np.ones(len(fs), bool)
+        first[1:] = fs[1:] != fs[:-1]
+        cell_min[fs[first]] = pts[order[first], 2]
         ground = cell_min[flat]
         # A cell entirely covered by an object has no ground return: do not let its lowest
         # (object) point become the ground. Clip to the typical ground level plus a slope margin.
