@@ -73,6 +73,7 @@ def main() -> None:
     H, W = (int(v) for v in args.resolution.split("x"))
 
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry
     from qd_perception.msg import Detection3DArray
     from rclpy.executors import SingleThreadedExecutor
@@ -86,6 +87,7 @@ def main() -> None:
         sys.executable, "-m", "qd_perception.ros.nodes.lidar_detector", "--ros-args",
         "-r", f"__node:={NODE}", "-r", "~/input/pointcloud:=/bench/points", "-r", "~/input/odom:=/bench/odom",
         "-p", "inputs:=[lidar, cameras]", "-p", f"image_size:=[{H}, {W}]", "-p", "sync.slop_s:=0.02",
+        "-p", "latency_window:=20",
     ]  # fmt: skip
     for c in cams:
         node_cmd += ["-r", f"~/input/{c.lower()}/image:=/bench/{c.lower()}/image"]
@@ -103,6 +105,12 @@ def main() -> None:
     sub_node.create_subscription(
         Detection3DArray, f"/{NODE}/output/detections", on_det, QoSProfile(depth=100)
     )
+    diag: dict[str, str] = {}
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        diag.update({kv.key: kv.value for kv in msg.status[0].values})
+
+    sub_node.create_subscription(DiagnosticArray, f"/{NODE}/output/diagnostics", on_diag, 10)
     ex = SingleThreadedExecutor()
     ex.add_node(sub_node)
     stop = threading.Event()
@@ -149,6 +157,7 @@ def main() -> None:
     print(
         f"# inputs per frame: 6 x {H}x{W} rgb8 ({6 * H * W * 3 / 1e6:.1f} MB) + {len(pts)}-point PointCloud2"
     )
+    print(f"# load average (1 min) at start: {os.getloadavg()[0]:.1f}")
     cols = [
         "input rate Hz",
         "frames in",
@@ -158,6 +167,9 @@ def main() -> None:
         "p95 ms",
         "p99 ms",
         "max ms",
+        "node processing p50 ms (last 20)",
+        "inputs dropped (total)",
+        "sets dropped busy (total)",
     ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
@@ -181,6 +193,8 @@ def main() -> None:
         mx = lat.max() if len(lat) else np.nan
         cells = [f"{rate:g}", len(sent), len(lat), f"{100 * out:.0f}", f"{p50:.0f}", f"{p95:.0f}"]
         cells += [f"{p99:.0f}", f"{mx:.0f}"]
+        cells += [f"{float(diag.get('processing_ms.p50', 'nan')):.0f}", diag.get("sync.dropped", "?")]
+        cells += [diag.get("dropped_busy", "?")]
         print("| " + " | ".join(str(c) for c in cells) + " |")
         sys.stdout.flush()
         if out >= 0.95 and p95 < 1000:
