@@ -51,6 +51,62 @@ class _Occupancy:
         self.rects.append((s0, s1, d0, d1))
 
 
+class _Tracks:
+    """Road-aligned extents of every object over the scene (sampled every 0.1 s), so moving
+    objects can be added without running through anything."""
+
+    def __init__(self, ts: np.ndarray) -> None:
+        self.ts = ts
+        self.s = np.zeros((0, len(ts)))
+        self.d = np.zeros((0, len(ts)))
+        self.hs = np.zeros((0, 1))
+        self.hd = np.zeros((0, 1))
+        self.owner: list[object] = []  # the actor of each row (None for the ego)
+
+    @staticmethod
+    def extents(a: _Actor) -> tuple[float, float]:
+        c, s = abs(np.cos(a.yaw_offset)), abs(np.sin(a.yaw_offset))
+        L, W = a.shape.size[0] / 2, a.shape.size[1] / 2
+        return c * L + s * W, s * L + c * W
+
+    def _rows(self, s_t, d_t, hs, hd):
+        n = len(self.ts)
+        return np.broadcast_to(s_t, (n,))[None], np.broadcast_to(d_t, (n,))[None], [[hs]], [[hd]]
+
+    def add_track(self, s_t, d_t, hs: float, hd: float, owner: object = None) -> None:
+        self.owner.append(owner)
+        s_r, d_r, hs_r, hd_r = self._rows(s_t, d_t, hs, hd)
+        self.s = np.concatenate([self.s, s_r])
+        self.d = np.concatenate([self.d, d_r])
+        self.hs = np.concatenate([self.hs, hs_r])
+        self.hd = np.concatenate([self.hd, hd_r])
+
+    def add(self, a: _Actor) -> None:
+        self.add_track(a.s0 + a.ds_dt * self.ts, a.d0 + a.dd_dt * self.ts, *self.extents(a), owner=a)
+
+    def remove(self, gone: list[_Actor]) -> None:
+        keep = np.array([not any(o is g for g in gone) for o in self.owner], bool)
+        self.s, self.d, self.hs, self.hd = self.s[keep], self.d[keep], self.hs[keep], self.hd[keep]
+        self.owner = [o for o, k in zip(self.owner, keep) if k]
+
+    def clear(self, a: _Actor, margin: float = 0.4) -> bool:
+        """True when ``a`` never comes within ``margin`` of any tracked object."""
+        hs, hd = self.extents(a)
+        s_t = a.s0 + a.ds_dt * self.ts
+        d_t = a.d0 + a.dd_dt * self.ts
+        apart = (np.abs(self.s - s_t) > self.hs + hs + margin) | (
+            np.abs(self.d - d_t) > self.hd + hd + margin
+        )
+        return bool(apart.all())
+
+    def try_add(self, actors: list, a: _Actor, margin: float = 0.4) -> bool:
+        if not self.clear(a, margin):
+            return False
+        actors.append(a)
+        self.add(a)
+        return True
+
+
 @dataclass
 class _Actor:
     class_name: str
@@ -124,11 +180,18 @@ class SimScene:
         self.work_zones = self._build_work_zones(rng, actors, occ, s_path_end)
         self._build_parking(rng, actors, occ)
         self._build_traffic(rng, actors)
-        self._build_bike_lanes(rng, actors)
-        self._build_sidewalks(rng, actors, occ)
-        self._build_crossings(rng, actors)
+        # From here on every new object is checked against every track (moving or not).
+        tracks = _Tracks(np.arange(0.0, T + 1e-9, 0.1))
+        for a in actors:
+            tracks.add(a)
+        # The ego as a moving obstacle: 4.8 m long from 1 m behind the rear axle.
+        ts = tracks.ts
+        tracks.add_track(self.ego_s0 + 1.4 + self.ego_ds_dt * ts, np.full(len(ts), self.ego_d), 2.4, 1.0)
+        self._build_bike_lanes(rng, actors, tracks)
+        self._build_sidewalks(rng, actors, occ, tracks)
+        self._build_crossings(rng, actors, tracks)
         if cfg.guarantee_all_classes:
-            self._guarantee_classes(rng, actors, occ)
+            self._guarantee_classes(rng, actors, occ, tracks)
         self._finalise(actors, statics)
 
     def _build_static(self, rng, statics, occ) -> None:
@@ -186,17 +249,19 @@ class SimScene:
                     actors.append(_Actor("barrier", shapes.barrier(rng), s, side * dd, yaw_offset=np.pi / 2))
             cv = shapes.construction_vehicle(rng)
             s_cv = s0 + length / 2 + rng.uniform(-3, 3)
+            cv_yaw = float(np.clip(rng.normal(0, 0.04), -0.08, 0.08))
+            cv_extent = cv.size[1] / 2 * np.cos(cv_yaw) + cv.size[0] / 2 * abs(np.sin(cv_yaw))  # across d
             actors.append(
                 _Actor(
                     "construction_vehicle",
                     cv,
                     s_cv,
-                    side * (d_in + d_out) / 2,
-                    yaw_offset=float(rng.normal(0, 0.15)),
+                    side * (d_out - 0.05 - cv_extent),
+                    yaw_offset=cv_yaw,
                 )
             )
             for _ in range(int(rng.integers(1, 3))):  # workers
-                s_w = s0 + rng.uniform(1.5, length - 1.5)
+                s_w = s0 + rng.uniform(2.5, length - 2.5)
                 if abs(s_w - s_cv) > cv.size[0] / 2 + 1.0:
                     actors.append(
                         _Actor(
@@ -293,7 +358,7 @@ class SimScene:
         lo, hi = min(s_a, s_b), max(s_a, s_b)
         return any(z_side == side and hi > z0 - 8 and lo < z1 + 3 for z_side, z0, z1 in self.work_zones)
 
-    def _build_bike_lanes(self, rng, actors) -> None:
+    def _build_bike_lanes(self, rng, actors, tracks: _Tracks) -> None:
         road, cfg = self.road, self.cfg
         T = cfg.duration_s
         n = int(
@@ -307,12 +372,11 @@ class SimScene:
             s0 = float(rng.uniform(*self.s_range))
             if self._zone_blocks(side, s0, s0 + ds * T):
                 continue
-            if any(a.class_name == "bicycle" and a.ds_dt == ds and abs(a.s0 - s0) < 4 for a in actors):
-                continue
             yaw = 0.0 if side < 0 else np.pi
-            actors.append(_Actor("bicycle", shapes.bicycle(rng, rider=True), s0, d, ds_dt=ds, yaw_offset=yaw))
+            bike = _Actor("bicycle", shapes.bicycle(rng, rider=True), s0, d, ds_dt=ds, yaw_offset=yaw)
+            tracks.try_add(actors, bike)
 
-    def _build_sidewalks(self, rng, actors, occ) -> None:
+    def _build_sidewalks(self, rng, actors, occ, tracks: _Tracks) -> None:
         road, cfg = self.road, self.cfg
         length = self.s_range[1] - self.s_range[0]
         n_ped = int(rng.poisson(cfg.density.get("pedestrian", 0.0) * length / 100))
@@ -326,32 +390,24 @@ class SimScene:
                 d = side * float(rng.uniform(*band))
                 ds = road.speed_to_ds_dt(speed, d) * direction
                 yaw = 0.0 if direction > 0 else np.pi
-                actors.append(
-                    _Actor("pedestrian", shapes.pedestrian(rng, True), s0, d, ds_dt=ds, yaw_offset=yaw)
-                )
+                walker = _Actor("pedestrian", shapes.pedestrian(rng, True), s0, d, ds_dt=ds, yaw_offset=yaw)
+                tracks.try_add(actors, walker, margin=0.2)
             else:
                 d = side * (road.sidewalk_outer - 0.35)
                 if occ[side].free(s0 - 0.4, s0 + 0.4, min(d, d) - 0.4, max(d, d) + 0.4):
                     yaw = float(rng.uniform(-np.pi, np.pi))
-                    actors.append(_Actor("pedestrian", shapes.pedestrian(rng, False), s0, d, yaw_offset=yaw))
-                    occ[side].add(s0 - 0.4, s0 + 0.4, d - 0.4, d + 0.4)
-        # Parked bicycles and motorcycles on the sidewalk, by the kerb.
+                    stander = _Actor("pedestrian", shapes.pedestrian(rng, False), s0, d, yaw_offset=yaw)
+                    if tracks.try_add(actors, stander, margin=0.2):
+                        occ[side].add(s0 - 0.4, s0 + 0.4, d - 0.4, d + 0.4)
+        # Parked bicycles on the sidewalk, by the kerb.
         n_bikes = int(rng.poisson(cfg.density.get("bicycle", 0.0) * 0.4 * length / 100))
         for _ in range(n_bikes):
-            self._place_sidewalk_cycle(rng, actors, occ, "bicycle", float(rng.uniform(*self.s_range)))
+            self._place_sidewalk_cycle(rng, actors, occ, tracks, "bicycle", float(rng.uniform(*self.s_range)))
 
-    def _build_crossings(self, rng, actors) -> None:
+    def _build_crossings(self, rng, actors, tracks: _Tracks) -> None:
         """Pedestrians on the zebra crossing, timed so that no vehicle (nor the ego) runs
         through them: every candidate is checked against every object's track."""
         road, T = self.road, self.cfg.duration_s
-        ts = np.arange(0.0, T + 1e-9, 0.1)
-        s_obj = np.array([a.s0 + a.ds_dt * ts for a in actors]).reshape(-1, len(ts))
-        d_obj = np.array([a.d0 + a.dd_dt * ts for a in actors]).reshape(-1, len(ts))
-        r_obj = np.array([max(a.shape.size[0], a.shape.size[1]) / 2 for a in actors])[:, None]
-        # The ego as a moving obstacle: 4.8 m long from 1 m behind the rear axle.
-        s_obj = np.concatenate([s_obj, (self.ego_s0 + 1.4 + self.ego_ds_dt * ts)[None]])
-        d_obj = np.concatenate([d_obj, np.full((1, len(ts)), self.ego_d)])
-        r_obj = np.concatenate([r_obj, [[2.6]]])
         limit = road.sidewalk_outer - 0.5
         for s_cw in road.crosswalks:
             placed = 0
@@ -363,28 +419,19 @@ class SimScene:
                 speed = float(rng.uniform(1.0, 1.6))
                 s_p = s_cw + float(rng.uniform(-1.3, 1.3))
                 d0 = -direction * speed * float(rng.uniform(0.0, T))  # at d = 0 some time in the scene
-                d_p = d0 + direction * speed * ts
-                if np.abs(d_p).max() > limit:
+                if max(abs(d0), abs(d0 + direction * speed * T)) > limit:
                     continue
-                clear = (np.abs(s_obj - s_p) > r_obj + 0.6) | (np.abs(d_obj - d_p[None]) > r_obj + 0.6)
-                if not clear.all():
-                    continue
-                yaw = np.pi / 2 * direction
                 ped = _Actor(
                     "pedestrian",
                     shapes.pedestrian(rng, True),
                     s_p,
                     d0,
                     dd_dt=direction * speed,
-                    yaw_offset=yaw,
+                    yaw_offset=np.pi / 2 * direction,
                 )
-                actors.append(ped)
-                s_obj = np.concatenate([s_obj, np.full((1, len(ts)), s_p)])
-                d_obj = np.concatenate([d_obj, d_p[None]])
-                r_obj = np.concatenate([r_obj, [[0.5]]])
-                placed += 1
+                placed += tracks.try_add(actors, ped, margin=0.6)
 
-    def _place_sidewalk_cycle(self, rng, actors, occ, cls: str, s: float) -> bool:
+    def _place_sidewalk_cycle(self, rng, actors, occ, tracks: _Tracks, cls: str, s: float) -> bool:
         road = self.road
         side = int(rng.choice([-1, 1]))
         shape = shapes.bicycle(rng, rider=False) if cls == "bicycle" else shapes.motorcycle(rng, rider=False)
@@ -392,14 +439,15 @@ class SimScene:
         if not occ[side].free(s - 0.6, s + 0.6, d - shape.size[0] / 2, d + shape.size[0] / 2):
             return False
         yaw = np.pi / 2 * (1 if rng.random() < 0.5 else -1)  # perpendicular to the kerb
-        actors.append(_Actor(cls, shape, s, d, yaw_offset=yaw, has_rider=False))
+        if not tracks.try_add(actors, _Actor(cls, shape, s, d, yaw_offset=yaw, has_rider=False), margin=0.2):
+            return False
         occ[side].add(s - 0.6, s + 0.6, d - shape.size[0] / 2, d + shape.size[0] / 2)
         return True
 
     def _ego_xy(self, t: np.ndarray) -> np.ndarray:
         return self.road.point(self.ego_s0 + self.ego_ds_dt * t, self.ego_d)
 
-    def _guarantee_classes(self, rng, actors, occ) -> None:
+    def _guarantee_classes(self, rng, actors, occ, tracks: _Tracks) -> None:
         """Make every class pass within 35 m of the ego at some keyframe (all classes scoreable)."""
         road = self.road
         t_key = np.arange(0.0, self.cfg.duration_s + 1e-9, 0.5)
@@ -420,24 +468,24 @@ class SimScene:
                 side = int(rng.choice([-1, 1]))
                 if cls in ("pedestrian",):
                     d = side * (road.sidewalk_outer - 0.35)
-                    if occ[side].free(s - 0.4, s + 0.4, d - 0.4, d + 0.4):
-                        actors.append(
-                            _Actor(
-                                cls, shapes.pedestrian(rng, False), s, d, yaw_offset=float(rng.uniform(-3, 3))
-                            )
-                        )
+                    ped = _Actor(
+                        cls, shapes.pedestrian(rng, False), s, d, yaw_offset=float(rng.uniform(-3, 3))
+                    )
+                    if occ[side].free(s - 0.4, s + 0.4, d - 0.4, d + 0.4) and tracks.try_add(
+                        actors, ped, 0.2
+                    ):
                         occ[side].add(s - 0.4, s + 0.4, d - 0.4, d + 0.4)
                         break
                 elif cls in ("bicycle", "motorcycle"):
-                    if self._place_sidewalk_cycle(rng, actors, occ, cls, s):
+                    if self._place_sidewalk_cycle(rng, actors, occ, tracks, cls, s):
                         break
                 elif cls in ("traffic_cone", "barrier"):
                     d = side * (road.road_half + 0.6)
-                    if occ[side].free(s - 1.4, s + 1.4, d - 0.5, d + 0.5):
-                        shape = shapes.traffic_cone(rng) if cls == "traffic_cone" else shapes.barrier(rng)
-                        actors.append(
-                            _Actor(cls, shape, s, d, yaw_offset=np.pi / 2 if cls == "barrier" else 0.0)
-                        )
+                    shape = shapes.traffic_cone(rng) if cls == "traffic_cone" else shapes.barrier(rng)
+                    item = _Actor(cls, shape, s, d, yaw_offset=np.pi / 2 if cls == "barrier" else 0.0)
+                    if occ[side].free(s - 1.4, s + 1.4, d - 0.5, d + 0.5) and tracks.try_add(
+                        actors, item, 0.2
+                    ):
                         occ[side].add(s - 1.4, s + 1.4, d - 0.5, d + 0.5)
                         break
                 else:
@@ -454,10 +502,18 @@ class SimScene:
                             continue
                         keep.append(a)
                     else:
-                        if not self._zone_blocks(side, s - L / 2, s + L / 2):
+                        if self._zone_blocks(side, s - L / 2, s + L / 2):
+                            continue
+                        gone = [a for a in actors if not any(a is k for k in keep)]
+                        tracks.remove(gone)
+                        vehicle = _Actor(cls, shape, s, d, has_rider=False, pinned=True)
+                        if tracks.clear(vehicle, 0.3):
                             actors[:] = keep
-                            actors.append(_Actor(cls, shape, s, d, has_rider=False, pinned=True))
+                            actors.append(vehicle)
+                            tracks.add(vehicle)
                             break
+                        for a in gone:  # keep the parked vehicles after all
+                            tracks.add(a)
 
     def _finalise(self, actors: list[_Actor], statics) -> None:
         road = self.road

@@ -134,6 +134,41 @@ def test_every_class_near_the_ego_in_each_scene():
         assert near == set(CLASS_NAMES), f"scene {idx} lacks {set(CLASS_NAMES) - near}"
 
 
+def _footprints_overlap(boxes: np.ndarray, shrink: float) -> list[tuple[int, int]]:
+    """Pairs of boxes whose ground footprints (shrunk by ``shrink`` m) intersect (separating axes)."""
+    corners = box_corners(boxes)[:, :4, :2]  # (N, 4, 2) bottom face
+    centre = boxes[:, None, :2]
+    corners = centre + (corners - centre) * (
+        1 - 2 * shrink / np.maximum(boxes[:, None, 3:5].min(-1, keepdims=True), 0.1)
+    )
+    axes = np.stack([np.cos(boxes[:, 6]), np.sin(boxes[:, 6])], -1)
+    axes = np.stack([axes, axes[:, ::-1] * [-1, 1]], 1)  # (N, 2, 2) heading and its normal
+    pairs = []
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            separated = False
+            for ax in np.concatenate([axes[i], axes[j]]):
+                pi, pj = corners[i] @ ax, corners[j] @ ax
+                if pi.max() < pj.min() or pj.max() < pi.min():
+                    separated = True
+                    break
+            if not separated:
+                pairs.append((i, j))
+    return pairs
+
+
+def test_objects_never_overlap():
+    scene = make_scene(replace(TINY, duration_s=6.0), seed=1, scene_index=4)
+    for t in range(scene.start_us, scene.end_us + 1, 1_000_000):
+        ann = scene.annotations(t)
+        near = np.linalg.norm(ann.boxes[:, :2] - scene.ego(t).ego2global[:2, 3], axis=1) < 50
+        boxes = ann.boxes[near]
+        assert len(boxes) > 20
+        bad = _footprints_overlap(boxes, shrink=0.05)
+        names = [(np.array(ann.class_names)[near][i], np.array(ann.class_names)[near][j]) for i, j in bad]
+        assert not bad, f"overlapping objects at t={t}: {names}"
+
+
 def test_annotation_kinematics_sizes_and_attributes():
     cfg = replace(TINY, straight_probability=0.0)  # a curved road
     scene = make_scene(cfg, seed=2, scene_index=0)
