@@ -60,11 +60,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 1e-3 of the base rate."""
+def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up then cosine decay to 1e-3 of the base rate. The decay follows whichever is
+    further along: the steps or the wall-clock budget (``time_fraction`` of ``--max-minutes``
+    used), so a time-limited run still ends at a low rate."""
     if step < warmup:
         return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    t = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
     return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * t))
 
 
@@ -189,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
         order = np.random.default_rng(tcfg.seed + state["epoch"]).permutation(n)
         while state["position"] < n:
             for g in optimizer.param_groups:
-                g["lr"] = tcfg.lr * lr_factor(state["step"], total, tcfg.warmup_steps)
+                frac = state["elapsed_s"] / (60 * tcfg.max_minutes) if tcfg.max_minutes else 0.0
+                g["lr"] = tcfg.lr * lr_factor(state["step"], total, tcfg.warmup_steps, frac)
             loss = train_step(model, optimizer, dataset, int(order[state["position"]]), tcfg)
             state["history"].append([state["step"], float(loss.total), loss.cls, loss.bbox])
             state["position"] += 1
