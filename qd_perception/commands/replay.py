@@ -26,8 +26,9 @@ ground-truth message. Metrics use the devkit's definitions (:mod:`qd_perception.
 the ground-truth instant); ``streaming_nds``, ``streaming_map``, ``streaming``: scores of the most
 recent output published before each instant (streaming perception); ``latency_ms``
 {p50, p95, p99, mean, max}: publish time (receive time at the recorder, mapped to the bag clock)
-minus input stamp; ``frames_in`` (messages of the detector's trigger input played), ``frames_out``
-(outputs recorded for distinct played input stamps), ``dropped`` = ``frames_in - frames_out``.
+minus input stamp (``latency_wall_ms``: the same in wall-clock time, i.e. divided by ``--rate``);
+``frames_in`` (messages of the detector's trigger input played), ``frames_out`` (outputs recorded
+for distinct played input stamps), ``dropped`` = ``frames_in - frames_out``.
 """
 
 from __future__ import annotations
@@ -193,14 +194,17 @@ def _clean(x: Any) -> Any:
 
 
 def detector_metrics(
-    det: DetectorOutputs, gt: list[GroundTruthFrame], played_stamps_us: list[int]
+    det: DetectorOutputs, gt: list[GroundTruthFrame], played_stamps_us: list[int], rate: float = 1.0
 ) -> dict[str, Any]:
-    """The metrics.json block of one detector."""
+    """The metrics.json block of one detector. ``latency_ms`` is on the replay clock (bag time,
+    what streaming AP sees); ``latency_wall_ms`` the same divided by ``rate``: wall-clock time,
+    what the machine spent (equal at rate 1)."""
     played = set(played_stamps_us)
     out_stamps = {o.stamp_us for o in det.outputs}
     matched = out_stamps & played
     scores = evaluate_replay(gt, det.outputs)
-    lat = latency_stats([(o.publish_us - o.stamp_us) / 1000.0 for o in det.outputs])
+    lat_ms = np.array([(o.publish_us - o.stamp_us) / 1000.0 for o in det.outputs])
+    lat = latency_stats(lat_ms)
     stale = latency_stats(scores.streaming_staleness_ms)
     return _clean(
         {
@@ -218,6 +222,7 @@ def detector_metrics(
                 "instants_without_output": scores.streaming_missing,
             },
             "latency_ms": lat.to_dict(),
+            "latency_wall_ms": latency_stats(lat_ms / rate).to_dict(),
             "frames_in": len(played),
             "frames_out": len(matched),
             "dropped": len(played) - len(matched),
@@ -514,7 +519,7 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
         outputs[s.name] = timed_outputs(msgs, clock, poses)
         played = [st for _, st in stamps[triggers[s.name]]]
         d = DetectorOutputs(s.name, det_topics[s.name], triggers[s.name], outputs[s.name])
-        block = detector_metrics(d, gt, played)
+        block = detector_metrics(d, gt, played, opts.rate)
         diags = [m for topic, _, m in rec if topic == diag_topics[s.name]]
         if diags and diags[-1].status:
             block["node_diagnostics"] = {kv.key: kv.value for kv in diags[-1].status[0].values}

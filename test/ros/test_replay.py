@@ -53,6 +53,8 @@ def test_replay_lidar_graph(tiny_bag, tmp_path):
     assert m["per_class_ap"]["car"] > 0.0
     lat = m["latency_ms"]
     assert lat["n"] == n_lidar and 0 < lat["p50"] <= lat["p95"] <= lat["p99"] < 5000
+    # On the replay clock (bag time) at 0.2x, wall-clock latency is 5 times longer.
+    assert m["latency_wall_ms"]["p50"] == pytest.approx(lat["p50"] / 0.2)
     # Streaming: at the first instant nothing had been published yet (its own output comes
     # later); the other two are scored against the latest earlier output.
     assert m["streaming"]["instants_without_output"] == 1
