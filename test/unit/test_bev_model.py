@@ -169,3 +169,30 @@ def test_export_parity_torch_vs_onnxruntime(tmp_path):
         assert len(a) == len(b) > 0
         assert np.allclose(a.scores, b.scores, atol=1e-5)
         assert np.allclose(a.boxes, b.boxes, atol=1e-3)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    from qd_perception.config import ConfigError
+    from qd_perception.models.bevformer.checkpoint import load_checkpoint, save_checkpoint
+    from qd_perception.train.bev import lr_factor, plot_loss_curve
+
+    cfg = tiny_config()
+    m = BEVFormer(cfg)
+    p = save_checkpoint(tmp_path / "m.pt", m, state={"epoch": 1})
+    m2 = load_checkpoint(p)
+    assert m2.cfg == cfg and not m2.training
+    for (k, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), k
+    torch.save({"arch": "centerpoint"}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="not a bevformer checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    # warm-up, cosine, and the wall-clock budget pulling the decay forward
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10) == pytest.approx(1e-3)
+    assert lr_factor(10, 100, 10, time_fraction=1.0) == pytest.approx(1e-3)
+    png = tmp_path / "loss.png"
+    plot_loss_curve([[i, 10.0 / (i + 1), 1.0, 2.0] for i in range(60)], png, "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
