@@ -312,9 +312,3 @@ def tree(rng: np.random.Generator) -> Shape:
     b.box(-c, c, -c, c, 2.6, 4.6, green, R_LEAF)
     b.box(-0.6 * c, 0.6 * c, -0.6 * c, 0.6 * c, 4.6, 5.6, green, R_LEAF)
     return b.finish()
-
-
-def kerb(length: float, width: float, height: float) -> Shape:
-    b = _Builder()
-    b.box(-length / 2, length / 2, -width / 2, width / 2, 0.0, height, (0.62, 0.62, 0.6), R_CONCRETE)
-    return b.finish()

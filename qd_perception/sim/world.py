@@ -3,8 +3,9 @@
 A scene is a constant-curvature road (:mod:`.road`) with lanes, bike lanes, parking strips,
 kerbs, sidewalks, buildings, lamp posts and trees, populated with objects of all ten detection
 classes (:mod:`.shapes`) that move along road-aligned tracks at constant speed: traffic in both
-directions, parked vehicles, cyclists, walking and standing pedestrians and a work zone with
-cones, barriers and a construction vehicle. Everything is drawn from
+directions, parked vehicles, cyclists, walking, standing and crossing pedestrians and a work zone
+with cones, barriers and a construction vehicle. Objects never overlap: moving ones are checked
+against every other object's track over the whole scene. Everything is drawn from
 ``np.random.default_rng([seed, scene_index])`` once, at construction; rendering a time ``t`` is a
 pure function of the scene and ``t`` (per-frame noise is seeded from ``(seed, scene, t, sensor)``).
 """
@@ -121,7 +122,20 @@ class _Actor:
 
 
 class SimScene:
-    """One simulated scene; satisfies :class:`qd_perception.sim.types.SceneSource`."""
+    """One simulated scene; satisfies :class:`qd_perception.sim.types.SceneSource`.
+
+    Notes for the writers:
+
+    * Instance ids are ``0 .. n_actors - 1`` **within a scene** (pair them with ``name`` for
+      data-set-wide identities); lidar points and pixels of static clutter carry -1.
+    * ``annotations(t)`` holds the objects within ``cfg.annotation_range`` of the ego; cameras
+      can see farther (up to ``cfg.camera_max_range``), so a few pixels may carry ids that are
+      not annotated at that instant.
+    * Any ``t_us`` may be rendered (also outside ``[start_us, end_us]``), in any order.
+
+    Beyond the protocol: ``road`` (:class:`.road.Road`), ``conditions``, ``actor_state(t)``,
+    ``geometry(t_us)`` (what the sensors see) and ``ego2global(t_us)``.
+    """
 
     def __init__(self, cfg: SimConfig, seed: int, scene_index: int) -> None:
         self.cfg = cfg
