@@ -57,6 +57,24 @@ def train_step(
     return loss
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: CenterPoint, batches: list[LidarBatch]) -> None:
+    """Reset BatchNorm running statistics to the plain average over ``batches`` (train-mode
+    forward, no weight update). Needed after very short training runs: with momentum 0.01 the
+    running statistics lag the weights for hundreds of steps."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for batch in batches:
+        model(model.preprocess(batch.points))
+    for m, mom in zip(norms, saved):
+        m.momentum = mom
+    model.eval()
+
+
 def save_checkpoint(
     path: Path, model: CenterPoint, optimizer, scheduler, state: TrainState, extra: dict
 ) -> None:
