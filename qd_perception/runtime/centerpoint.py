@@ -128,7 +128,11 @@ class OrtCenterPointDetector(CenterPointPipeline):
     """CenterPoint from an export directory, networks in ONNX Runtime (CPU by default)."""
 
     def __init__(
-        self, export_dir: str | Path, score_threshold: float | None = None, providers: list[str] | None = None
+        self,
+        export_dir: str | Path,
+        score_threshold: float | None = None,
+        providers: list[str] | None = None,
+        threads: int = 0,  # ORT intra-op threads (0 = ORT default: all cores)
     ):
         import onnxruntime as ort
 
@@ -141,6 +145,8 @@ class OrtCenterPointDetector(CenterPointPipeline):
         super().__init__(cfg, score_threshold)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
         providers = providers or ["CPUExecutionProvider"]
         self.dense = ort.InferenceSession(str(export_dir / EXPORT_DENSE), opts, providers=providers)
         # Host-side parts (voxelisation, feature augmentation, scatter, spconv) use the torch module;
