@@ -142,6 +142,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-samples", type=int, default=0, help="use only the first N samples (debug)")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint at --out")
+    parser.add_argument(
+        "--release",
+        type=Path,
+        default=None,
+        help="also write model weights + config only (no optimizer) here",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,4 +246,7 @@ def run(args: argparse.Namespace) -> int:
             f"epoch {state.epoch}: mean loss {state.epoch_loss[-1]:.4f}  ({state.train_seconds:.0f} s total)"
         )
     print(f"checkpoint: {out}  loss curve: {png}  training time {state.train_seconds / 60:.1f} min")
+    if args.release is not None:
+        save_checkpoint(args.release, model, None, None, state, extra)
+        print(f"release weights: {args.release} ({args.release.stat().st_size / 1e6:.1f} MB)")
     return 0
