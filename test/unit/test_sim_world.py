@@ -213,3 +213,42 @@ def test_night_is_darker_and_rain_degrades_the_lidar():
     r_wet = np.linalg.norm(wet_pts[:, :3], axis=1)
     assert (r_wet > 5).sum() < 0.95 * (r_dry > 5).sum()  # dropouts
     assert (r_wet < 3).sum() > (r_dry < 3).sum() + 50  # spurious near returns (ground is > 3 m)
+
+
+def test_sensor_culling_loses_no_hit():
+    """Per-object ray rectangles (camera frusta, lidar beam x azimuth windows) give the same
+    nearest hits as testing every object against every ray."""
+    from qd_perception.sim import camera, lidar
+    from qd_perception.sim.raycast import HitBuffer, cast, cast_ground
+
+    scene = make_scene(replace(TINY, resolution=(45, 80)), seed=9, scene_index=3)
+    t = scene.start_us + 700_000
+    geo = scene.geometry(t)
+    spec = scene.rig.lidar
+    model = lidar.lidar_model(spec, float(spec.yaw_deg))
+    s2g = scene.ego2global(t) @ scene.rig.lidar2ego()
+    R, o = s2g[:3, :3], s2g[:3, 3]
+    dirs = np.stack([(R[k] @ model.planes.reshape(3, -1)).reshape(model.planes.shape[1:]) for k in range(3)])
+    dirs = dirs.astype(np.float32)
+    near = np.flatnonzero(np.linalg.norm(geo.center - o, axis=1) < spec.max_range + 20)
+    culled, brute = HitBuffer.empty(dirs.shape[1:]), HitBuffer.empty(dirs.shape[1:])
+    rects = lidar._rects(geo, R, o, model)
+    assert len(rects) < len(near)  # something was culled
+    cast(o, dirs, geo, rects, culled)
+    cast(o, dirs, geo, [(int(i), [(0, dirs.shape[1], 0, dirs.shape[2])]) for i in near], brute)
+    in_range = brute.depth <= spec.max_range  # farther returns are dropped anyway
+    assert in_range.sum() > 1000
+    np.testing.assert_array_equal(culled.obj[in_range], brute.obj[in_range])
+    np.testing.assert_array_equal(culled.depth[in_range], brute.depth[in_range])
+    for m in camera._models(scene, scene.resolution):
+        c2g = scene.ego2global(t) @ m.cam2ego
+        R, o = c2g[:3, :3], c2g[:3, 3]
+        hits, dirs, _, _ = camera.cast_camera(scene, t, m, scene.resolution)
+        brute = HitBuffer.empty(scene.resolution)
+        s_ref = float(scene.road.to_sd(np.array(o[0]), np.array(o[1]))[0])
+        cast_ground(scene.road, o, dirs, m.ground_depth, s_ref, brute)
+        reach = np.linalg.norm(geo.center - o, axis=1) - np.linalg.norm(geo.half, axis=1)
+        near = np.flatnonzero(reach < scene.cfg.camera_max_range)
+        cast(o, dirs, geo, [(int(i), [(0, 45, 0, 80)]) for i in near], brute)
+        np.testing.assert_array_equal(hits.obj, brute.obj)
+        np.testing.assert_array_equal(hits.depth, brute.depth)
