@@ -658,11 +658,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def print_summary(m: dict[str, Any]) -> None:
     for name, d in m["detectors"].items():
-        lat = d["latency_ms"]
+        lat = d["latency_wall_ms"]
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         print(
             f"{name}: NDS {fmt(d['nds'])}  mAP {fmt(d['map'])}  |  streaming NDS {fmt(d['streaming_nds'])}  "
-            f"mAP {fmt(d['streaming_map'])}  |  latency p50/p95/p99 "
+            f"mAP {fmt(d['streaming_map'])}  |  latency (wall) p50/p95/p99 "
             f"{fmt(lat['p50'])}/{fmt(lat['p95'])}/{fmt(lat['p99'])} ms  |  frames in {d['frames_in']}, "
             f"out {d['frames_out']}, dropped {d['dropped']}"
         )
