@@ -46,7 +46,7 @@ class SparsityGridCalibrator(Calibrator):
         r_max: float = 1.0,
         steps: int = 100,
         occupied_only: bool = True,
-        max_samples: int = 1 << 21,
+        max_samples: int = 1 << 18,
         seed: int = 0,
     ) -> None:
         if not 0.0 < r_min <= r_max:
