@@ -112,6 +112,7 @@ def make_node(node_name: str, default_detector: str) -> Any:
             self.camera_K: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
             self._lock = threading.Condition()
             self._mailbox: tuple[SyncedSet[Any], float] | None = None
+            self._skipped: list[SyncedSet[Any]] = []
             self._reset_pending = False
             self._stop = False
 
@@ -179,6 +180,9 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 with self._lock:
                     if self._mailbox is not None:
                         self.stats["dropped_busy"] += 1
+                        # its lidar sweep still belongs to the multi-sweep history
+                        self._skipped.append(self._mailbox[0])
+                        del self._skipped[: -self.cfg.sweeps.max_sweeps]
                     self._mailbox = (out, time.monotonic())
                     self._lock.notify()
 
@@ -248,6 +252,7 @@ def make_node(node_name: str, default_detector: str) -> Any:
             with self._lock:
                 self._reset_pending = True
                 self._mailbox = None
+                self._skipped = []
 
         def _check_stall(self) -> None:
             now = time.monotonic()
@@ -277,10 +282,16 @@ def make_node(node_name: str, default_detector: str) -> Any:
                         return
                     item, t_complete = self._mailbox  # type: ignore[misc]
                     self._mailbox = None
+                    skipped, self._skipped = self._skipped, []
                     reset, self._reset_pending = self._reset_pending, False
                 if reset:
                     self.detector.reset()
                     self.sweeps.reset()
+                if self.use_lidar:
+                    for old in skipped:
+                        odom = old.optional.get(ODOM)
+                        lidar = old.messages[self.policy.required.index(LIDAR)]
+                        self.sweeps.remember(lidar, old.stamp_ns // 1000, odom[0] if odom else None)
                 try:
                     self._process(item, t_complete)
                 except Exception as e:  # a detector bug must not kill the node

@@ -55,6 +55,18 @@ class SweepAccumulator:
     def reset(self) -> None:
         self._history.clear()
 
+    def remember(self, points: np.ndarray, timestamp_us: int, ego2global: np.ndarray | None) -> None:
+        """Record a sweep as history only (a frame that was not processed, e.g. skipped while the
+        detector was busy): later frames still merge it."""
+        if self.config.max_sweeps <= 1:
+            return
+        points = np.asarray(points)
+        if self._history and int(timestamp_us) <= self._history[-1].timestamp_us:
+            return
+        self._history.append(
+            _Sweep(int(timestamp_us), np.ascontiguousarray(points[:, :4], np.float32), ego2global)
+        )
+
     def add(self, points: np.ndarray, timestamp_us: int, ego2global: np.ndarray | None) -> np.ndarray:
         """Add the current sweep and return ``(P, 5) float32 [x, y, z, intensity, time_lag]``.
 

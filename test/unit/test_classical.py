@@ -140,6 +140,12 @@ def test_sweep_accumulator_motion_compensation():
     assert acc.out_of_order == 1
     with pytest.raises(ValueError, match="points must be"):
         acc.add(np.zeros((3, 2)), 1, None)
+    # a sweep that was only remembered (frame skipped while busy) is still merged later
+    acc = SweepAccumulator(SweepConfig(max_sweeps=3, max_age_s=1.0))
+    eye = make_transform(np.eye(3), [0, 0, 0])
+    acc.add(static, 0, eye)
+    acc.remember(static, 100_000, eye)
+    np.testing.assert_allclose(sorted(acc.add(static, 200_000, eye)[:, 4]), [0, 0.1, 0.2], atol=1e-6)
 
 
 def test_factory_table_and_config():
