@@ -421,9 +421,11 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
     specs, skipped = graph.nodes(opts.launch, opts.params)
     for s in skipped:
         say(f"replay: {s}")
-    if not specs:
-        raise ValueError(f"graph {opts.launch!r}: no node can run here")
-    triggers = {s.name: _trigger_topic(s.name) for s in specs}
+    if not any(s.detector for s in specs):
+        raise ValueError(f"graph {opts.launch!r}: no detector node can run here")
+    # Nodes without a detector (e.g. the calibration recorder) run alongside, unscored.
+    aux = [s for s in specs if not s.detector]
+    triggers = {s.name: _trigger_topic(s.name) for s in specs if s.detector}
     for name, t in triggers.items():
         if t not in topics:
             raise ValueError(f"{opts.bag} has no {t}, the input of {name}")
@@ -451,8 +453,10 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
                 params = graph.params_path(s, opts.params.get(s.name))
                 argv = [sys.executable, "-m", s.module, *s.arguments]
                 procs.start(s.name, [*argv, *graph.ros_arguments(s, params, opts.log_level)])
-            say(f"replay: started {[s.name for s in specs]}; waiting for their outputs to appear")
-            specs = _wait_for_detectors(node, specs, procs, opts.startup_timeout_s, skipped, say)
+            say(f"replay: started {[s.name for s in specs]}; waiting for the detectors' outputs")
+            specs = _wait_for_detectors(
+                node, [s for s in specs if s.detector], procs, opts.startup_timeout_s, skipped, say
+            )
             triggers = {s.name: triggers[s.name] for s in specs}
             det_topics = {s.name: f"/{s.name}/output/detections" for s in specs}
             diag_topics = {s.name: f"/{s.name}/output/diagnostics" for s in specs}
@@ -465,7 +469,7 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
             )  # fmt: skip
             _wait_for(ready.exists, opts.startup_timeout_s, "the recorder to subscribe", procs)
             need: dict[str, int] = {}
-            for t in triggers.values():
+            for t in [*triggers.values(), *(_trigger_topic(s.name) for s in aux)]:
                 need[t] = need.get(t, 0) + 1
             # Play only what the graph subscribes to: a lidar graph does not pay for images.
             _wait_for(
@@ -536,6 +540,7 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
         "player": stats.summary() | {"clocks": None},
         "wall_s": wall,
         "skipped_nodes": skipped,
+        "other_nodes": [s.name for s in aux],
         "detectors": per_det,
     }
     atomic_write_json(out / "metrics.json", _clean(metrics))

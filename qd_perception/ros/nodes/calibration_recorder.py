@@ -97,8 +97,10 @@ class CalibrationRecorderConfig:
         bad = sorted(set(self.modalities) - {"lidar", "cameras"})
         if bad or not self.modalities:
             raise ValueError(f"modalities must be a non-empty subset of ['lidar', 'cameras'], got {bad}")
-        if self.min_frames < 1:
-            raise ValueError("min_frames must be >= 1")
+        if not 1 <= self.min_frames <= self.store.capacity:
+            raise ValueError(
+                f"min_frames must be in [1, store.capacity={self.store.capacity}], got {self.min_frames}"
+            )
         if not self.ptq_command:
             raise ValueError("ptq_command must not be empty")
         if self.detections_wait_s < 0 or self.status_period_s <= 0:
