@@ -116,3 +116,37 @@ def test_latency_helpers():
     assert float(c.to_wall_s(c.to_bag_us(1234.5))) == pytest.approx(1234.5)
     with pytest.raises(ValueError):
         ReplayClock(0.0, 0, rate=0.0)
+
+
+def test_replay_pose_track_and_keyframes():
+    from qd_perception.commands.replay import PoseTrack, detections_from_msg, ground_truth_frames
+    from qd_perception.geometry.transforms import matrix_to_quat, quat_to_yaw, yaw_to_quat
+    from qd_perception.sim import rosmsgs as rm
+
+    T1 = np.eye(4)
+    T1[:3, :3] = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # yaw 90 deg
+    T1[0, 3] = 10.0
+    track = PoseTrack(np.array([1_000_000, 0]), np.stack([T1, np.eye(4)]))  # unsorted on purpose
+    mid = track.at(500_000)
+    assert mid[0, 3] == pytest.approx(5.0)
+    assert quat_to_yaw(matrix_to_quat(mid[:3, :3])) == pytest.approx(np.pi / 4)
+    np.testing.assert_allclose(track.at(5_000_000), T1, atol=1e-12)  # clamped at the ends
+    np.testing.assert_allclose(PoseTrack(np.zeros(0, np.int64), np.zeros((0, 4, 4))).at(7), np.eye(4))
+    assert yaw_to_quat(0.0)[0] == pytest.approx(1.0)
+
+    # Ground truth at 20 Hz: "keyframes" keeps the 2 Hz instants from the first stamp.
+    t0 = 1_700_000_000_000_000
+    msgs = [
+        (
+            0,
+            rm.detection3d_array(
+                t0 + k * 50_000, np.zeros((1, 9)), np.array([8]), num_lidar_points=np.array([5])
+            ),
+        )
+        for k in range(25)
+    ]
+    key = ground_truth_frames(msgs, PoseTrack(np.zeros(0, np.int64), np.zeros((0, 4, 4))), "keyframes")
+    assert [f.timestamp_us - t0 for f in key] == [0, 500_000, 1_000_000]
+    assert len(ground_truth_frames(msgs, track, "all")) == 25
+    d = detections_from_msg(msgs[0][1])
+    assert d.labels.tolist() == [8] and d.num_lidar_pts.tolist() == [5]
