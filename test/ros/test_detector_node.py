@@ -339,3 +339,47 @@ def test_configuration_errors_exit_clearly(tmp_path):
         proc.stop()
         assert rc == 2 and expected in proc.output(), proc.output()
         assert time.monotonic() - t0 < 20
+
+
+def test_bev_detector_node_runs_the_camera_model(driver, tmp_path):
+    """bev_detector with the real camera BEV detector (nano preset, untrained weights: the
+    detections are meaningless, the node path is what is checked): six cameras + odometry in,
+    Detection3DArray out, stamped with the pivot camera's stamp, in base_link."""
+    torch = pytest.importorskip("torch")
+    from qd_perception.msg import Detection3DArray
+
+    from qd_perception.models.bevformer import BEVFormer, preset
+    from qd_perception.models.bevformer.checkpoint import save_checkpoint
+    from qd_perception.ros.node_config import DEFAULT_CAMERAS
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "nano.pt", BEVFormer(preset("nano")).eval())
+    args = [
+        "-r", "~/input/odom:=/bev/odom", "-p", f"detector.model_path:={ckpt}",
+        "-p", "detector.score_threshold:=0.0", "-p", "diagnostics_period_s:=0.5",
+    ]  # fmt: skip
+    for c in DEFAULT_CAMERAS:
+        args += ["-r", f"~/input/{c.lower()}/image:=/bev/{c.lower()}/image"]
+    proc = NodeProcess.module("qd_perception.ros.nodes.bev_detector", args, tmp_path / "bev.log")
+    try:
+        dets = driver.record(Detection3DArray, "/bev_detector/output/detections")
+        assert proc.wait_output("detector 'bev'", 90), proc.output()[-3000:]
+        for c in DEFAULT_CAMERAS:
+            driver.publish(f"/bev/{c.lower()}/image", image_msg(1, c, hw=(128, 224)))
+            assert driver.wait_for_subscribers(f"/bev/{c.lower()}/image")
+        driver.spin(0.5)
+        stamps = []
+        for k in range(5):
+            t = (50 + k) * 10**9
+            driver.publish("/bev/odom", odom_msg(t, x=float(k)))
+            for i, c in enumerate(DEFAULT_CAMERAS):
+                driver.publish(f"/bev/{c.lower()}/image", image_msg(t + i * 1_000_000, c, hw=(128, 224)))
+            stamps.append(t)
+            if driver.spin_until(lambda: any(_stamp(m) in stamps for m in dets), 3):
+                break
+        got = [m for m in dets if _stamp(m) in stamps]
+        assert got, proc.output()[-3000:]
+        assert got[0].header.frame_id == "base_link"
+        assert all(0 <= d.class_id < 10 for d in got[0].detections)
+    finally:
+        assert proc.stop(timeout=20) == 0, proc.output()[-2000:]
