@@ -14,13 +14,13 @@ stamp, waiting at most ``detections_wait_s``; frames whose detections do not com
 without them and counted). Set ``detections_wait_s: 0`` to ignore detections.
 
 **Trigger.** ``~/run_ptq`` (``std_srvs/Trigger``) runs ``ptq_command`` (an argument list;
-``{calib_dir}`` is replaced by ``out_dir``) as a subprocess once at least ``min_frames`` frames
-are stored; it answers at once (``success`` false with the reason when refused), the command's
-output goes to ``<out_dir>/ptq.log``. ``auto_trigger`` runs it when the set first becomes full.
-While PTQ runs the set is frozen (offered frames are counted, not stored) so the command reads a
-consistent set. **Status** (``~/status``, ``std_msgs/String``, JSON, every ``status_period_s``):
-stored / offered / considered frames, pending frames and the PTQ state (idle, running,
-succeeded, failed with its exit code).
+``{calib_dir}`` is replaced by ``out_dir``, ``{model}`` by ``ptq_model``) as a subprocess once at
+least ``min_frames`` frames are stored; it answers at once (``success`` false with the reason when
+refused), the command's output goes to ``<out_dir>/ptq.log``. ``auto_trigger`` runs it when the
+set first becomes full. While PTQ runs the set is frozen (offered frames are counted, not stored)
+so the command reads a consistent set. **Status** (``~/status``, ``std_msgs/String``, JSON, every
+``status_period_s``): stored / offered / considered frames, pending frames and the PTQ state
+(idle, running, succeeded, failed with its exit code).
 
 Parameters: :class:`CalibrationRecorderConfig` (``config/calibration_recorder.param.yaml``).
 """
@@ -59,7 +59,9 @@ class CalibrationRecorderConfig:
         ``store.store_images``).
     detections_wait_s: how long a frame waits for the detector output with its stamp (object mix).
     min_frames: fewest stored frames for which ``~/run_ptq`` starts the command.
-    ptq_command: argument list run by the trigger; ``{calib_dir}`` becomes ``out_dir``.
+    ptq_command: argument list run by the trigger; ``{calib_dir}`` becomes ``out_dir`` and
+        ``{model}`` becomes ``ptq_model``.
+    ptq_model: the FP32 checkpoint to quantize (``train lidar`` output) for ``{model}``.
     auto_trigger: run ``ptq_command`` once, when the set first becomes full.
     """
 
@@ -81,6 +83,8 @@ class CalibrationRecorderConfig:
         "qd-perception",
         "quantize",
         "lidar",
+        "--model",
+        "{model}",
         "--calib",
         "{calib_dir}",
         "--method",
@@ -90,6 +94,7 @@ class CalibrationRecorderConfig:
         "--out",
         "{calib_dir}/lidar_int8",
     )
+    ptq_model: str = ""
     auto_trigger: bool = False
     status_period_s: float = 1.0
 
@@ -108,8 +113,11 @@ class CalibrationRecorderConfig:
 
 
 def ptq_argv(cfg: CalibrationRecorderConfig) -> list[str]:
-    """The trigger's command with ``{calib_dir}`` substituted."""
-    return [a.replace("{calib_dir}", str(Path(cfg.out_dir))) for a in cfg.ptq_command]
+    """The trigger's command with ``{calib_dir}`` and ``{model}`` substituted."""
+    return [
+        a.replace("{calib_dir}", str(Path(cfg.out_dir))).replace("{model}", cfg.ptq_model)
+        for a in cfg.ptq_command
+    ]
 
 
 class PtqRunner:
@@ -437,6 +445,8 @@ def make_node(argv_unused: Any = None) -> Any:
             n = len(self.store)
             if n < self.cfg.min_frames:
                 return False, f"only {n} frames stored, need {self.cfg.min_frames}"
+            if any("{model}" in a for a in self.cfg.ptq_command) and not self.cfg.ptq_model:
+                return False, "ptq_command needs {model}: set the ptq_model parameter (an FP32 checkpoint)"
 
             def done(rc: int) -> None:
                 # One severity per call site: rclpy refuses a call site that changes severity.
