@@ -132,9 +132,10 @@ def _rects(
 
 
 def cast_camera(
-    scene: SimScene, t_us: int, model: CameraModel, resolution: tuple[int, int]
-) -> tuple[HitBuffer, np.ndarray, np.ndarray, np.ndarray]:
-    """Cast one camera. Returns hits, global ray planes (3, H, W), origin (3,), footprints (N,)."""
+    scene: SimScene, t_us: int, model: CameraModel, resolution: tuple[int, int], footprints: bool = False
+) -> tuple[HitBuffer, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Cast one camera. Returns hits, global ray planes (3, H, W), origin (3,) and, with
+    ``footprints``, the unoccluded pixel count per object (N,)."""
     geo = scene.geometry(int(t_us))
     c2g = scene.ego2global(t_us) @ model.cam2ego
     R, o = c2g[:3, :3], c2g[:3, 3]
@@ -145,7 +146,7 @@ def cast_camera(
     s_ref = float(scene.road.to_sd(np.array(o[0]), np.array(o[1]))[0])
     cast_ground(scene.road, o, dirs, model.ground_depth, s_ref, hits)
     rects = _rects(geo, R, o, model.K, resolution, scene.cfg.camera_max_range)
-    footprint = cast(o, dirs, geo, rects, hits)
+    footprint = cast(o, dirs, geo, rects, hits, footprints=footprints)
     return hits, dirs, o, footprint
 
 
@@ -157,7 +158,7 @@ def _visibility(scene: SimScene, t_us: int) -> np.ndarray:
     foot = np.zeros(n, np.int64)
     seen = np.zeros(n, np.int64)
     for model in _models(scene, res):
-        hits, _, _, fp = cast_camera(scene, t_us, model, res)
+        hits, _, _, fp = cast_camera(scene, t_us, model, res, footprints=True)
         foot += fp[:n]
         obj = hits.obj[hits.obj >= 0]
         seen += np.bincount(obj[obj < n], minlength=n)[:n]
@@ -293,20 +294,23 @@ def _object_albedo(
 
 
 def _lamp_light(scene: SimScene, p: np.ndarray, n: np.ndarray, s: np.ndarray, o: np.ndarray) -> np.ndarray:
-    """(N,) light at points p (3, N, relative to o) with normals n (3, N) from the two nearest
-    lamps (by road s) on each side of the road; farther lamps add a few per cent at most."""
+    """(N,) light at points p (3, N, relative to o) with normals n (3, N) from the nearest lamp
+    (by road s) on each side of the road. Where the nearest lamp changes, both are equally far,
+    so the light stays continuous; the other lamps would add a few per cent."""
     acc = np.zeros(p.shape[1], np.float32)
     for lamp_s, lamp_global in scene.lamp_rows:
         if len(lamp_s) == 0:
             continue
         lamp_xyz = (lamp_global - o).astype(np.float32)
+        last = len(lamp_s) - 1
         j = np.searchsorted(lamp_s, s)
-        for k in (j - 1, j):
-            lp = lamp_xyz.take(np.clip(k, 0, len(lamp_s) - 1), axis=0)
-            vx, vy, vz = lp[:, 0] - p[0], lp[:, 1] - p[1], lp[:, 2] - p[2]
-            dist2 = vx * vx + vy * vy + vz * vz
-            ndl = np.maximum(n[0] * vx + n[1] * vy + n[2] * vz, 0) / np.sqrt(dist2)
-            acc += ndl / (1.0 + dist2 / 36.0)
+        a, b = np.clip(j - 1, 0, last), np.clip(j, 0, last)
+        k = np.where(np.abs(s - lamp_s[a]) < np.abs(s - lamp_s[b]), a, b)
+        lp = lamp_xyz.take(k, axis=0)
+        vx, vy, vz = lp[:, 0] - p[0], lp[:, 1] - p[1], lp[:, 2] - p[2]
+        dist2 = vx * vx + vy * vy + vz * vz
+        ndl = np.maximum(n[0] * vx + n[1] * vy + n[2] * vz, 0) / np.sqrt(dist2)
+        acc += ndl / (1.0 + dist2 / np.float32(36.0))
     return acc
 
 
@@ -377,19 +381,32 @@ def shade(
             shadow = ground_shadow(o, dirs, geo, rects, hits, sd).reshape(N)
             direct = np.where(shadow, f32(0), direct)
         light += lit.sun[:, None] * direct
-    if lit.lamps > 0 and len(scene.lamp_xyz):
-        s_all, _ = scene.road.to_sd_near(pos[0], pos[1], o[:2], s_ref)
-        lamp = f32(lit.lamps * 1.6) * _lamp_light(scene, pos, normal, s_all, o)
-        light += np.array([1.0, 0.82, 0.55], f32)[:, None] * lamp
-    if lit.headlights > 0:
+    if lit.lamps > 0 or lit.headlights > 0:
+        # Artificial lights reach surfaces within ~60 m; beyond that the haze hides them.
+        li = np.flatnonzero(finite & (t < 60.0))
+        p_l = pos.take(li, axis=1)
+        n_l = normal.take(li, axis=1)
+        lamp_l = np.zeros(len(li), f32)
+        head_l = np.zeros(len(li), f32)
+        if lit.lamps > 0 and len(scene.lamp_xyz):
+            s_l, _ = scene.road.to_sd_near(p_l[0], p_l[1], o[:2], s_ref)
+            lamp_l = f32(lit.lamps * 1.6) * _lamp_light(scene, p_l, n_l, s_l, o)
         e2g = scene.ego2global(t_us)
-        hp = (e2g[:3, :3] @ np.array([3.7, 0.0, 0.7]) + e2g[:3, 3] - o).astype(f32)
         fwd = e2g[:3, 0].astype(f32)
-        vx, vy, vz = pos[0] - hp[0], pos[1] - hp[1], pos[2] - hp[2]
-        dist = np.sqrt(vx * vx + vy * vy + vz * vz) + f32(1e-3)
-        cone = np.clip(((vx * fwd[0] + vy * fwd[1] + vz * fwd[2]) / dist - f32(0.82)) / f32(0.12), 0, 1)
-        ndl = np.maximum(-(normal[0] * vx + normal[1] * vy + normal[2] * vz) / dist, 0)
-        light += (f32(lit.headlights * 2.2) * cone * ndl / (1.0 + (dist / f32(14.0)) ** 2))[None]
+        cam_fwd = (e2g[:3, :3] @ model.cam2ego[:3, 2]).astype(f32)
+        if lit.headlights > 0 and float(cam_fwd @ fwd) > 0.0:  # rear cameras see no headlight
+            hp = (e2g[:3, :3] @ np.array([3.7, 0.0, 0.7]) + e2g[:3, 3] - o).astype(f32)
+            vx, vy, vz = p_l[0] - hp[0], p_l[1] - hp[1], p_l[2] - hp[2]
+            dist = np.sqrt(vx * vx + vy * vy + vz * vz) + f32(1e-3)
+            cone = np.clip(((vx * fwd[0] + vy * fwd[1] + vz * fwd[2]) / dist - f32(0.82)) / f32(0.12), 0, 1)
+            ndl = np.maximum(-(n_l[0] * vx + n_l[1] * vy + n_l[2] * vz) / dist, 0)
+            head_l = f32(lit.headlights * 2.2) * cone * ndl / (1.0 + (dist / f32(14.0)) ** 2)
+        # 1-D scatters, then coloured broadcasts (a 2-D fancy-index update is much slower).
+        full = np.zeros(N, f32)
+        full[li] = lamp_l
+        light += np.array([1.0, 0.82, 0.55], f32)[:, None] * full
+        full[li] = head_l
+        light += full
     col = albedo * light + emit
     # Atmospheric haze, then the sky where nothing was hit.
     fog = np.exp(-t / f32(lit.visibility))

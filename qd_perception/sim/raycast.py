@@ -130,55 +130,56 @@ def cast(
     geo: Geometry,
     rects: list[tuple[int, list[Rect]]],
     hits: HitBuffer,
-) -> np.ndarray:
+    footprints: bool = False,
+) -> np.ndarray | None:
     """Cast the ray grid ``dirs`` (3, R, C) (x, y, z planes, global axes) from ``origin`` (3,).
 
     ``rects`` lists, per candidate object index, the grid rectangles its envelope may cover.
     ``hits`` is updated in place (z-test against what it already holds, e.g. the ground).
-    Returns (N,) int64: per object, the number of rays that hit it ignoring all other objects
-    (its unoccluded footprint, used for visibility).
+    With ``footprints``, returns (N,) int64: per object, the number of rays that hit it ignoring
+    all other objects (its unoccluded footprint, used for visibility).
     """
-    footprint = np.zeros(len(geo), np.int64)
+    footprint = np.zeros(len(geo), np.int64) if footprints else None
     origin = np.asarray(origin, np.float64)
-    tiny = np.float32(1e-9)
-    for i, rect_list in rects:
-        c, s = np.cos(geo.yaw[i]), np.sin(geo.yaw[i])
-        rel = origin - geo.center[i]
-        o_l = np.array([c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2]], np.float32)
-        p0, p1 = int(geo.part_start[i]), int(geo.part_start[i + 1])
-        pc = geo.part_center[p0:p1]
-        ph = geo.part_half[p0:p1]
-        lo_b = (pc - ph - o_l).T[:, :, None, None]  # (3, P, 1, 1)
-        hi_b = (pc + ph - o_l).T[:, :, None, None]
-        cf, sf = np.float32(c), np.float32(s)
-        for r0, r1, c0, c1 in rect_list:
-            if r1 <= r0 or c1 <= c0:
-                continue
-            dx, dy, dz = dirs[0, r0:r1, c0:c1], dirs[1, r0:r1, c0:c1], dirs[2, r0:r1, c0:c1]
-            t_near = t_far = None
-            for ax, comp in enumerate((cf * dx + sf * dy, cf * dy - sf * dx, dz)):
-                inv = 1.0 / np.where(np.abs(comp) < tiny, tiny, comp)
-                ta = lo_b[ax] * inv
-                tb = hi_b[ax] * inv
-                tn = np.minimum(ta, tb)
-                tf = np.maximum(ta, tb, out=ta)
-                t_near = tn if t_near is None else np.maximum(t_near, tn, out=t_near)
-                t_far = tf if t_far is None else np.minimum(t_far, tf, out=t_far)
-            t_near[(t_far < t_near) | (t_near <= 0)] = np.inf
-            if len(pc) > 1:
-                best = t_near.argmin(0)
-                t_best = np.take_along_axis(t_near, best[None], 0)[0]
-            else:
-                best = np.zeros(t_near.shape[1:], np.int64)
-                t_best = t_near[0]
-            footprint[i] += int(np.count_nonzero(t_best < np.inf))
-            depth_view = hits.depth[r0:r1, c0:c1]
-            closer = t_best < depth_view
-            if not closer.any():
-                continue
-            depth_view[closer] = t_best[closer]
-            hits.obj[r0:r1, c0:c1][closer] = i
-            hits.part[r0:r1, c0:c1][closer] = p0 + best[closer]
+    # A ray component that is exactly 0 gives inf (or nan on a slab plane through the origin,
+    # which reads as a miss): no guard needed, and the z part is the same for every object.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_z = 1.0 / dirs[2]
+        for i, rect_list in rects:
+            c, s = np.cos(geo.yaw[i]), np.sin(geo.yaw[i])
+            rel = origin - geo.center[i]
+            o_l = np.array([c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2]], np.float32)
+            p0, p1 = int(geo.part_start[i]), int(geo.part_start[i + 1])
+            pc = geo.part_center[p0:p1]
+            ph = geo.part_half[p0:p1]
+            lo_b = (pc - ph - o_l).T[:, :, None, None]  # (3, P, 1, 1)
+            hi_b = (pc + ph - o_l).T[:, :, None, None]
+            cf, sf = np.float32(c), np.float32(s)
+            for r0, r1, c0, c1 in rect_list:
+                if r1 <= r0 or c1 <= c0:
+                    continue
+                dx, dy = dirs[0, r0:r1, c0:c1], dirs[1, r0:r1, c0:c1]
+                invs = (1.0 / (cf * dx + sf * dy), 1.0 / (cf * dy - sf * dx), inv_z[r0:r1, c0:c1])
+                t_near = t_far = None
+                for ax, inv in enumerate(invs):
+                    ta = lo_b[ax] * inv
+                    tb = hi_b[ax] * inv
+                    tn = np.minimum(ta, tb)
+                    tf = np.maximum(ta, tb, out=ta)
+                    t_near = tn if t_near is None else np.maximum(t_near, tn, out=t_near)
+                    t_far = tf if t_far is None else np.minimum(t_far, tf, out=t_far)
+                np.copyto(t_near, np.float32(np.inf), where=(t_far < t_near) | (t_near <= 0))
+                t_best = t_near.min(0) if len(pc) > 1 else t_near[0]
+                if footprint is not None:
+                    footprint[i] += int(np.count_nonzero(t_best < np.inf))
+                depth_view = hits.depth[r0:r1, c0:c1]
+                closer = t_best < depth_view
+                if not closer.any():
+                    continue
+                depth_view[closer] = t_best[closer]
+                hits.obj[r0:r1, c0:c1][closer] = i
+                best = t_near[:, closer].argmin(0) if len(pc) > 1 else 0
+                hits.part[r0:r1, c0:c1][closer] = p0 + best
     return footprint
 
 
