@@ -195,10 +195,17 @@ class ClassicalDetector:
         z_top = float(xyz[:, 2].max())
         height = z_top - z_bottom
         costs = size_costs(max(ext[0], 0.1), max(ext[1], 0.1), height)
-        label = int(np.argmin(costs))
-        cost = float(costs[label])
+        # Classes whose length is the short side (barrier: 0.5 m long, 2.5 m wide) match the
+        # footprint turned by 90 degrees.
+        costs_turned = size_costs(max(ext[1], 0.1), max(ext[0], 0.1), height)
+        label = int(np.argmin(np.minimum(costs, costs_turned)))
+        cost = float(min(costs[label], costs_turned[label]))
         if cost > cfg.max_size_cost:
             return None
+        if costs_turned[label] < costs[label]:
+            yaw += np.pi / 2
+            lo, hi = np.array([lo[1], -hi[0]]), np.array([hi[1], -lo[0]])
+            ext = hi - lo
         prior = MEAN_SIZE_LWH[CLASS_NAMES[label]]
         u = np.array([np.cos(yaw), np.sin(yaw)])
         v = np.array([-np.sin(yaw), np.cos(yaw)])
