@@ -174,7 +174,15 @@ def make_node(node_name: str, default_detector: str) -> Any:
 
         def _offer(self, stream: str, stamp_ns: int, payload: Any) -> None:
             self.last_arrival[stream] = time.monotonic()
+            counters = self.policy.counters.streams[stream]
+            late = counters.late
             out = self.policy.add(stream, stamp_ns, payload)
+            if counters.late != late:
+                self._warn(
+                    f"late.{stream}",
+                    f"dropped {stream} message at {stamp_ns / 1e9:.3f} s: older than the last "
+                    f"synchronised set (out of order) [sync.{stream}.late={counters.late}]",
+                )
             if out is not None:
                 self.last_set_time = time.monotonic()
                 with self._lock:

@@ -236,6 +236,7 @@ def test_out_of_order_and_clock_jump_backwards(lidar_node):
     # a stamp older than the last emitted frame (out of order): late, dropped
     h.d.publish(LIDAR_T, cloud_msg(car_cloud(h.rng), h.t - 50_000_000))
     assert h.d.spin_until(lambda: h.diag("sync.late") == late0 + 1, 5)
+    assert h.proc.wait_output("older than the last synchronised set (out of order)", 5)
     # the bag loops: time jumps back by 100 s -> reset, and frames flow again from there
     h.t -= 100 * 10**9
     h.good_frame()
