@@ -132,6 +132,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """CLI entry: bad input gets one clear line on stderr (exit 2) instead of a traceback."""
+    import sys
+
+    from qd_perception.config import ConfigError
+    from qd_perception.data.nuscenes import DatasetError
+
+    try:
+        return _run(args)
+    except (ConfigError, DatasetError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from qd_perception.runtime.centerpoint import load_checkpoint
 
     _, model, _ = load_checkpoint(args.model)

@@ -20,18 +20,19 @@ def circle_nms(
     centers (N, 2) m, scores (N,) -> indices kept, by decreasing score.
     """
     order = np.argsort(-scores, kind="stable")
-    c = np.asarray(centers, np.float64)[order]
-    d2 = ((c[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-    close = d2 <= radius * radius
-    suppressed = np.zeros(len(order), bool)
+    c = np.asarray(centers, np.float64).reshape(-1, 2)[order]
+    r2 = radius * radius
+    alive = np.ones(len(order), bool)
     keep = []
+    # Distances only from each kept box to the boxes after it: O(kept * N), not O(N^2) memory.
     for i in range(len(order)):
-        if suppressed[i]:
+        if not alive[i]:
             continue
         keep.append(order[i])
         if max_keep is not None and len(keep) >= max_keep:
             break
-        suppressed |= close[i]
+        d = c[i + 1 :] - c[i]
+        alive[i + 1 :] &= d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] > r2
     return np.asarray(keep, np.int64)
 
 
