@@ -235,8 +235,8 @@ def _object_albedo(
     pat = scene.part_pattern.take(part)
     half = scene.part_half.take(part, axis=0)
     code = srf.code
-    axis = code // 2
-    positive = (code % 2) == 1
+    axis = code >> 1
+    positive = (code & 1).astype(bool)
     vertical = axis != 2
     lx, ly, lz = srf.local
     ay = np.abs(ly)

@@ -17,7 +17,7 @@ def _default_density() -> dict[str, float]:
         "construction_vehicle": 0.5,
         "bus": 0.8,
         "trailer": 0.6,
-        "barrier": 0.0,  # barriers and cones come with work zones, see work_zones_per_km
+        "barrier": 0.0,  # cones and barriers come with the work zones; these add loose ones
         "motorcycle": 1.2,
         "bicycle": 2.0,
         "pedestrian": 10.0,

@@ -178,7 +178,11 @@ def cast(
                     continue
                 depth_view[closer] = t_best[closer]
                 hits.obj[r0:r1, c0:c1][closer] = i
-                best = t_near[:, closer].argmin(0) if len(pc) > 1 else 0
+                if len(pc) > 1:
+                    flat = np.flatnonzero(closer)
+                    best = np.take(t_near.reshape(len(pc), -1), flat, axis=1).argmin(0)
+                else:
+                    best = 0
                 hits.part[r0:r1, c0:c1][closer] = p0 + best
     return footprint
 

@@ -413,6 +413,10 @@ class SimScene:
                     stander = _Actor("pedestrian", shapes.pedestrian(rng, False), s0, d, yaw_offset=yaw)
                     if tracks.try_add(actors, stander, margin=0.2):
                         occ[side].add(s0 - 0.4, s0 + 0.4, d - 0.4, d + 0.4)
+        # Loose cones and barriers by the kerb (besides the work zones), if configured.
+        for cls in ("traffic_cone", "barrier"):
+            for _ in range(int(rng.poisson(cfg.density.get(cls, 0.0) * length / 100))):
+                self._place_kerbside(rng, actors, occ, tracks, cls, float(rng.uniform(*self.s_range)))
         # Parked bicycles on the sidewalk, by the kerb.
         n_bikes = int(rng.poisson(cfg.density.get("bicycle", 0.0) * 0.4 * length / 100))
         for _ in range(n_bikes):
@@ -444,6 +448,17 @@ class SimScene:
                     yaw_offset=np.pi / 2 * direction,
                 )
                 placed += tracks.try_add(actors, ped, margin=0.6)
+
+    def _place_kerbside(self, rng, actors, occ, tracks: _Tracks, cls: str, s: float) -> bool:
+        """A cone or a barrier (long side along the road) on the sidewalk by the kerb."""
+        side = int(rng.choice([-1, 1]))
+        d = side * (self.road.road_half + 0.6)
+        shape = shapes.traffic_cone(rng) if cls == "traffic_cone" else shapes.barrier(rng)
+        item = _Actor(cls, shape, s, d, yaw_offset=np.pi / 2 if cls == "barrier" else 0.0)
+        if occ[side].free(s - 1.4, s + 1.4, d - 0.5, d + 0.5) and tracks.try_add(actors, item, 0.2):
+            occ[side].add(s - 1.4, s + 1.4, d - 0.5, d + 0.5)
+            return True
+        return False
 
     def _place_sidewalk_cycle(self, rng, actors, occ, tracks: _Tracks, cls: str, s: float) -> bool:
         road = self.road
@@ -494,13 +509,7 @@ class SimScene:
                     if self._place_sidewalk_cycle(rng, actors, occ, tracks, cls, s):
                         break
                 elif cls in ("traffic_cone", "barrier"):
-                    d = side * (road.road_half + 0.6)
-                    shape = shapes.traffic_cone(rng) if cls == "traffic_cone" else shapes.barrier(rng)
-                    item = _Actor(cls, shape, s, d, yaw_offset=np.pi / 2 if cls == "barrier" else 0.0)
-                    if occ[side].free(s - 1.4, s + 1.4, d - 0.5, d + 0.5) and tracks.try_add(
-                        actors, item, 0.2
-                    ):
-                        occ[side].add(s - 1.4, s + 1.4, d - 0.5, d + 0.5)
+                    if self._place_kerbside(rng, actors, occ, tracks, cls, s):
                         break
                 else:
                     shape = self._parked_shape(rng, cls)
