@@ -75,7 +75,11 @@ def _build_centerpoint(cfg: DetectorConfig) -> Detector:
         return TorchCenterPointDetector.from_checkpoint(cfg.model_path, cfg.score_threshold)
     if cfg.backend == "onnxruntime":
         return OrtCenterPointDetector(cfg.model_path, cfg.score_threshold)
-    raise ConfigError(f"detector 'centerpoint' has no {cfg.backend!r} backend (torch, onnxruntime)")
+    if cfg.backend == "tensorrt":  # a `quantize lidar --target trt` (or `export lidar`) directory
+        from qd_perception.runtime.trt import TrtCenterPointDetector
+
+        return TrtCenterPointDetector(cfg.model_path, cfg.score_threshold)
+    raise ConfigError(f"detector 'centerpoint' has no {cfg.backend!r} backend (torch, onnxruntime, tensorrt)")
 
 
 #: name -> builder. CenterPoint and camera-BEV engineers add "centerpoint" and "bev" here.

@@ -145,3 +145,19 @@ def test_lidar_ptq_pipeline_runs_stage_by_stage():
     off = dataclasses.replace(cfg, grid_search=False, tgpl=False, adaround=False)
     run_lidar_ptq(model, samples, lambda m, s: m(s), preset("lidar_ptq", "w8a8"), off, on_stage)
     assert seen == ["minmax"]
+
+
+@pytest.mark.parametrize("name", ["lidar_ptq.yaml", "lidar_ptq_fast.yaml"])
+def test_shipped_ptq_configs_load(name):
+    from pathlib import Path
+
+    from qd_perception.config import ConfigError
+    from qd_perception.quant.lidar import load_ptq_config
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_ptq_config(root / "config" / "quant" / name)
+    assert cfg.grid_steps > 1 and cfg.adaround_cfg.iterations > 0
+    with pytest.raises(ConfigError, match="unknown key"):
+        from qd_perception.config import from_dict
+
+        from_dict(LidarPTQConfig, {"grid_stpes": 3})
