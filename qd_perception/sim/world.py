@@ -640,7 +640,13 @@ class SimScene:
             angular_velocity=np.array([0.0, 0.0, self.road.curvature * self.ego_ds_dt]),
         )
 
-    def annotations(self, t_us: int) -> Annotations:
+    def annotations(self, t_us: int, visibility: bool = True) -> Annotations:
+        """Objects within ``cfg.annotation_range`` of the ego at ``t_us``.
+
+        The visibility levels cost a low-resolution render of the six cameras (~5 % of a
+        keyframe); ``visibility=False`` skips it (``Annotations.visibility`` is then empty), e.g.
+        for per-sweep ground truth in a bag, which carries no visibility.
+        """
         from qd_perception.sim.camera import visibility_levels
 
         t = self._t(t_us)
@@ -657,7 +663,7 @@ class SimScene:
             attribute_for(self.actor_class[i], float(v), bool(self.actor_rider[i]))
             for i, v in zip(keep, speed)
         )
-        vis = visibility_levels(self, int(t_us))[keep]
+        vis = visibility_levels(self, int(t_us))[keep] if visibility else np.zeros(0, np.int64)
         return Annotations(
             boxes=boxes,
             class_names=tuple(self.actor_class[i] for i in keep),

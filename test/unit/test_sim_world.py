@@ -189,6 +189,9 @@ def test_annotation_kinematics_sizes_and_attributes():
         assert 0.3 * L < box[3] < 1.6 * L and 0.4 * W < box[4] < 1.6 * W and 0.4 * H < box[5] < 1.6 * H
         assert abs(box[2] - box[5] / 2) < 1e-6  # standing on the ground
     assert set(np.unique(a1.visibility)) <= {1, 2, 3, 4} and (a1.visibility == 4).any()
+    assert (a1.visibility < 4).any()  # some objects are occluded
+    quick = scene.annotations(t, visibility=False)
+    assert len(quick.visibility) == 0 and np.array_equal(quick.boxes, a1.boxes)
     # Ego odometry agrees with the pose trajectory.
     e0, e1, e2 = (scene.ego(t + k * dt) for k in (-1, 0, 1))
     v_global = (e2.ego2global[:3, 3] - e0.ego2global[:3, 3]) / (2 * dt * 1e-6)
