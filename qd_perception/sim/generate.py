@@ -127,11 +127,11 @@ def write_scene(
 ) -> SceneResult:
     """Render and write one scene (sensor files, bag); returns its records."""
     name = scene_name(index)
+    sched = make_schedule(source, cfg.samples, cfg.bag or cfg.camera_sweeps, cfg.odom_rate_hz)
     nus = NuScenesSceneWriter(
         out, seed=cfg.seed, scene_name=name, description=source.description, rig=source.rig,
-        resolution=source.resolution, jpeg_quality=cfg.jpeg_quality,
+        resolution=source.resolution, keyframe_times=sched.keyframes, jpeg_quality=cfg.jpeg_quality,
     )  # fmt: skip
-    sched = make_schedule(source, cfg.samples, cfg.bag or cfg.camera_sweeps, cfg.odom_rate_hz)
     key_index = {t: k for k, t in enumerate(sched.keyframes)}
     # Events in time order; at equal times odometry first, then lidar (+ GT), then cameras.
     events = sorted(

@@ -20,6 +20,11 @@ splits as ``synthetic_train`` / ``synthetic_val`` (see :data:`SPLIT_ALIASES`) an
 reader and evaluator map ``train``/``val`` to them when the version has a ``splits.json``. The
 devkit itself accepts any version string (it only checks that ``<dataroot>/<version>`` exists).
 
+A sweep's ``sample_token`` is the nearest keyframe in time (as in nuScenes). Annotation
+``visibility_token`` is the world's visibility level (1..4); a scene source that gives none
+gets level 4. ``num_lidar_pts`` counts the keyframe sweep's points carrying the object's
+instance id; ``num_radar_pts`` is 0 (no radar).
+
 Tokens are 32-hex-digit hashes of (seed, scene, record kind, index): the same seed gives the
 same tokens and the same bytes.
 """
@@ -169,6 +174,7 @@ class NuScenesSceneWriter:
         description: str,
         rig: Rig,
         resolution: tuple[int, int],
+        keyframe_times: tuple[int, ...],
         jpeg_quality: int = 90,
     ) -> None:
         self.root = Path(dataroot)
@@ -178,6 +184,7 @@ class NuScenesSceneWriter:
         self.rig = rig
         self.resolution = resolution
         self.jpeg_quality = jpeg_quality
+        self.keyframe_times = np.asarray(keyframe_times, dtype=np.int64)
         self.t = Tables()
         self.scene_token = self._tok("scene")
         self.log_token = self._tok("log")
@@ -218,8 +225,8 @@ class NuScenesSceneWriter:
         )  # fmt: skip
         is_cam = channel != LIDAR_CHANNEL
         H, W = self.resolution if is_cam else (0, 0)
-        # Sweeps belong to the keyframe before them (the first sample for leading sweeps).
-        k = keyframe if keyframe is not None else max(len(self._samples) - 1, 0)
+        # A sweep's sample is the nearest keyframe in time, as in nuScenes.
+        k = keyframe if keyframe is not None else int(np.argmin(np.abs(self.keyframe_times - t_us)))
         rec: Record = {
             "token": token, "sample_token": self.sample_token(k), "ego_pose_token": token,
             "calibrated_sensor_token": self._calib[channel], "timestamp": int(t_us),

@@ -86,6 +86,12 @@ def test_devkit_loads_all_tables(dataset):
     assert len(lidar) == CFG.scenes * CFG.samples * 10
     assert sum(not sd["is_key_frame"] for sd in lidar) == CFG.scenes * CFG.samples * 9
     for sd in lidar:
+        # a sweep's sample is the nearest keyframe in time (as in nuScenes)
+        sample = nusc.get("sample", sd["sample_token"])
+        scene = nusc.get("scene", sample["scene_token"])
+        first = nusc.get("sample", scene["first_sample_token"])["timestamp"]
+        gaps = [abs(sd["timestamp"] - first - k * 500_000) for k in range(CFG.samples)]
+        assert abs(sd["timestamp"] - sample["timestamp"]) == min(gaps)
         if sd["next"]:
             nxt = nusc.get("sample_data", sd["next"])
             assert nxt["timestamp"] - sd["timestamp"] == 50_000 and nxt["channel"] == "LIDAR_TOP"
