@@ -50,6 +50,7 @@ class CameraModel:
     ground_depth: np.ndarray  # (H, W) float32 depth of the ground plane hit, inf above horizon
     sky_elevation: np.ndarray  # (H * W,) float32 sky gradient coordinate 0 (horizon) .. 1
     noise: np.ndarray  # (H + 32, W + 32) float32 unit sensor-noise tile, cut at a random offset
+    vignette: np.ndarray  # (H, W) float32 lens fall-off, 1 at the centre, ~0.8 in the corners
 
 
 NOISE_PAD = 32
@@ -80,6 +81,9 @@ def camera_models(rig, resolution: tuple[int, int]) -> tuple[CameraModel, ...]:
                 ground.astype(np.float32),
                 el.reshape(-1).astype(np.float32),
                 noise_rng.standard_normal((H + NOISE_PAD, W + NOISE_PAD), dtype=np.float32),
+                (1.0 - 0.2 * (((u - K[0, 2]) / (W / 2)) ** 2 + ((v - K[1, 2]) / (W / 2)) ** 2) / 1.32).astype(
+                    np.float32
+                ),
             )
         )
     return tuple(models)
@@ -421,6 +425,7 @@ def shade(
     rng = scene.frame_rng(t_us, 100 + cam_index)
     if scene.conditions.rain:
         img = _rain(img, rng)
+    img *= model.vignette
     dy, dx = rng.integers(0, NOISE_PAD, 2)
     img += model.noise[None, dy : dy + H, dx : dx + W] * f32(scene.cfg.image_noise / 255.0)
     img *= f32(255.0)
