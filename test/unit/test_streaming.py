@@ -150,3 +150,31 @@ def test_replay_pose_track_and_keyframes():
     assert len(ground_truth_frames(msgs, track, "all")) == 25
     d = detections_from_msg(msgs[0][1])
     assert d.labels.tolist() == [8] and d.num_lidar_pts.tolist() == [5]
+
+
+def test_replay_parameter_overrides(tmp_path):
+    import yaml
+
+    from qd_perception.commands.replay import ReplayOptions, write_overrides
+    from qd_perception.ros.graph import nodes
+
+    specs, _ = nodes("lidar")
+    opts = ReplayOptions(
+        bag=tmp_path,
+        out=tmp_path,
+        overrides=("lidar_detector.detector.score_threshold=0.3", "lidar_detector.rig=x"),
+    )
+    files = write_overrides(opts, specs, tmp_path / "params")
+    p = yaml.safe_load(open(files["lidar_detector"]))["lidar_detector"]["ros__parameters"]
+    assert p["detector.score_threshold"] == 0.3 and p["rig"] == "x"
+    assert p["detector.name"] == "classical"  # the rest of config/lidar_detector.param.yaml is kept
+    with pytest.raises(ValueError, match="no node 'bev_detector'"):
+        write_overrides(replace_overrides(opts, "bev_detector.detector.model_path=m.pt"), specs, tmp_path)
+    with pytest.raises(ValueError, match=r"NODE\.PARAM=VALUE"):
+        write_overrides(replace_overrides(opts, "score_threshold"), specs, tmp_path)
+
+
+def replace_overrides(opts, item):
+    from dataclasses import replace
+
+    return replace(opts, overrides=(item,))
