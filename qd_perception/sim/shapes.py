@@ -182,6 +182,8 @@ def construction_vehicle(rng: np.random.Generator) -> Shape:
 
 
 def pedestrian(rng: np.random.Generator, walking: bool) -> Shape:
+    """Legs are parts 0 and 1, arms parts 3 and 4 (``world`` swings them, at most as far as
+    here, so the box stays tight)."""
     _, W, H = jittered_size("pedestrian", rng, 0.06)
     L = 0.55 + 0.2 * rng.random() if walking else 0.32 + 0.1 * rng.random()
     W = min(W, 0.72)

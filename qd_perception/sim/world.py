@@ -547,6 +547,17 @@ class SimScene:
         #: Per object (actors, then static clutter): vehicle lights on (moving traffic only).
         self.lights_on = np.concatenate([moving, np.zeros(len(statics), bool)])
         self.instance_ids = np.arange(len(actors), dtype=np.int64)
+        # Walking pedestrians swing legs and arms (parts 0, 1 and 3, 4 of shapes.pedestrian)
+        # within their fixed box, about one gait cycle per 1.4 m.
+        starts = np.concatenate([[0], np.cumsum([len(a.shape.center) for a in actors])]).astype(np.int64)
+        walkers = [i for i, a in enumerate(actors) if a.class_name == "pedestrian" and moving[i]]
+        self.anim_parts = np.array([starts[i] + np.array([0, 1, 3, 4]) for i in walkers], np.int64).reshape(
+            -1, 4
+        )
+        self.anim_stride = np.array([abs(actors[i].shape.center[0, 0]) for i in walkers], np.float32)
+        speeds = [np.hypot(actors[i].ds_dt, actors[i].dd_dt) for i in walkers]
+        self.anim_freq = np.array(speeds, np.float64) / 1.4
+        self.anim_phase = np.array([(i * 2.399) % (2 * np.pi) for i in walkers], np.float64)
         self.a_s0 = np.array([a.s0 for a in actors], np.float64)
         self.a_d0 = np.array([a.d0 for a in actors], np.float64)
         self.a_ds = np.array([a.ds_dt for a in actors], np.float64)
@@ -612,13 +623,22 @@ class SimScene:
         return self.cached("geometry", t_us, lambda: self._geometry(t_us))
 
     def _geometry(self, t_us: int) -> Geometry:
-        center, yaw, _ = self.actor_state(self._t(t_us))
+        t = self._t(t_us)
+        center, yaw, _ = self.actor_state(t)
+        part_center = self.part_center
+        if len(self.anim_parts):
+            part_center = part_center.copy()
+            swing = (self.anim_stride * np.sin(self.anim_phase + 2 * np.pi * self.anim_freq * t)).astype(
+                np.float32
+            )
+            for col, gain in enumerate((1.0, -1.0, -0.6, 0.6)):  # legs, then the arms against them
+                part_center[self.anim_parts[:, col], 0] = np.float32(gain) * swing
         return Geometry(
             center=np.concatenate([center, self.static_center]),
             yaw=np.concatenate([yaw, self.static_yaw]),
             half=np.concatenate([self.a_size / 2, self.static_half]),
             part_start=self.part_start,
-            part_center=self.part_center,
+            part_center=part_center,
             part_half=self.part_half,
         )
 
