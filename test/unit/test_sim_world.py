@@ -255,3 +255,30 @@ def test_sensor_culling_loses_no_hit():
         cast(o, dirs, geo, [(int(i), [(0, 45, 0, 80)]) for i in near], brute)
         np.testing.assert_array_equal(hits.obj, brute.obj)
         np.testing.assert_array_equal(hits.depth, brute.depth)
+
+
+def test_shapes_fill_their_boxes_tightly():
+    from qd_perception.sim import shapes
+
+    rng = np.random.default_rng(0)
+    builders = {
+        "car": lambda: shapes.car(rng),
+        "truck": lambda: shapes.truck(rng),
+        "construction_vehicle": lambda: shapes.construction_vehicle(rng),
+        "bus": lambda: shapes.bus(rng),
+        "trailer": lambda: shapes.trailer(rng),
+        "barrier": lambda: shapes.barrier(rng),
+        "motorcycle": lambda: shapes.motorcycle(rng, rider=bool(rng.integers(2))),
+        "bicycle": lambda: shapes.bicycle(rng, rider=bool(rng.integers(2))),
+        "pedestrian": lambda: shapes.pedestrian(rng, walking=bool(rng.integers(2))),
+        "traffic_cone": lambda: shapes.traffic_cone(rng),
+    }
+    assert set(builders) == set(CLASS_NAMES)
+    for name, build in builders.items():
+        for _ in range(5):
+            sh = build()
+            lo = (sh.center - sh.half).min(0)
+            hi = (sh.center + sh.half).max(0)
+            np.testing.assert_allclose(hi - lo, sh.size, atol=1e-5, err_msg=name)  # touches every face
+            np.testing.assert_allclose((hi + lo) / 2, 0, atol=1e-5, err_msg=name)  # centred
+            assert len(sh.center) >= 3 and (sh.half > 0).all()
