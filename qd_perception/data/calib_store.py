@@ -444,8 +444,30 @@ class CalibrationSet(Sequence[Frame]):
             raise FileNotFoundError(f"{self.root} is not a calibration set (no {INDEX_NAME})")
         data = _read_index(index)
         entries = sorted(data["frames"], key=lambda f: (f["timestamp_us"], f["id"]))
-        self._files = [self.root / f["file"] for f in entries if (self.root / f["file"]).exists()]
-        self.timestamps_us = [int(f["timestamp_us"]) for f in entries if (self.root / f["file"]).exists()]
+        entries = [f for f in entries if (self.root / f["file"]).exists()]
+        self._files = [self.root / f["file"] for f in entries]
+        self.timestamps_us = [int(f["timestamp_us"]) for f in entries]
+        #: (N, F) scene statistics of the frames (FEATURE_NAMES), in this set's order
+        self.features = np.array([f["features"] for f in entries], np.float64).reshape(-1, len(FEATURE_NAMES))
+
+    def diverse_indices(self, n: int) -> list[int]:
+        """Indices of ``n`` frames spread over the set's scene statistics (greedy farthest-point
+        on standardised features, starting from the frame closest to the mean), sorted. For a
+        PTQ run that uses fewer frames than the set holds: better than the first ``n``."""
+        if n >= len(self):
+            return list(range(len(self)))
+        if n <= 0:
+            return []
+        z = (self.features - self.features.mean(0)) / np.where(
+            self.features.std(0) > 1e-12, self.features.std(0), 1.0
+        )
+        chosen = [int(np.argmin(np.linalg.norm(z, axis=1)))]
+        d = np.linalg.norm(z - z[chosen[0]], axis=1)
+        while len(chosen) < n:
+            k = int(np.argmax(d))
+            chosen.append(k)
+            d = np.minimum(d, np.linalg.norm(z - z[k], axis=1))
+        return sorted(chosen)
 
     def __len__(self) -> int:
         return len(self._files)

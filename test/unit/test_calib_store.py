@@ -66,6 +66,21 @@ def test_selection_keeps_rare_conditions_and_diversity_grows(tmp_path):
     assert len(list((tmp_path / "c" / "frames").iterdir())) == 6  # evicted files are deleted
 
 
+def test_diverse_subset_for_a_shorter_ptq_run(tmp_path):
+    rng = np.random.default_rng(7)
+    store = CalibrationStore(tmp_path, CalibStoreConfig(capacity=20))
+    kinds = ["city"] * 17 + ["highway", "night", "city"]
+    for i, k in enumerate(kinds):
+        store.offer(make_frame(i, k, rng))
+    cset = CalibrationSet(tmp_path)
+    assert cset.features.shape == (20, len(cs.FEATURE_NAMES))
+    idx = cset.diverse_indices(3)
+    assert len(idx) == 3 and idx == sorted(idx)
+    # The first three frames are all city; a diverse three includes both rare conditions.
+    assert {cset[i].token for i in idx} >= {"tok17", "tok18"}
+    assert cset.diverse_indices(50) == list(range(20)) and cset.diverse_indices(0) == []
+
+
 def test_eviction_removes_the_redundant_member(tmp_path):
     rng = np.random.default_rng(1)
     store = CalibrationStore(tmp_path, CalibStoreConfig(capacity=3))
