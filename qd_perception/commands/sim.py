@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qd_perception.sim.generate import GenerateConfig, generate
+    from qd_perception.sim.generate import GenerateConfig, generate, visible_class_counts
 
     try:
         cfg = GenerateConfig(
@@ -67,4 +67,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"qd-perception sim: {e}", file=sys.stderr)
         return 2
     print(f"wrote {cfg.scenes} scenes x {cfg.samples} keyframes to {out} (version {cfg.version})")
+    counts = visible_class_counts(out, cfg.version)
+    for split, per_class in counts.items():
+        print(f"{split}: " + ", ".join(f"{c} {n}" for c, n in per_class.items()))
+    missing = [c for c, n in counts["val"].items() if n == 0]
+    if missing:
+        print(
+            f"warning: no lidar-visible {', '.join(missing)} in val: the devkit scores their AP 0 "
+            "(use more --scenes/--samples or another --seed)",
+            file=sys.stderr,
+        )
     return 0

@@ -276,3 +276,31 @@ def _run_all(cfg: GenerateConfig, out: Path, factory: SceneFactory, bar) -> list
             while not q.empty():
                 bar.update(q.get())
     return results
+
+
+def visible_class_counts(dataroot: Path, version: str = DEFAULT_VERSION) -> dict[str, dict[str, int]]:
+    """split (``train``/``val``) -> class -> annotations with >= 1 lidar point (what the devkit scores)."""
+    import json
+
+    from qd_perception.classes import CATEGORY_OF_CLASS, CLASS_NAMES
+    from qd_perception.data.nuscenes import SPLIT_ALIASES
+
+    table = Path(dataroot) / version
+
+    def load(name: str) -> list[dict]:
+        return json.loads((table / f"{name}.json").read_text())
+
+    class_of = {v: k for k, v in CATEGORY_OF_CLASS.items()}
+    category = {c["token"]: class_of.get(c["name"]) for c in load("category")}
+    cls_of_inst = {i["token"]: category[i["category_token"]] for i in load("instance")}
+    scene_name_of = {s["token"]: s["name"] for s in load("scene")}
+    scene_of_sample = {s["token"]: scene_name_of[s["scene_token"]] for s in load("sample")}
+    splits = json.loads((table / "splits.json").read_text())
+    split_of = {name: split for split, alias in SPLIT_ALIASES.items() for name in splits.get(alias, [])}
+    counts = {split: dict.fromkeys(CLASS_NAMES, 0) for split in SPLIT_ALIASES}
+    for a in load("sample_annotation"):
+        split = split_of.get(scene_of_sample[a["sample_token"]])
+        cls = cls_of_inst[a["instance_token"]]
+        if split is not None and cls is not None and a["num_lidar_pts"] > 0:
+            counts[split][cls] += 1
+    return counts

@@ -122,6 +122,8 @@ def test_ground_truth_as_predictions_scores_perfectly(dataset, tmp_path):
         k = d.num_lidar_pts > 0
         preds[t] = Detections(d.boxes[k], d.labels[k], d.scores[k], tuple(np.asarray(d.attributes)[k]))
     present = {CLASS_NAMES[i] for d in preds.values() for i in d.labels}
+    per_class = {c: sum(int((d.labels == CLASS_ID[c]).sum()) for d in preds.values()) for c in CLASS_NAMES}
+    assert gen.visible_class_counts(dataset)["val"] == per_class  # what `qd-perception sim` prints
     assert present == set(CLASS_NAMES), f"val lacks classes {set(CLASS_NAMES) - present}"
     m = evaluate(dataset, DEFAULT_VERSION, "val", preds, tmp_path)
     assert m.nds >= 0.99 and m.map >= 0.99, m.summary()
