@@ -1,0 +1,129 @@
+"""CenterPoint latency and size: torch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8 (Q/DQ).
+
+Builds (or takes) a CenterPoint, exports it FP32 (``export lidar``) and INT8 (``quantize lidar``
+artefact: ORT flavour, QLinearConv; min-max calibration — latency does not depend on the
+calibrator), then times the *network* part of each detector (PFN + scatter + 2-D backbone + head;
+voxelisation and decode are identical host code) on the same synthetic sweeps, round-robin so
+that the three backends share the machine's load. Prints markdown rows for docs/benchmarks.md.
+
+    nice -n 10 .venv/bin/python benchmarks/quant_latency.py --model-config \
+        config/models/centerpoint_pillar_cpu.model.yaml --frames 20 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qd_perception.models.build import build_model, load_model_file
+from qd_perception.models.centerpoint.model import DenseGraph
+from qd_perception.quant.lidar import quantize_centerpoint, write_artefact
+from qd_perception.quant.size import model_size
+from qd_perception.runtime.centerpoint import (
+    OrtCenterPointDetector,
+    TorchCenterPointDetector,
+    load_checkpoint,
+)
+from qd_perception.train.export_lidar import example_frame, export
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ckpt", type=Path, default=None, help="trained checkpoint (default: random init)")
+    ap.add_argument(
+        "--model-config", type=Path, default=Path("config/models/centerpoint_pillar_cpu.model.yaml")
+    )
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bits", default="w8a8")
+    ap.add_argument("--points", type=int, default=30000, help="points per synthetic sweep")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.ckpt:
+        cfg, model, _ = load_checkpoint(args.ckpt)
+    else:
+        _, cfg = load_model_file(args.model_config)
+        torch.manual_seed(0)
+        model = build_model("centerpoint", cfg).eval()
+    frames = [example_frame(cfg, args.points, seed=100 + i) for i in range(args.frames + args.warmup)]
+    calib = [example_frame(cfg, args.points, seed=i) for i in range(8)]
+    with tempfile.TemporaryDirectory() as d:
+        fp_dir, q_dir = Path(d) / "fp32", Path(d) / "int8"
+        export(model, fp_dir, frames[0])
+        t0 = time.perf_counter()
+        result = quantize_centerpoint(model, calib, "minmax", args.bits, "ort")
+        qtime = time.perf_counter() - t0
+        write_artefact(result, q_dir, frames[0])
+        dets = {
+            "torch FP32": TorchCenterPointDetector(model),
+            "ORT FP32": OrtCenterPointDetector(fp_dir),
+            f"ORT INT8 ({args.bits}, QLinearConv)": OrtCenterPointDetector(q_dir),
+        }
+        times: dict[str, list[float]] = {k: [] for k in dets}
+        dense_times: dict[str, list[float]] = {k: [] for k in dets}
+        dense_graph = DenseGraph(model).eval()
+        for i, f in enumerate(frames):
+            vox = model.preprocess([torch.from_numpy(f.points)])
+            with torch.no_grad():
+                bev = model.encode(vox)
+            feed = {"bev": np.ascontiguousarray(bev.numpy())}
+            for name, det in dets.items():
+                det.detect(f)
+                t0 = time.perf_counter()
+                if isinstance(det, OrtCenterPointDetector):
+                    det.dense.run(None, feed)
+                else:
+                    with torch.no_grad():
+                        dense_graph(bev)
+                dt = (time.perf_counter() - t0) * 1e3
+                if i >= args.warmup:
+                    times[name].append(det.last_timing.inference_ms)
+                    dense_times[name].append(dt)
+        fp_size = model_size(model)
+        q_size = model_size(result.model)
+        w4 = quantize_centerpoint(model, calib[:2], "minmax", "w4a8", "trt").model
+        w4_size = model_size(w4)
+
+    load = os.getloadavg()[0]
+    print(
+        f"\nCenterPoint `{cfg.name}` ({cfg.variant}), {args.frames} synthetic sweeps of "
+        f"{args.points} points, "
+        f"{args.threads} thread(s), load average {load:.1f} on {os.cpu_count()} cores; min-max PTQ "
+        f"took {qtime:.1f} s\n"
+    )
+    print("| backend | network ms (median, p90) | x vs torch | dense graph ms (median, p90) | x vs torch |")
+    print("|---|---|---|---|---|")
+    base = float(np.median(times["torch FP32"]))
+    dbase = float(np.median(dense_times["torch FP32"]))
+    for name in times:
+        a, b = np.asarray(times[name]), np.asarray(dense_times[name])
+        print(
+            f"| {name} | {np.median(a):.1f} ({np.percentile(a, 90):.1f}) | {base / np.median(a):.2f}x "
+            f"| {np.median(b):.1f} ({np.percentile(b, 90):.1f}) | {dbase / np.median(b):.2f}x |"
+        )
+    print("\n| model | size (MiB) | vs FP32 |")
+    print("|---|---|---|")
+    for name, s in (
+        ("FP32", fp_size),
+        (f"INT8 ORT ({args.bits}, 7-bit weights)", q_size),
+        ("W4A8 packed", w4_size),
+    ):
+        print(
+            f"| {name} | {s.total_bytes / 2**20:.3f} | {fp_size.total_bytes / s.total_bytes:.2f}x smaller |"
+        )
+
+
+if __name__ == "__main__":
+    main()
