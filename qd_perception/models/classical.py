@@ -226,7 +226,10 @@ class ClassicalDetector:
         cz = z_bottom + dz / 2
         n_term = 1.0 - math.exp(-len(xyz) / 15.0)
         score = float(math.exp(-cost) * n_term)
-        box = np.array([cxy[0], cxy[1], cz, dims[0], dims[1], dz, float(wrap_angle(yaw)), 0.0, 0.0])
+        # The rectangle fixes the heading axis, not its direction: choose the one within 90 deg of
+        # the ego's heading (traffic in the ego's direction; motion overrides it later).
+        yaw = float((yaw + np.pi / 2) % np.pi - np.pi / 2)
+        box = np.array([cxy[0], cxy[1], cz, dims[0], dims[1], dz, yaw, 0.0, 0.0])
         return box, label, score
 
     def _finish(self, frame: Frame, boxes: list, labels: list, scores: list) -> Detections:
