@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resolution", type=parse_resolution, default=(450, 800), help="camera HxW (450x800)"
     )
+    parser.add_argument(
+        "--bag-cameras",
+        choices=("all", "keyframes", "none"),
+        default="all",
+        help="camera frames in the bag: all (12 Hz), keyframes (2 Hz) or none (lidar-only replay)",
+    )
     parser.add_argument("--version", default=DEFAULT_VERSION, help=f"table folder name ({DEFAULT_VERSION})")
     parser.add_argument("--camera-sweeps", action="store_true", help="store camera frames between keyframes")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="last scenes for val (at least one)")
@@ -57,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             resolution=tuple(args.resolution),
             version=args.version,
             bag=args.bag,
+            bag_cameras=args.bag_cameras,
             camera_sweeps=args.camera_sweeps,
             val_fraction=args.val_fraction,
             workers=args.workers,

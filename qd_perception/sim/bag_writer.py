@@ -28,7 +28,7 @@ class BagSceneWriter:
     exit, so an interrupted run never leaves a bag that looks complete.
     """
 
-    def __init__(self, path: Path, rig: Rig, resolution: tuple[int, int]) -> None:
+    def __init__(self, path: Path, rig: Rig, resolution: tuple[int, int], cameras: bool = True) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         self.path = Path(path)
@@ -40,6 +40,7 @@ class BagSceneWriter:
             shutil.rmtree(self.tmp)
         self.rig = rig
         self.resolution = resolution
+        self.cameras = cameras
         self._writer = Writer(self.tmp, version=9, storage_plugin=StoragePlugin.MCAP)
         self._conns: dict[str, object] = {}
         self._last_t = -1
@@ -52,7 +53,7 @@ class BagSceneWriter:
             (rm.ODOM_TOPIC, rm.ODOMETRY),
             (rm.GT_TOPIC, rm.DETECTION3D_ARRAY),
         ]
-        for cam in self.rig.camera_names:
+        for cam in self.rig.camera_names if self.cameras else ():
             topics += [(rm.image_topic(cam), rm.IMAGE), (rm.camera_info_topic(cam), rm.CAMERA_INFO)]
         for topic, msgtype in topics:
             self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=ts)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
@@ -53,6 +54,9 @@ class GenerateConfig:
     resolution: tuple[int, int] = (450, 800)  # camera (H, W)
     version: str = DEFAULT_VERSION
     bag: bool = False  # also write bags/<scene>/ (rosbag2 MCAP)
+    # camera frames in the bag: every frame (12 Hz), keyframes only (2 Hz) or none (lidar-only
+    # replay; rendering the 12 Hz cameras dominates the generation time)
+    bag_cameras: Literal["all", "keyframes", "none"] = "all"
     camera_sweeps: bool = False  # store camera frames between keyframes in sweeps/
     val_fraction: float = 0.2  # last scenes go to val (at least one)
     workers: int = 2
@@ -65,6 +69,8 @@ class GenerateConfig:
             raise ValueError(f"need at least 1 scene and 1 sample, got {self.scenes} x {self.samples}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.bag_cameras not in ("all", "keyframes", "none"):
+            raise ValueError(f"bag_cameras must be all, keyframes or none, got {self.bag_cameras!r}")
         if min(self.resolution) < 8:
             raise ValueError(f"resolution {self.resolution} too small")
 
@@ -127,7 +133,8 @@ def write_scene(
 ) -> SceneResult:
     """Render and write one scene (sensor files, bag); returns its records."""
     name = scene_name(index)
-    sched = make_schedule(source, cfg.samples, cfg.bag or cfg.camera_sweeps, cfg.odom_rate_hz)
+    all_cameras = cfg.camera_sweeps or (cfg.bag and cfg.bag_cameras == "all")
+    sched = make_schedule(source, cfg.samples, all_cameras, cfg.odom_rate_hz)
     nus = NuScenesSceneWriter(
         out, seed=cfg.seed, scene_name=name, description=source.description, rig=source.rig,
         resolution=source.resolution, keyframe_times=sched.keyframes, jpeg_quality=cfg.jpeg_quality,
@@ -139,7 +146,11 @@ def write_scene(
         + [(t, 1) for t in sched.lidar]
         + [(t, 2) for t in sched.cameras]
     )
-    bag = BagSceneWriter(out / "bags" / name, source.rig, source.resolution) if cfg.bag else None
+    bag = (
+        BagSceneWriter(out / "bags" / name, source.rig, source.resolution, cfg.bag_cameras != "none")
+        if cfg.bag
+        else None
+    )
     try:
         if bag is not None:
             bag.__enter__()
@@ -160,7 +171,9 @@ def write_scene(
                 images = source.cameras(t)
                 if k is not None or cfg.camera_sweeps:
                     nus.add_cameras(images, k)
-                if bag is not None:
+                if bag is not None and (
+                    cfg.bag_cameras == "all" or (cfg.bag_cameras == "keyframes" and k is not None)
+                ):
                     bag.add_cameras(images)
                 if k is not None and progress is not None:
                     progress(1)

@@ -331,3 +331,18 @@ def test_schedule_rates(world_val):
     assert len(s.odom) == 75
     only_key = gen.make_schedule(world_val, CFG.samples, all_cameras=False, odom_rate_hz=50.0)
     assert only_key.cameras == s.keyframes
+
+
+def test_bag_cameras_keyframes_or_none(tmp_path):
+    from rosbags.rosbag2 import Reader
+
+    for mode, n_images in (("keyframes", 2), ("none", 0)):
+        cfg = gen.GenerateConfig(
+            scenes=1, samples=2, seed=1, resolution=(16, 28), bag=True, bag_cameras=mode, workers=1
+        )
+        out = gen.generate(cfg, tmp_path / mode, show_progress=False)
+        with Reader(out / "bags" / "scene-0000") as r:
+            counts = {c.topic: c.msgcount for c in r.connections}
+        assert counts.get(rm.image_topic("CAM_BACK"), 0) == n_images
+        assert counts[rm.LIDAR_TOPIC] == 20 and counts[rm.GT_TOPIC] == 20
+        assert len(list((out / "samples" / "CAM_BACK").iterdir())) == 2  # nuScenes keyframes regardless
