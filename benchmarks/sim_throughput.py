@@ -1,6 +1,7 @@
 """Synthetic data set throughput: keyframes written per second, with their lidar sweeps and images.
 
-Generates ``--scenes`` x ``--samples`` keyframes twice (nuScenes only, then nuScenes + rosbag2)
+Generates ``--scenes`` x ``--samples`` keyframes three times (nuScenes only, + rosbag2, + rosbag2
+without cameras)
 with the real world and writers, and prints one markdown row per run for docs/benchmarks.md::
 
     nice -n 10 .venv/bin/python benchmarks/sim_throughput.py --scenes 2 --samples 10 --resolution 450x800
@@ -98,12 +99,12 @@ def main() -> None:
     if args.writers_only:
         writers_only(args)
         return
-    for bag in (False, True):
+    for bag, bag_cameras in ((False, "all"), (True, "all"), (True, "none")):
         tmp = Path(tempfile.mkdtemp(prefix="qd_sim_bench_"))
         try:
             cfg = GenerateConfig(
                 scenes=args.scenes, samples=args.samples, seed=args.seed, resolution=tuple(args.resolution),
-                bag=bag, workers=args.workers,
+                bag=bag, bag_cameras=bag_cameras, workers=args.workers,
             )  # fmt: skip
             t0 = time.perf_counter()
             generate(cfg, tmp / "ds", show_progress=False)
@@ -111,7 +112,9 @@ def main() -> None:
             total = folder_bytes(tmp / "ds")
             bag_bytes = folder_bytes(tmp / "ds" / "bags") if bag else 0
             H, W = args.resolution
-            label = f"nuScenes{' + bag' if bag else ''} {H}x{W}"
+            label = (
+                f"nuScenes{' + bag' if bag else ''}{' (no cameras)' if bag_cameras == 'none' else ''} {H}x{W}"
+            )
             print(
                 f"| {label} | {n} | {wall:.1f} | {n / wall:.2f} | {(total - bag_bytes) / n / 1e6:.2f} | "
                 f"{bag_bytes / n / 1e6:.1f} |",
