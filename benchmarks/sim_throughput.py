@@ -1,10 +1,10 @@
 """Synthetic data set throughput: keyframes written per second, with their lidar sweeps and images.
 
 Generates ``--scenes`` x ``--samples`` keyframes three times (nuScenes only, + rosbag2, + rosbag2
-without cameras)
-with the real world and writers, and prints one markdown row per run for docs/benchmarks.md::
+without cameras) with the real world and writers, and prints one markdown row per run for
+docs/benchmarks.md::
 
-    nice -n 10 .venv/bin/python benchmarks/sim_throughput.py --scenes 2 --samples 10 --resolution 450x800
+    nice -n 10 .venv/bin/python benchmarks/sim_throughput.py --scenes 2 --samples 4 --resolution 450x800
 
 Per keyframe: 10 lidar sweeps (20 Hz) written to nuScenes ``samples/``+``sweeps/`` and 6 camera
 images; with the bag also the 5 camera frames between keyframes (12 Hz), odometry at 50 Hz and
