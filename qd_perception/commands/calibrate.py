@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         frame = reader[i]
         store.offer(frame)
         offered.append(scene_features(frame))
+    store.flush()
     kept = store.features()
     print(
         f"calibration set {args.out}: {len(store)} frames kept of {len(reader)} offered "

@@ -20,10 +20,10 @@ On disk (``root/``)::
     index.json               the members, their features and the running statistics (atomic)
     frames/<id>.npz          one frame each (atomic: written to a temporary name, then os.replace)
 
-The index is rewritten after every accepted frame; a restart (:meth:`CalibrationStore.open`)
-reloads it, deletes stray temporary files and frames the index does not list, and drops index
-entries whose file vanished. :class:`CalibrationSet` is the read-only view PTQ uses: a sequence of
-:class:`Frame`.
+The index is rewritten after every accepted frame (and at most once a second otherwise); a restart
+(:meth:`CalibrationStore.open`) reloads it, deletes stray temporary files and frames the index
+does not list, and drops index entries whose file vanished. :class:`CalibrationSet` is the
+read-only view PTQ uses: a sequence of :class:`Frame`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,6 +256,7 @@ class CalibrationStore:
         self._offered = 0
         self._considered = 0
         self._last_considered_us: int | None = None
+        self._last_index_write = -1e9
         (self.root / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -317,12 +319,20 @@ class CalibrationStore:
             return OfferResult(True, True, reason="filling")
         victim = self._choose_victim(x)
         if victim is None:
-            self._write_index()  # keep counters and statistics across restarts
+            # Counters and statistics survive restarts; at most one index write per second for
+            # rejections (a member change always writes it).
+            if time.monotonic() - self._last_index_write > 1.0:
+                self._write_index()
             return OfferResult(True, False, reason="redundant")
         old = self._entries.pop(victim)
         self._add(frame, x)  # index now lists the newcomer and no longer the victim
         (self.root / old.file).unlink(missing_ok=True)
         return OfferResult(True, True, evicted_id=old.id, reason="more diverse")
+
+    def flush(self) -> None:
+        """Write the index now (counters and statistics of rejected offers are written at most
+        once a second otherwise). Call when done offering."""
+        self._write_index()
 
     def _choose_victim(self, x: np.ndarray) -> int | None:
         """Index of the member to evict for candidate ``x``, or None to reject the candidate.
@@ -374,6 +384,7 @@ class CalibrationStore:
         }
         text = json.dumps(data, indent=1).encode()
         _atomic_write_bytes(self.root / INDEX_NAME, lambda fh: fh.write(text))
+        self._last_index_write = time.monotonic()
 
     def _load(self) -> None:
         index = self.root / INDEX_NAME

@@ -148,6 +148,7 @@ def test_resume_after_restart(tmp_path):
     store = CalibrationStore(tmp_path, cfg)
     for _, f in frames[:30]:
         store.offer(f)
+    store.flush()  # counters of rejected offers are otherwise written at most once a second
     ids, counters = store.ids, store.counters
     # Simulate a crash that left an unlisted frame, a temp file and a vanished member.
     (tmp_path / "frames" / "99999999.npz").write_bytes(b"orphan")

@@ -426,6 +426,7 @@ def make_node(argv_unused: Any = None) -> Any:
             while True:
                 job = self._work.get()
                 if job is None:
+                    self.store.flush()
                     return
                 frame, dets = job
                 try:
