@@ -287,20 +287,39 @@ def evaluate_replay(
     drop_empty_gt: bool = True,
 ) -> ReplayScores:
     """Offline and streaming scores of a replay (see the module docstring)."""
-    t = [f.timestamp_us for f in gt_frames]
-    off = match_stamps(t, [o.stamp_us for o in outputs], stamp_tol_us)
-    stream = latest_published(t, [o.publish_us for o in outputs])
+    return evaluate_segments([(gt_frames, outputs)], stamp_tol_us, drop_empty_gt)
 
-    def preds(idx: np.ndarray):
-        return [None if i < 0 else (outputs[i].detections, outputs[i].ego2global) for i in idx]
 
-    stale = np.array(
-        [np.nan if i < 0 else (ti - outputs[i].stamp_us) / 1000.0 for ti, i in zip(t, stream)], np.float64
-    )
+def evaluate_segments(
+    segments: Sequence[tuple[Sequence[GroundTruthFrame], Sequence[TimedOutput]]],
+    stamp_tol_us: int = 1000,
+    drop_empty_gt: bool = True,
+) -> ReplayScores:
+    """Like :func:`evaluate_replay` over several replays (e.g. one per scene): outputs are paired
+    with ground truth within their own segment (stamps may repeat across segments), then all
+    instants are scored together (pooled, as the devkit pools the samples of a split). Ground-truth
+    tokens must be unique over all segments."""
+    gts: list[GroundTruthFrame] = []
+    off_preds: list = []
+    stream_preds: list = []
+    stale: list[float] = []
+    off_missing = stream_missing = 0
+    for gt_frames, outputs in segments:
+        t = [f.timestamp_us for f in gt_frames]
+        off = match_stamps(t, [o.stamp_us for o in outputs], stamp_tol_us)
+        stream = latest_published(t, [o.publish_us for o in outputs])
+        gts += list(gt_frames)
+        off_preds += [None if i < 0 else (outputs[i].detections, outputs[i].ego2global) for i in off]
+        stream_preds += [None if i < 0 else (outputs[i].detections, outputs[i].ego2global) for i in stream]
+        stale += [np.nan if i < 0 else (ti - outputs[i].stamp_us) / 1000.0 for ti, i in zip(t, stream)]
+        off_missing += int(np.sum(off < 0))
+        stream_missing += int(np.sum(stream < 0))
+    if len({f.token for f in gts}) != len(gts):
+        raise ValueError("ground-truth tokens repeat across segments")
     return ReplayScores(
-        offline=score(gt_frames, preds(off), drop_empty_gt),
-        streaming=score(gt_frames, preds(stream), drop_empty_gt),
-        streaming_staleness_ms=stale,
-        offline_missing=int(np.sum(off < 0)),
-        streaming_missing=int(np.sum(stream < 0)),
+        offline=score(gts, off_preds, drop_empty_gt),
+        streaming=score(gts, stream_preds, drop_empty_gt),
+        streaming_staleness_ms=np.array(stale, np.float64),
+        offline_missing=off_missing,
+        streaming_missing=stream_missing,
     )

@@ -178,3 +178,19 @@ def replace_overrides(opts, item):
     from dataclasses import replace
 
     return replace(opts, overrides=(item,))
+
+
+def test_segments_pool_scenes_with_repeating_stamps():
+    from dataclasses import replace
+
+    from qd_perception.eval.streaming import evaluate_segments
+
+    gt_a, out_a = sequence(car_speed=0.0, latency_ms=0.0)
+    gt_b, _ = sequence(car_speed=0.0, latency_ms=0.0)
+    gt_b = [replace(f, token="b" + f.token) for f in gt_b]  # same stamps, another scene
+    # Scene b produced nothing: pooled recall 0.5 (paired within each scene, not across).
+    r = evaluate_segments([(gt_a, out_a), (gt_b, [])])
+    assert r.offline.num_samples == 20 and r.offline_missing == 10
+    assert r.offline.per_class_ap["car"] == pytest.approx(40 / 90, abs=1e-6)
+    with pytest.raises(ValueError, match="tokens repeat"):
+        evaluate_segments([(gt_a, out_a), (gt_a, out_a)])
