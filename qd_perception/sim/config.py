@@ -54,6 +54,7 @@ class SimConfig:
     visibility_scale: int = 4  # visibility is measured on images downscaled by this factor
     camera_max_range: float = 120.0
     lidar_range_noise: float = 0.01  # metres (1 sigma, clipped at 2 sigma)
+    lidar_rolling_shutter: bool = False  # True: motion-distorted sweeps (see sim/lidar.py)
     image_noise: float = 2.0  # 1 sigma, uint8 levels
 
     def __post_init__(self) -> None:

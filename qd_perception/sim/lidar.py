@@ -1,21 +1,27 @@
 """Spinning lidar: vectorised ray casting of ``beams x azimuth_steps`` rays against the world.
 
-The sweep is a **snapshot** of the world at ``timestamp_us`` (as if motion-compensated): every
-point is where the surface is at ``timestamp_us``, seen from the sensor pose at ``timestamp_us``,
-so points agree exactly with the annotations of that instant. ``point_time`` still gives each
-point's firing time within the revolution (the scan ends at ``timestamp_us``, starting and ending
-behind the vehicle and turning clockwise seen from above, like a Velodyne HDL-32E).
+Timing model. The scan ends at ``timestamp_us`` and ``point_time`` gives each point's firing time
+within the revolution (in ``[-1 / rate_hz, 0]``; it starts and ends behind the vehicle and turns
+clockwise seen from above, like a Velodyne HDL-32E). By default the sweep is a **snapshot** of the
+world at ``timestamp_us``, as if motion-compensated: every point is where its surface is at
+``timestamp_us``, seen from the sensor pose at ``timestamp_us``, so points agree exactly with the
+annotations of that instant. With ``SimConfig.lidar_rolling_shutter`` the revolution is cast in
+``ROLLING_SECTORS`` time slices instead, each from the pose and against the world of its firing
+time, and expressed in the sensor frame of ``timestamp_us`` (the motion distortion of a real,
+uncompensated sweep: moving objects are smeared along their motion by up to 1 / rate_hz).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qd_perception.geometry.rig import LidarSpec
+from qd_perception.geometry.transforms import invert
 from qd_perception.sim.materials import ground_material
 from qd_perception.sim.raycast import (
     KERB_FACE,
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     from qd_perception.sim.world import SimScene
 
 MIN_RANGE = 0.8  # returns closer than this are dropped (the sensor's blind zone)
+ROLLING_SECTORS = 10  # with cfg.lidar_rolling_shutter: the sweep is cast in this many time slices
 
 
 @dataclass(frozen=True)
@@ -119,40 +126,55 @@ def _rects(geo: Geometry, R: np.ndarray, o: np.ndarray, model: LidarModel) -> li
     return out
 
 
-def render_lidar(scene: SimScene, t_us: int) -> LidarSweep:
-    """One sweep in the lidar sensor frame (see the module docstring for the timing model)."""
-    spec = scene.rig.lidar
-    model = lidar_model(spec, float(spec.yaw_deg))
+@dataclass
+class _SectorHits:
+    """Valid returns of the columns ``[c0, c1)`` cast at one instant, in firing order."""
+
+    col: np.ndarray  # (M,) absolute column index
+    ring: np.ndarray  # (M,)
+    rng: np.ndarray  # (M,) float32 range, m
+    obj: np.ndarray  # (M,) int32 object index or a ground code (< 0)
+    refl: np.ndarray  # (M,) float32 material reflectivity
+    cosi: np.ndarray  # (M,) float32 |cos| of the incidence angle
+    to_sweep: np.ndarray  # (4, 4) sensor frame at this instant -> sensor frame of the sweep
+
+
+def _clip_rects(rects: list[tuple[int, list[Rect]]], c0: int, c1: int) -> list[tuple[int, list[Rect]]]:
+    out = []
+    for i, rl in rects:
+        kept = [(r0, r1, max(a, c0) - c0, min(b, c1) - c0) for r0, r1, a, b in rl if min(b, c1) > max(a, c0)]
+        if kept:
+            out.append((i, kept))
+    return out
+
+
+def _cast_sector(
+    scene: SimScene, model: LidarModel, t_us: int, c0: int, c1: int, sweep_s2g: np.ndarray
+) -> _SectorHits:
+    spec = model.spec
     geo = scene.geometry(int(t_us))
-    e2g = scene.ego2global(t_us)
-    s2g = e2g @ scene.rig.lidar2ego()
+    s2g = scene.ego2global(t_us) @ scene.rig.lidar2ego()
     R, o = s2g[:3, :3], s2g[:3, 3]
     Rf = R.astype(np.float32)
-    x, y, z = model.planes
+    x, y, z = model.planes[:, :, c0:c1]
     dirs = np.stack([Rf[k, 0] * x + Rf[k, 1] * y + Rf[k, 2] * z for k in range(3)])
-    B, A = spec.beams, spec.azimuth_steps
+    B, A = spec.beams, c1 - c0
     hits = HitBuffer.empty((B, A))
     # The ego stays level on flat ground, so the sensor's ground ranges are fixed (cached).
     s_ref = float(scene.road.to_sd(np.array(o[0]), np.array(o[1]))[0])
-    cast_ground(scene.road, o, dirs, model.ground_depth, s_ref, hits)
-    cast(o, dirs, geo, _rects(geo, R, o, model), hits)
+    cast_ground(scene.road, o, dirs, model.ground_depth[:, c0:c1], s_ref, hits)
+    rects = _rects(geo, R, o, model)
+    cast(o, dirs, geo, rects if (c0, c1) == (0, spec.azimuth_steps) else _clip_rects(rects, c0, c1), hits)
     # Firing order: column by column, beams bottom-up within a column.
     depth = hits.depth.T
     valid = np.isfinite(depth) & (depth <= spec.max_range) & (depth >= MIN_RANGE)
     col, ring = np.nonzero(valid)
     rng_t = depth[col, ring].astype(np.float32)
     obj = hits.obj.T[col, ring]
-    rng = scene.frame_rng(t_us, 1)
-    noise = scene.cfg.lidar_range_noise
-    if noise > 0:
-        rng_t = rng_t + np.clip(rng.standard_normal(len(rng_t), dtype=np.float32), -2, 2) * noise
-    d_s = model.dirs[ring, col]
-    xyz = d_s * rng_t[:, None]
-    # Intensity: material reflectivity x incidence, plus noise.
+    part = hits.part.T[col, ring]
     refl = np.empty(len(obj), np.float32)
     cosi = np.ones(len(obj), np.float32)
     is_obj = obj >= 0
-    part = hits.part.T[col, ring]
     refl[is_obj] = scene.part_refl[part[is_obj]]
     dg = dirs[:, ring, col].T
     if is_obj.any():
@@ -168,6 +190,42 @@ def render_lidar(scene: SimScene, t_us: int) -> LidarSweep:
         refl[gm] = g_refl
         dz = np.abs(dg[gm, 2])
         cosi[gm] = np.where(g_obj == KERB_FACE, np.sqrt(np.maximum(1 - dz * dz, 0)), dz)
+    return _SectorHits(col + c0, ring, rng_t, obj, refl, cosi, invert(sweep_s2g) @ s2g)
+
+
+def render_lidar(scene: SimScene, t_us: int) -> LidarSweep:
+    """One sweep in the lidar sensor frame of ``t_us`` (see the module docstring)."""
+    spec = scene.rig.lidar
+    model = lidar_model(spec, float(spec.yaw_deg))
+    B, A = spec.beams, spec.azimuth_steps
+    e2g = scene.ego2global(t_us)
+    s2g = e2g @ scene.rig.lidar2ego()
+    n_sec = ROLLING_SECTORS if scene.cfg.lidar_rolling_shutter else 1
+    bounds = np.linspace(0, A, n_sec + 1).round().astype(int)
+    sectors = []
+    for c0, c1 in itertools.pairwise(bounds):
+        # Rolling: each sector sees the world (and is seen from the pose) of its firing time.
+        t_k = int(t_us) if n_sec == 1 else int(t_us) + round(float(model.col_time[(c0 + c1) // 2]) * 1e6)
+        sectors.append(_cast_sector(scene, model, t_k, int(c0), int(c1), s2g))
+    col = np.concatenate([h.col for h in sectors])
+    ring = np.concatenate([h.ring for h in sectors])
+    rng_t = np.concatenate([h.rng for h in sectors])
+    obj = np.concatenate([h.obj for h in sectors])
+    refl = np.concatenate([h.refl for h in sectors])
+    cosi = np.concatenate([h.cosi for h in sectors])
+    rng = scene.frame_rng(t_us, 1)
+    noise = scene.cfg.lidar_range_noise
+    if noise > 0:
+        rng_t = rng_t + np.clip(rng.standard_normal(len(rng_t), dtype=np.float32), -2, 2) * noise
+    xyz = model.dirs[ring, col] * rng_t[:, None]
+    if n_sec > 1:  # into the sensor frame of the sweep timestamp
+        start = 0
+        for h in sectors:
+            n = len(h.col)
+            T = h.to_sweep.astype(np.float32)
+            xyz[start : start + n] = xyz[start : start + n] @ T[:3, :3].T + T[:3, 3]
+            start += n
+    # Intensity: material reflectivity x incidence, plus noise.
     intensity = refl * (0.3 + 0.7 * cosi) * rng.uniform(0.85, 1.15, len(refl)).astype(np.float32)
     # Dark and specular surfaces (glass, tyres) often return nothing, grazing hits too.
     p_miss = np.where(refl < 10.0, 0.35, 0.0) + np.where(cosi < 0.1, 0.3, 0.0)

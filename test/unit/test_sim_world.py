@@ -282,3 +282,35 @@ def test_shapes_fill_their_boxes_tightly():
             np.testing.assert_allclose(hi - lo, sh.size, atol=1e-5, err_msg=name)  # touches every face
             np.testing.assert_allclose((hi + lo) / 2, 0, atol=1e-5, err_msg=name)  # centred
             assert len(sh.center) >= 3 and (sh.half > 0).all()
+
+
+def test_rolling_shutter_lidar_follows_motion():
+    from qd_perception.sim.lidar import ROLLING_SECTORS
+
+    cfg = replace(TINY, lidar_rolling_shutter=True, ego_speed=(12.0, 12.0))
+    scene = make_scene(cfg, seed=3, scene_index=0)
+    t = scene.start_us + 1_000_000
+    sweep = scene.lidar(t)
+    spec = scene.rig.lidar
+    pts = _lidar_global(scene, sweep)  # via the sweep-time pose
+    A = spec.azimuth_steps
+    period = 1.0 / spec.rate_hz
+    col = np.floor((sweep.point_time / period + 1.0) * A).astype(int).clip(0, A - 1)
+    bounds = np.linspace(0, A, ROLLING_SECTORS + 1).round().astype(int)
+    sector = np.searchsorted(bounds, col, side="right") - 1
+    mid_time = [
+        round(float(((bounds[k] + bounds[k + 1]) // 2 + 0.5) / A - 1.0) * period * 1e6) for k in range(10)
+    ]
+    moved = 0
+    for k in range(ROLLING_SECTORS):
+        ann = scene.annotations(t + mid_time[k], visibility=False)
+        ids = {int(i): j for j, i in enumerate(ann.instance_ids)}
+        m = (sector == k) & (sweep.instance_ids >= 0)
+        for iid in np.unique(sweep.instance_ids[m]):
+            p = pts[m & (sweep.instance_ids == iid)]
+            box = ann.boxes[ids[int(iid)]]
+            assert points_in_boxes(p, box[None], margin=0.05)[0].all()  # where it was when scanned
+            moved += int(np.hypot(*box[7:9]) * abs(mid_time[k]) * 1e-6 > 0.1)
+    assert moved > 0  # some scanned objects had moved > 10 cm from their sweep-time box
+    snap = make_scene(replace(cfg, lidar_rolling_shutter=False), seed=3, scene_index=0).lidar(t)
+    assert not np.array_equal(snap.points, sweep.points)
