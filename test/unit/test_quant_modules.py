@@ -167,3 +167,24 @@ def test_size_accounting_on_a_toy_net():
     )
     calibrate(q6, lambda: q6(torch.randn(2, 8)))
     assert model_size(q6).packed_weight_bytes == 48  # 64 weights x 6 bits = 48 bytes
+
+
+def test_progressive_qat_enables_one_more_stage_per_period():
+    from qd_perception.quant.qat import ProgressiveQAT, apply_progressive
+
+    m = fold_bn(_toy())
+    q = quantize_model(m, QuantConfig(stages={"backbone": "backbone", "neck": "neck", "head": "head"}))
+    x = torch.randn(2, 3, 8, 8)
+    calibrate(q, lambda: q(x))
+    set_mode(q, "disabled")
+    sched = ProgressiveQAT(stages=("backbone", "neck", "head"), epochs_per_stage=2)
+    assert apply_progressive(q, sched, 0) == {"backbone": 1, "neck": 1, "head": 1}
+    assert q.backbone[0].weight_quantizer.mode == "quantize" and q.neck[0].weight_quantizer.mode == "disabled"
+    apply_progressive(q, sched, 3)
+    assert q.neck[0].input_quantizer.mode == "quantize" and q.head.input_quantizer.mode == "disabled"
+    assert sched.stage_starts(4) == "head" and sched.stage_starts(5) is None
+    apply_progressive(q, sched, 10)
+    assert all(qq.mode == "quantize" for _, mod in [("h", q.head)] for qq in mod.quantizers())
+    q.train()
+    q(x).sum().backward()  # STE: gradients reach the float weights through every quantizer
+    assert q.backbone[0].weight.grad is not None and float(q.backbone[0].weight.grad.abs().sum()) > 0
