@@ -126,7 +126,9 @@ def plot_loss(path: Path, state: TrainState, title: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="config/models/<name>.model.yaml (not needed to resume)")
-    parser.add_argument("--data", type=Path, required=True, help="nuScenes-format dataroot")
+    parser.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="nuScenes-format dataroot(s), concatenated"
+    )
     parser.add_argument(
         "--version", default="v1.0-synthetic", help="table folder (v1.0-trainval for nuScenes)"
     )
@@ -185,10 +187,12 @@ def _run(args: argparse.Namespace) -> int:
         if arch != "centerpoint":
             raise ConfigError(f"{args.config}: arch {arch!r} is not a lidar model")
     torch.manual_seed(args.seed)
-    reader = NuScenesReader(args.data, args.version, args.split, nsweeps=cfg.nsweeps, load_images=False)
-    frames = reader
+    readers = [
+        NuScenesReader(d, args.version, args.split, nsweeps=cfg.nsweeps, load_images=False) for d in args.data
+    ]
+    frames = torch.utils.data.ConcatDataset(readers)
     if args.max_samples:
-        frames = [reader[i] for i in range(min(args.max_samples, len(reader)))]
+        frames = [frames[i] for i in range(min(args.max_samples, len(frames)))]
     aug = None if args.no_augment else AugmentConfig()
     dataset = LidarDataset(frames, cfg, aug, seed=args.seed)
     model: CenterPoint = build_model("centerpoint", cfg)
@@ -216,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"resuming {out} after epoch {state.epoch}")
     gen = torch.Generator().manual_seed(args.seed)
     extra = {
-        "data": str(args.data),
+        "data": [str(d) for d in args.data],
         "split": args.split,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -255,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
         state.epoch = epoch + 1
         state.epoch_loss.append(float(np.mean(losses)))
         save_checkpoint(out, model, optimizer, scheduler, state, extra)
-        plot_loss(png, state, f"{cfg.name} on {Path(args.data).name}/{args.split}")
+        plot_loss(png, state, f"{cfg.name} on {'+'.join(d.name for d in args.data)}/{args.split}")
         print(
             f"epoch {state.epoch}: mean loss {state.epoch_loss[-1]:.4f}  ({state.train_seconds:.0f} s total)"
         )
