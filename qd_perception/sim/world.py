@@ -304,7 +304,9 @@ class SimScene:
     def _build_parking(self, rng, actors, occ) -> None:
         road, cfg = self.road, self.cfg
         classes = ["car", "truck", "bus", "trailer", "construction_vehicle", "motorcycle"]
-        w = np.array([cfg.density.get(c, 0.0) for c in classes]) + 1e-9
+        w = np.array([cfg.density.get(c, 0.0) for c in classes])
+        if w.sum() <= 0 or cfg.parked_fraction <= 0:
+            return
         w = w / w.sum()
         for side in (+1, -1):
             d = side * (road.bike_outer + road.parking_width / 2)
@@ -326,9 +328,11 @@ class SimScene:
         road, cfg = self.road, self.cfg
         T = cfg.duration_s
         classes = ["car", "truck", "bus", "motorcycle", "trailer"]
-        w = np.array([cfg.density.get(c, 0.0) for c in classes]) + 1e-9
+        w = np.array([cfg.density.get(c, 0.0) for c in classes])
+        moving_density = float(w.sum()) * (1 - cfg.parked_fraction)
+        if moving_density <= 0:
+            return
         w = w / w.sum()
-        moving_density = max(1e-3, sum(cfg.density.get(c, 0.0) for c in classes) * (1 - cfg.parked_fraction))
         mean_gap = max(12.0, 100.0 / moving_density * 2 * road.lanes_per_direction)
         for forward in (True, False):
             for lane in range(road.lanes_per_direction):
@@ -427,6 +431,8 @@ class SimScene:
         through them: every candidate is checked against every object's track."""
         road, T = self.road, self.cfg.duration_s
         limit = road.sidewalk_outer - 0.5
+        if self.cfg.density.get("pedestrian", 0.0) <= 0:
+            return
         for s_cw in road.crosswalks:
             placed = 0
             target = int(rng.integers(1, 4))

@@ -35,6 +35,21 @@ def test_default_yaml_loads_and_bad_input_is_rejected():
         from_dict(SimConfig, {"resolution": [4, 4]})
 
 
+def test_an_empty_world_still_renders():
+    cfg = replace(
+        TINY,
+        resolution=(24, 40),
+        density=dict.fromkeys(CLASS_NAMES, 0.0),
+        work_zones=0,
+        guarantee_all_classes=False,
+    )
+    scene = make_scene(cfg, 0, 0)
+    assert scene.n_actors == 0 and len(scene.annotations(scene.start_us)) == 0
+    sweep = scene.lidar(scene.start_us)
+    assert len(sweep.points) > 10_000 and (sweep.instance_ids == -1).all()
+    assert all((c.instance_ids == -1).all() and c.image.std() > 5 for c in scene.cameras(scene.start_us))
+
+
 def test_lidar_points_lie_in_their_annotated_boxes():
     scene = make_scene(TINY, seed=3, scene_index=0)
     n_checked = 0
