@@ -143,18 +143,28 @@ def cast(
     origin = np.asarray(origin, np.float64)
     # A ray component that is exactly 0 gives inf (or nan on a slab plane through the origin,
     # which reads as a miss): no guard needed, and the z part is the same for every object.
+    if not rects:
+        return footprint
+    # Per-object set-up for all candidates at once (the loop below is the hot path).
+    idx = np.array([i for i, _ in rects], np.int64)
+    cos_all, sin_all = np.cos(geo.yaw[idx]), np.sin(geo.yaw[idx])
+    rel = origin[None] - geo.center[idx]
+    o_all = np.stack(
+        [cos_all * rel[:, 0] + sin_all * rel[:, 1], cos_all * rel[:, 1] - sin_all * rel[:, 0], rel[:, 2]], 1
+    ).astype(np.float32)
+    cs_all = np.stack([cos_all, sin_all], 1).astype(np.float32)
+    p_lo = (geo.part_center - geo.part_half).T  # (3, Q)
+    p_hi = (geo.part_center + geo.part_half).T
+    starts = geo.part_start
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_z = 1.0 / dirs[2]
-        for i, rect_list in rects:
-            c, s = np.cos(geo.yaw[i]), np.sin(geo.yaw[i])
-            rel = origin - geo.center[i]
-            o_l = np.array([c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], rel[2]], np.float32)
-            p0, p1 = int(geo.part_start[i]), int(geo.part_start[i + 1])
-            pc = geo.part_center[p0:p1]
-            ph = geo.part_half[p0:p1]
-            lo_b = (pc - ph - o_l).T[:, :, None, None]  # (3, P, 1, 1)
-            hi_b = (pc + ph - o_l).T[:, :, None, None]
-            cf, sf = np.float32(c), np.float32(s)
+        for k, (i, rect_list) in enumerate(rects):
+            p0, p1 = int(starts[i]), int(starts[i + 1])
+            n_parts = p1 - p0
+            o_l = o_all[k][:, None, None, None]
+            lo_b = p_lo[:, p0:p1, None, None] - o_l  # (3, P, 1, 1)
+            hi_b = p_hi[:, p0:p1, None, None] - o_l
+            cf, sf = cs_all[k]
             for r0, r1, c0, c1 in rect_list:
                 if r1 <= r0 or c1 <= c0:
                     continue
@@ -169,7 +179,7 @@ def cast(
                     t_near = tn if t_near is None else np.maximum(t_near, tn, out=t_near)
                     t_far = tf if t_far is None else np.minimum(t_far, tf, out=t_far)
                 np.copyto(t_near, np.float32(np.inf), where=(t_far < t_near) | (t_near <= 0))
-                t_best = t_near.min(0) if len(pc) > 1 else t_near[0]
+                t_best = t_near.min(0) if n_parts > 1 else t_near[0]
                 if footprint is not None:
                     footprint[i] += int(np.count_nonzero(t_best < np.inf))
                 depth_view = hits.depth[r0:r1, c0:c1]
@@ -178,9 +188,9 @@ def cast(
                     continue
                 depth_view[closer] = t_best[closer]
                 hits.obj[r0:r1, c0:c1][closer] = i
-                if len(pc) > 1:
+                if n_parts > 1:
                     flat = np.flatnonzero(closer)
-                    best = np.take(t_near.reshape(len(pc), -1), flat, axis=1).argmin(0)
+                    best = np.take(t_near.reshape(n_parts, -1), flat, axis=1).argmin(0)
                 else:
                     best = 0
                 hits.part[r0:r1, c0:c1][closer] = p0 + best
