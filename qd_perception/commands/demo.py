@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     t_sim = time.time() - t0
     print(f"demo: replaying {bag} through the '{args.launch}' graph at rate {args.rate}")
     try:
-        opts = ReplayOptions(bag, args.out / "replay", args.launch, args.rate, overrides=tuple(args.set))
+        opts = ReplayOptions((bag,), args.out / "replay", args.launch, args.rate, overrides=tuple(args.set))
         m = replay(opts)
     except (FileNotFoundError, ValueError, KeyError, TimeoutError, RuntimeError) as e:
         print(f"demo: replay failed: {e}", file=sys.stderr)

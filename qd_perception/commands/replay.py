@@ -2,7 +2,7 @@
 
 ::
 
-    qd-perception replay --bag BAG --launch lidar|bev --out DIR [--rate 1.0] [--gt keyframes|all]
+    qd-perception replay --bag BAG [BAG ...] --launch lidar|bev --out DIR [--rate 1.0] [--gt keyframes|all]
 
 1. starts the node processes of the ``--launch`` graph (:mod:`qd_perception.ros.graph`, the same
    description ``ros2 launch`` and ``qd-perception launch`` use) and a recorder process
@@ -13,6 +13,10 @@
 3. waits ``--drain`` seconds for the last outputs, stops the recorder and the nodes by PID
    (SIGINT, then SIGKILL after a timeout), and
 4. writes ``DIR/metrics.json`` (atomically) and ``DIR/bev.png``.
+
+Several bags (``--bag A B C``, e.g. the scenes of a synthetic val split) are replayed one after
+the other, each through a freshly started graph (logs and recordings in ``DIR/bags/<i>_<name>/``),
+and scored together: the devkit metrics pool their ground-truth instants as a split's samples.
 
 **Ground truth** is the bag's own ``/ground_truth/detections`` (the simulator writes it at every
 lidar sweep, in ``base_link`` with lidar point counts), so no nuScenes directory is needed and a
@@ -49,7 +53,7 @@ import numpy as np
 from qd_perception.classes import CLASS_NAMES
 from qd_perception.data.types import Detections
 from qd_perception.eval.latency import ReplayClock, latency_stats
-from qd_perception.eval.streaming import GroundTruthFrame, TimedOutput, evaluate_replay
+from qd_perception.eval.streaming import GroundTruthFrame, TimedOutput, evaluate_segments
 
 KEYFRAME_PERIOD_US = 500_000
 
@@ -171,14 +175,12 @@ def timed_outputs(rec_msgs: list[tuple[int, Any]], clock: ReplayClock, poses: Po
 
 
 @dataclass(frozen=True)
-class DetectorOutputs:
-    """What one detector of the graph produced during a replay."""
+class Segment:
+    """One bag's replay as seen by one detector: ground truth, outputs, played trigger stamps."""
 
-    name: str
-    topic: str
-    trigger_topic: str  # the input whose every message should produce one output
+    gt: list[GroundTruthFrame]
     outputs: list[TimedOutput]
-    diagnostics: list[Any] = field(default_factory=list)
+    played_stamps_us: list[int]
 
 
 def _clean(x: Any) -> Any:
@@ -193,23 +195,26 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def detector_metrics(
-    det: DetectorOutputs, gt: list[GroundTruthFrame], played_stamps_us: list[int], rate: float = 1.0
-) -> dict[str, Any]:
-    """The metrics.json block of one detector. ``latency_ms`` is on the replay clock (bag time,
-    what streaming AP sees); ``latency_wall_ms`` the same divided by ``rate``: wall-clock time,
-    what the machine spent (equal at rate 1)."""
-    played = set(played_stamps_us)
-    out_stamps = {o.stamp_us for o in det.outputs}
-    matched = out_stamps & played
-    scores = evaluate_replay(gt, det.outputs)
-    lat_ms = np.array([(o.publish_us - o.stamp_us) / 1000.0 for o in det.outputs])
+def detector_metrics(name: str, topic: str, segments: list[Segment], rate: float = 1.0) -> dict[str, Any]:
+    """The metrics.json block of one detector over one or more bags (pooled). ``latency_ms`` is
+    on the replay clock (bag time, what streaming AP sees); ``latency_wall_ms`` the same divided
+    by ``rate``: wall-clock time, what the machine spent (equal at rate 1)."""
+    frames_in = frames_out = unmatched = 0
+    for seg in segments:
+        played = set(seg.played_stamps_us)
+        out_stamps = {o.stamp_us for o in seg.outputs}
+        frames_in += len(played)
+        frames_out += len(out_stamps & played)
+        unmatched += len(out_stamps - played)
+    scores = evaluate_segments([(seg.gt, seg.outputs) for seg in segments])
+    outputs = [o for seg in segments for o in seg.outputs]
+    lat_ms = np.array([(o.publish_us - o.stamp_us) / 1000.0 for o in outputs])
     lat = latency_stats(lat_ms)
     stale = latency_stats(scores.streaming_staleness_ms)
     return _clean(
         {
-            "detector": det.name,
-            "topic": det.topic,
+            "detector": name,
+            "topic": topic,
             "nds": scores.offline.nds,
             "map": scores.offline.map,
             "per_class_ap": scores.offline.per_class_ap,
@@ -223,12 +228,12 @@ def detector_metrics(
             },
             "latency_ms": lat.to_dict(),
             "latency_wall_ms": latency_stats(lat_ms / rate).to_dict(),
-            "frames_in": len(played),
-            "frames_out": len(matched),
-            "dropped": len(played) - len(matched),
-            "outputs_total": len(det.outputs),
-            "outputs_unmatched": len(out_stamps - played),
-            "gt_instants": len(gt),
+            "frames_in": frames_in,
+            "frames_out": frames_out,
+            "dropped": frames_in - frames_out,
+            "outputs_total": len(outputs),
+            "outputs_unmatched": unmatched,
+            "gt_instants": scores.offline.num_samples,
             "gt_instants_without_output": scores.offline_missing,
             "num_gt_boxes": scores.offline.num_gt_boxes,
         }
@@ -394,7 +399,10 @@ def _wait_for_detectors(
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    bag: Path
+    """bags: one or more rosbag2 directories (e.g. one per scene), replayed one after the other
+    through a freshly started graph each and scored together."""
+
+    bags: tuple[Path, ...]
     out: Path
     launch: str = "lidar"
     rate: float = 1.0
@@ -407,44 +415,107 @@ class ReplayOptions:
     plot: bool = True
 
 
+@dataclass
+class BagRun:
+    """What one bag's replay produced (before scoring)."""
+
+    bag: Path
+    detectors: list[Any]  # NodeSpecs of the detectors that ran
+    segments: dict[str, Segment]  # detector name -> its segment
+    diagnostics: dict[str, dict[str, str]]  # detector name -> last diagnostics key/values
+    player: dict[str, Any]
+    exit_codes: dict[str, int | None]
+
+
 def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
-    """Run one replay (see the module docstring); returns the metrics written to metrics.json."""
+    """Run the replay(s) (see the module docstring); returns the metrics written to metrics.json."""
     from qd_perception.ros import graph
-    from qd_perception.ros.bag_player import BagPlayer, PlaybackConfig, bag_topics
-    from qd_perception.ros.recorder import read_recording
-    from qd_perception.sim.rosmsgs import GT_TOPIC, ODOM_TOPIC
+    from qd_perception.ros.bag_player import bag_topics
+    from qd_perception.sim.rosmsgs import GT_TOPIC
 
     say = print if verbose else (lambda *a, **k: None)
-    topics = bag_topics(opts.bag)
-    if GT_TOPIC not in topics:
-        raise ValueError(f"{opts.bag} has no {GT_TOPIC}: nothing to score against")
+    if not opts.bags:
+        raise ValueError("no bag to replay")
+    if len({Path(b).resolve() for b in opts.bags}) != len(opts.bags):
+        raise ValueError("the same bag is given twice")
     specs, skipped = graph.nodes(opts.launch, opts.params)
     for s in skipped:
         say(f"replay: {s}")
     if not any(s.detector for s in specs):
         raise ValueError(f"graph {opts.launch!r}: no detector node can run here")
-    # Nodes without a detector (e.g. the calibration recorder) run alongside, unscored.
-    aux = [s for s in specs if not s.detector]
-    triggers = {s.name: _trigger_topic(s.name) for s in specs if s.detector}
-    for name, t in triggers.items():
-        if t not in topics:
-            raise ValueError(f"{opts.bag} has no {t}, the input of {name}")
+    for bag in opts.bags:  # check every bag before starting anything
+        topics = bag_topics(bag)
+        if GT_TOPIC not in topics:
+            raise ValueError(f"{bag} has no {GT_TOPIC}: nothing to score against")
+        for s in specs:
+            if s.detector and _trigger_topic(s.name) not in topics:
+                raise ValueError(f"{bag} has no {_trigger_topic(s.name)}, the input of {s.name}")
     out = opts.out
     out.mkdir(parents=True, exist_ok=True)
     if opts.overrides:
         opts = replace(opts, params={**opts.params, **write_overrides(opts, specs, out / "params")})
+    t_start = time.time()
+    runs = []
+    for i, bag in enumerate(opts.bags):
+        work = out if len(opts.bags) == 1 else out / "bags" / f"{i:02d}_{Path(bag).name}"
+        say(f"replay: [{i + 1}/{len(opts.bags)}] {bag}")
+        runs.append(run_bag(opts, Path(bag), work, specs, skipped, say))
+    wall = time.time() - t_start
+
+    detectors = [s for s in specs if all(s in r.detectors for r in runs)]
+    if not detectors:
+        raise RuntimeError("no detector ran on every bag: " + "; ".join(skipped))
+    per_det: dict[str, Any] = {}
+    for s in detectors:
+        block = detector_metrics(
+            s.name, f"/{s.name}/output/detections", [r.segments[s.name] for r in runs], opts.rate
+        )
+        diags = [r.diagnostics[s.name] for r in runs if s.name in r.diagnostics]
+        if diags:
+            block["node_diagnostics"] = diags[-1] if len(diags) == 1 else diags
+        per_det[s.name] = block
+    first = per_det[detectors[0].name]
+    metrics = {
+        **{k: v for k, v in first.items() if k not in ("detector", "topic")},
+        "detector": first["detector"],
+        "bags": [str(b) for b in opts.bags],
+        "launch": opts.launch,
+        "rate": opts.rate,
+        "gt": opts.gt,
+        "player": runs[0].player if len(runs) == 1 else [r.player for r in runs],
+        "wall_s": wall,
+        "skipped_nodes": sorted(set(skipped)),
+        "other_nodes": [s.name for s in specs if not s.detector],
+        "detectors": per_det,
+    }
+    atomic_write_json(out / "metrics.json", _clean(metrics))
+    if opts.plot:
+        _picture(out / "bev.png", runs[0], detectors[0].name)
+    return metrics
+
+
+def run_bag(opts: ReplayOptions, bag: Path, work: Path, specs: list, skipped: list, say) -> BagRun:
+    """Start the graph, play ``bag`` through it, stop everything; outputs paired with the bag's
+    ground truth. Logs and the recording go to ``work``."""
+    import rclpy
+
+    from qd_perception.ros import graph
+    from qd_perception.ros.bag_player import BagPlayer, PlaybackConfig, bag_topics
+    from qd_perception.ros.recorder import read_recording
+    from qd_perception.sim.rosmsgs import GT_TOPIC, ODOM_TOPIC
+
+    topics = bag_topics(bag)
+    aux = [s for s in specs if not s.detector]
+    work.mkdir(parents=True, exist_ok=True)
     env = ros_env()
     for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "FASTDDS_DEFAULT_PROFILES_FILE"):
         if k in env:
             os.environ.setdefault(k, env[k])  # this process publishes the bag: same DDS set-up
-    procs = Processes(out / "logs", env)
-    recording = out / "recording"
-    ready = out / "logs" / "recorder.ready"
+    procs = Processes(work / "logs", env)
+    recording = work / "recording"
+    ready = work / "logs" / "recorder.ready"
     ready.unlink(missing_ok=True)
-    import rclpy
-
     stats = None
-    t_start = time.time()
     rclpy.init()
     node = rclpy.create_node("replay_bag_player")
     try:
@@ -454,12 +525,12 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
                 argv = [sys.executable, "-m", s.module, *s.arguments]
                 procs.start(s.name, [*argv, *graph.ros_arguments(s, params, opts.log_level)])
             say(f"replay: started {[s.name for s in specs]}; waiting for the detectors' outputs")
-            specs = _wait_for_detectors(
+            detectors = _wait_for_detectors(
                 node, [s for s in specs if s.detector], procs, opts.startup_timeout_s, skipped, say
             )
-            triggers = {s.name: triggers[s.name] for s in specs}
-            det_topics = {s.name: f"/{s.name}/output/detections" for s in specs}
-            diag_topics = {s.name: f"/{s.name}/output/diagnostics" for s in specs}
+            triggers = {s.name: _trigger_topic(s.name) for s in detectors}
+            det_topics = {s.name: f"/{s.name}/output/detections" for s in detectors}
+            diag_topics = {s.name: f"/{s.name}/output/diagnostics" for s in detectors}
             rec_topics = [f"{t}=qd_perception/msg/Detection3DArray" for t in det_topics.values()]
             rec_topics += [f"{t}=diagnostic_msgs/msg/DiagnosticArray" for t in diag_topics.values()]
             procs.start(
@@ -488,14 +559,14 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
                 wait_timeout_s=opts.startup_timeout_s,
                 start_delay_s=1.0,  # the nodes must discover the player's publishers too
             )
-            player = BagPlayer(node, opts.bag, cfg)
-            say(f"replay: playing {opts.bag} at rate {opts.rate}")
+            player = BagPlayer(node, bag, cfg)
+            say(f"replay: playing {bag} at rate {opts.rate}")
             stats = player.play()
             procs.check_alive()
             time.sleep(opts.drain_s)  # the last frames are still being processed
             rc = procs.stop("recorder", timeout_s=30.0)
             if rc != 0 or not recording.exists():
-                raise RuntimeError(f"recorder failed (exit code {rc}); see {out / 'logs' / 'recorder.log'}")
+                raise RuntimeError(f"recorder failed (exit code {rc}); see {work / 'logs' / 'recorder.log'}")
         finally:
             codes = procs.stop_all()
     finally:
@@ -504,59 +575,47 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
     assert stats is not None
     n_msgs = sum(stats.published.values())
     say(f"replay: played {n_msgs} messages in {stats.wall_s:.1f} s; nodes exited {codes}")
-    wall = time.time() - t_start
 
-    # -- scoring
     clock = stats.clocks[0]
-    bag_msgs = read_bag(opts.bag, {GT_TOPIC, ODOM_TOPIC})
+    bag_msgs = read_bag(bag, {GT_TOPIC, ODOM_TOPIC})
     # Of the (large) trigger inputs only the stamps are needed.
-    stamps = read_bag(opts.bag, set(triggers.values()), keep=lambda _t, m: _stamp_us(m.header))
+    stamps = read_bag(bag, set(triggers.values()), keep=lambda _t, m: _stamp_us(m.header))
     poses = pose_track(bag_msgs.get(ODOM_TOPIC, []))
     gt = ground_truth_frames(bag_msgs[GT_TOPIC], poses, opts.gt)
     if not gt:
-        raise ValueError(f"no ground-truth instants in {opts.bag} (--gt {opts.gt})")
+        raise ValueError(f"no ground-truth instants in {bag} (--gt {opts.gt})")
+    if len(opts.bags) > 1:  # stamps may repeat across scenes: tokens must not
+        gt = [replace(f, token=f"{work.name}/{f.token}") for f in gt]  # work dirs are unique
     rec = read_recording(recording)
-    per_det: dict[str, Any] = {}
-    outputs: dict[str, list[TimedOutput]] = {}
-    for s in specs:
+    segments, diagnostics = {}, {}
+    for s in detectors:
         msgs = [(t, m) for topic, t, m in rec if topic == det_topics[s.name]]
-        outputs[s.name] = timed_outputs(msgs, clock, poses)
         played = [st for _, st in stamps[triggers[s.name]]]
-        d = DetectorOutputs(s.name, det_topics[s.name], triggers[s.name], outputs[s.name])
-        block = detector_metrics(d, gt, played, opts.rate)
+        segments[s.name] = Segment(gt, timed_outputs(msgs, clock, poses), played)
         diags = [m for topic, _, m in rec if topic == diag_topics[s.name]]
         if diags and diags[-1].status:
-            block["node_diagnostics"] = {kv.key: kv.value for kv in diags[-1].status[0].values}
-        per_det[s.name] = block
-    first = per_det[specs[0].name]
-    metrics = {
-        **{k: v for k, v in first.items() if k not in ("detector", "topic")},
-        "detector": first["detector"],
-        "bag": str(opts.bag),
-        "launch": opts.launch,
-        "rate": opts.rate,
-        "gt": opts.gt,
+            diagnostics[s.name] = {kv.key: kv.value for kv in diags[-1].status[0].values}
+    player_summary = stats.summary() | {
         "replay_clock": {"wall_start_s": clock.wall_start_s, "bag_start_us": clock.bag_start_us},
-        "player": stats.summary() | {"clocks": None},
-        "wall_s": wall,
-        "skipped_nodes": skipped,
-        "other_nodes": [s.name for s in aux],
-        "detectors": per_det,
+        "clocks": None,
     }
-    atomic_write_json(out / "metrics.json", _clean(metrics))
-    if opts.plot:
-        from qd_perception.sim.rosmsgs import LIDAR_TOPIC
+    return BagRun(bag, detectors, segments, diagnostics, player_summary, codes)
 
-        picks = picture_instants(gt, outputs[specs[0].name])
-        pts = {}
-        if LIDAR_TOPIC in topics:
-            wanted = {gt[i].timestamp_us for i in picks}
-            lidar = read_bag(
-                opts.bag, {LIDAR_TOPIC}, keep=lambda _t, m: m if _stamp_us(m.header) in wanted else None
-            )[LIDAR_TOPIC]
-            pts = lidar_points_ego([(t, m) for t, m in lidar if m is not None])
-        bev_picture(out / "bev.png", [gt[i] for i in picks], outputs[specs[0].name], specs[0].name, pts)
-    return metrics
+
+def _picture(path: Path, run: BagRun, detector: str) -> None:
+    from qd_perception.ros.bag_player import bag_topics
+    from qd_perception.sim.rosmsgs import LIDAR_TOPIC
+
+    seg = run.segments[detector]
+    picks = picture_instants(seg.gt, seg.outputs)
+    pts = {}
+    if LIDAR_TOPIC in bag_topics(run.bag):
+        wanted = {seg.gt[i].timestamp_us for i in picks}
+        lidar = read_bag(
+            run.bag, {LIDAR_TOPIC}, keep=lambda _t, m: m if _stamp_us(m.header) in wanted else None
+        )[LIDAR_TOPIC]
+        pts = lidar_points_ego([(t, m) for t, m in lidar if m is not None])
+    bev_picture(path, [seg.gt[i] for i in picks], seg.outputs, f"{detector}, {run.bag.name}", pts)
 
 
 def lidar_points_ego(
@@ -634,7 +693,13 @@ def bev_picture(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bag", type=Path, required=True, help="rosbag2 directory (MCAP or sqlite3)")
+    p.add_argument(
+        "--bag",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="rosbag2 directory (MCAP or sqlite3); several: pooled",
+    )
     p.add_argument("--launch", default="lidar", help="node graph to run (lidar | bev)")
     p.add_argument("--out", type=Path, required=True, help="output directory (metrics.json, bev.png, logs/)")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
@@ -682,7 +747,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         params[node] = f
     opts = ReplayOptions(
-        bag=args.bag,
+        bags=tuple(args.bag),
         out=args.out,
         launch=args.launch,
         rate=args.rate,

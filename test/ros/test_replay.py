@@ -35,7 +35,9 @@ def test_replay_lidar_graph(tiny_bag, tmp_path):
     # The 2-core machine is shared (tests run beside other work): play at 1/8 speed (400 ms per
     # sweep) so the classical detector (50-150 ms per sweep here, ~450 ms for its first one) keeps
     # up with the 20 Hz lidar; docs/benchmarks.md has the rate-1.0 figures.
-    m = replay(ReplayOptions(bag=tiny_bag, out=out, launch="lidar", rate=RATE, drain_s=1.0), verbose=False)
+    m = replay(
+        ReplayOptions(bags=(tiny_bag,), out=out, launch="lidar", rate=RATE, drain_s=1.0), verbose=False
+    )
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["detectors"]["lidar_detector"]["frames_in"] == m["frames_in"]
 

@@ -160,7 +160,7 @@ def test_replay_parameter_overrides(tmp_path):
 
     specs, _ = nodes("lidar")
     opts = ReplayOptions(
-        bag=tmp_path,
+        bags=(tmp_path,),
         out=tmp_path,
         overrides=("lidar_detector.detector.score_threshold=0.3", "lidar_detector.rig=x"),
     )
