@@ -4,10 +4,11 @@
         [--rates 1.0 0.5]
 
 Generates the scenes with their bags (reused when present), runs ``qd-perception replay --launch
-lidar`` over all of them (scored together) at each rate and prints the markdown rows for docs/benchmarks.md (issue 3): devkit NDS /
-mAP of the keyframes, streaming NDS / mAP, latency percentiles in wall-clock ms (receive time at
-the recorder minus the time the input was published), frames in / out / dropped, and the
-machine's load average when the replay started (the 2 cores are shared; drops depend on it).
+lidar`` over all of them (scored together) at each rate and prints the markdown rows for
+docs/benchmarks.md (issue 3): devkit NDS / mAP of the keyframes, streaming NDS / mAP, latency
+percentiles in wall-clock ms (receive time at the recorder minus the time the input was
+published), frames in / out / dropped, and the machine's load average when the replay started (the
+2 cores are shared; drops depend on it).
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         lat = m["latency_wall_ms"]
         rows.append(
-            f"| {args.scenes} x {args.samples} | {rate:g} | {m['frames_in']} | {m['frames_out']} | {m['dropped']} | {m['nds']:.3f} | "
-            f"{m['map']:.3f} | {m['streaming_nds']:.3f} | {m['streaming_map']:.3f} | "
-            f"{lat['p50']:.0f} / {lat['p95']:.0f} / {lat['p99']:.0f} | {load:.1f} |"
+            f"| {args.scenes} x {args.samples} | {rate:g} | {m['frames_in']} | {m['frames_out']} | "
+            f"{m['dropped']} | {m['nds']:.3f} | {m['map']:.3f} | {m['streaming_nds']:.3f} | "
+            f"{m['streaming_map']:.3f} | {lat['p50']:.0f} / {lat['p95']:.0f} / {lat['p99']:.0f} | "
+            f"{load:.1f} |"
         )
-    print("| scenes x keyframes | rate | frames in | out | dropped | NDS | mAP | streaming NDS | streaming mAP "
-          "| latency p50 / p95 / p99 (wall ms) | load avg |")  # fmt: skip
+    print(
+        "| scenes x keyframes | rate | frames in | out | dropped | NDS | mAP | streaming NDS "
+        "| streaming mAP | latency p50 / p95 / p99 (wall ms) | load avg |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
