@@ -700,7 +700,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="rosbag2 directory (MCAP or sqlite3); several: pooled",
     )
-    p.add_argument("--launch", default="lidar", help="node graph to run (lidar | bev)")
+    from qd_perception.ros.graph import GRAPHS
+
+    p.add_argument(
+        "--launch",
+        default="lidar",
+        choices=sorted(GRAPHS),
+        help="node graph (bev: every detector; calibration: lidar detector + calibration recorder)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory (metrics.json, bev.png, logs/)")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
     p.add_argument(
