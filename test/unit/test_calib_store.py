@@ -214,3 +214,25 @@ def test_calibrate_command_on_a_synthetic_data_set(tmp_path):
     assert main([*argv, "--nsweeps", "2"]) == 0
     assert json.loads((out / "index.json").read_text())["offered"] == 8
     assert main(["calibrate", "--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_calibration_recorder_param_file_matches_its_schema():
+    """config/calibration_recorder.param.yaml is exactly the node's defaults (no drift, no typo)."""
+    from pathlib import Path
+
+    import yaml
+
+    from qd_perception.config import from_dict
+    from qd_perception.ros.nodes.calibration_recorder import NODE_NAME, CalibrationRecorderConfig, ptq_argv
+    from qd_perception.ros.params import nest
+
+    root = Path(__file__).resolve().parents[2]
+    flat = yaml.safe_load((root / "config" / "calibration_recorder.param.yaml").read_text())[NODE_NAME][
+        "ros__parameters"
+    ]
+    cfg = from_dict(CalibrationRecorderConfig, nest(flat, CalibrationRecorderConfig))
+    assert cfg == CalibrationRecorderConfig()
+    argv = ptq_argv(CalibrationRecorderConfig(out_dir="/c", ptq_model="/m.pt"))
+    assert argv[:3] == ["qd-perception", "quantize", "lidar"] and "/c" in argv and "/m.pt" in argv
+    with pytest.raises(ValueError, match="min_frames"):
+        CalibrationRecorderConfig(min_frames=500)
