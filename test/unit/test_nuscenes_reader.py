@@ -52,6 +52,10 @@ def mini(tmp_path_factory) -> Path:
         )
     for name in ("human.pedestrian.child", "animal", "vehicle.bus.bendy", "vehicle.emergency.police"):
         tables["category"].append({"token": f"cat_{name}", "name": name, "description": ""})
+    tables["log"].append({"token": "log", "logfile": "n008", "vehicle": "n008", "date_captured": "2018-08-01",
+                          "location": "singapore-onenorth"})  # fmt: skip
+    tables["map"].append({"token": "m", "log_tokens": ["log"], "category": "semantic_prior", "filename": ""})
+    tables["visibility"].append({"token": "4", "level": "v80-100", "description": ""})
     tables["attribute"].append({"token": "a_moving", "name": "vehicle.moving", "description": ""})
     tables["scene"].append({"token": "sc", "log_token": "log", "nbr_samples": 2, "first_sample_token": "k0",
                             "last_sample_token": "k1", "name": "scene-0103", "description": ""})  # fmt: skip
@@ -156,3 +160,20 @@ def test_camera_extrinsics_fold_in_ego_motion(mini):
     want = invert(_ego(T0)) @ _ego(t_cam) @ CAM2EGO
     np.testing.assert_allclose(cam.cam2ego, want, atol=1e-9)
     assert np.linalg.norm(cam.cam2ego[:3, 3] - CAM2EGO[:3, 3]) > 0.15  # 20 ms at 10 m/s
+
+
+def test_evaluate_on_an_official_split(mini, tmp_path):
+    from qd_perception.eval.nuscenes_eval import evaluate
+
+    r = NuScenesReader(mini, "v1.0-mini", "mini_val", nsweeps=0, load_images=False)
+    preds = {t: r.gt(t) for t in r.sample_tokens}
+    m = evaluate(mini, "v1.0-mini", "mini_val", preds, tmp_path)
+    assert m.class_ap["bus"] == pytest.approx(1.0) and m.class_ap["pedestrian"] == pytest.approx(1.0)
+    assert m.class_ap["car"] == 0.0  # absent classes score 0, as the devkit does
+    assert m.map == pytest.approx(0.2)
+    bus_err = m.class_tp_errors["bus"]
+    assert bus_err["mate"] < 1e-6 and bus_err["mave"] < 1e-6 and bus_err["maoe"] < 1e-6
+    sub = json.loads((tmp_path / "results_nusc.json").read_text())
+    bus = next(b for b in sub["results"]["k1"] if b["detection_name"] == "bus")
+    np.testing.assert_allclose(bus["translation"], [121.0, 210.0, 1.5], atol=1e-9)  # back in global
+    np.testing.assert_allclose(bus["velocity"], [2.0, 0.0], atol=1e-9)
