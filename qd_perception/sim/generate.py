@@ -265,8 +265,11 @@ def generate(
 
 
 def remove_partial(out: Path) -> None:
-    """Remove bags left in ``bags/.partial`` by an interrupted run."""
-    shutil.rmtree(Path(out) / "bags" / ".partial", ignore_errors=True)
+    """Remove bags left in ``bags/.partial`` by an interrupted run (and ``bags/`` if then empty)."""
+    bags = Path(out) / "bags"
+    shutil.rmtree(bags / ".partial", ignore_errors=True)
+    if bags.is_dir() and not any(bags.iterdir()):
+        bags.rmdir()
 
 
 def _run_all(cfg: GenerateConfig, out: Path, factory: SceneFactory, bar) -> list[SceneResult]:

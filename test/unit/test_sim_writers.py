@@ -346,3 +346,32 @@ def test_bag_cameras_keyframes_or_none(tmp_path):
         assert counts.get(rm.image_topic("CAM_BACK"), 0) == n_images
         assert counts[rm.LIDAR_TOPIC] == 20 and counts[rm.GT_TOPIC] == 20
         assert len(list((out / "samples" / "CAM_BACK").iterdir())) == 2  # nuScenes keyframes regardless
+
+
+class _FailingScene:
+    """The real world, whose lidar fails after 0.2 s (a crash in the middle of a scene)."""
+
+    def __init__(self, scene) -> None:
+        self._scene = scene
+
+    def __getattr__(self, name):
+        return getattr(self._scene, name)
+
+    def lidar(self, t_us: int):
+        if t_us > self._scene.start_us + 200_000:
+            raise RuntimeError("sensor failure")
+        return self._scene.lidar(t_us)
+
+
+def _failing_factory(cfg, index):
+    return _FailingScene(gen._world_scene(cfg, index))
+
+
+def test_failed_run_leaves_no_partial_bag_and_can_be_rerun(tmp_path):
+    cfg = gen.GenerateConfig(scenes=1, samples=1, seed=2, resolution=(16, 28), bag=True, bag_cameras="none")
+    with pytest.raises(RuntimeError, match="sensor failure"):
+        gen.generate(cfg, tmp_path, factory=_failing_factory, show_progress=False)
+    assert not (tmp_path / "bags").exists() and not (tmp_path / DEFAULT_VERSION).exists()
+    gen.generate(cfg, tmp_path, show_progress=False)
+    assert (tmp_path / "bags" / "scene-0000" / "metadata.yaml").is_file()
+    assert len(NuScenesReader(tmp_path, split="all", nsweeps=1, load_images=False)) == 1
