@@ -18,6 +18,7 @@ from qd_perception.sim import shapes
 from qd_perception.sim.materials import fmod, ground_material, hash_noise
 from qd_perception.sim.raycast import (
     KERB_FACE,
+    KERB_SIDE_FACE,
     KERB_TOP,
     Geometry,
     HitBuffer,
@@ -359,6 +360,17 @@ def shade(
         fi = gi[face]
         normal[0, fi] = sign * -np.sin(h)
         normal[1, fi] = sign * np.cos(h)
+        normal[2, fi] = 0.0
+    face = g_obj == KERB_SIDE_FACE
+    if face.any():  # a side street's kerb faces look at its axis
+        sf = s_g[face]
+        axes = np.array([s_x for s_x, _ in scene.road.junctions], f32)
+        nearest = axes[np.abs(sf[:, None] - axes[None]).argmin(1)]
+        h = scene.road.heading(sf).astype(f32)
+        sign = np.sign(nearest - sf)
+        fi = gi[face]
+        normal[0, fi] = sign * np.cos(h)
+        normal[1, fi] = sign * np.sin(h)
         normal[2, fi] = 0.0
     oi = np.flatnonzero(obj >= 0)
     if len(oi):

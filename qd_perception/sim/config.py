@@ -39,6 +39,7 @@ class SimConfig:
     sidewalk_width: tuple[float, float] = (3.0, 5.0)
     curvature: tuple[float, float] = (-1.0 / 150.0, 1.0 / 150.0)  # 1/m, drawn per scene
     straight_probability: float = 0.35  # otherwise the curvature is drawn from `curvature`
+    p_junction: float = 0.6  # a side street (T-junction) on the ego's way
     ego_speed: tuple[float, float] = (3.0, 12.0)
     # Objects.
     density: dict[str, float] = field(default_factory=_default_density)
@@ -73,7 +74,7 @@ class SimConfig:
             raise ValueError(f"density: unknown class(es) {unknown}; classes: {list(CLASS_NAMES)}")
         if any(v < 0 for v in self.density.values()):
             raise ValueError("density values must be >= 0")
-        for p in ("p_dusk", "p_night", "p_rain", "straight_probability", "parked_fraction"):
+        for p in ("p_dusk", "p_night", "p_rain", "p_junction", "straight_probability", "parked_fraction"):
             if not 0.0 <= getattr(self, p) <= 1.0:
                 raise ValueError(f"{p} must be in [0, 1], got {getattr(self, p)}")
         if self.p_dusk + self.p_night > 1.0:

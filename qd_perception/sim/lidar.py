@@ -25,6 +25,7 @@ from qd_perception.geometry.transforms import invert
 from qd_perception.sim.materials import ground_material
 from qd_perception.sim.raycast import (
     KERB_FACE,
+    KERB_SIDE_FACE,
     KERB_TOP,
     Geometry,
     HitBuffer,
@@ -189,7 +190,8 @@ def _cast_sector(
         g_refl[g_obj <= KERB_TOP] = R_CONCRETE
         refl[gm] = g_refl
         dz = np.abs(dg[gm, 2])
-        cosi[gm] = np.where(g_obj == KERB_FACE, np.sqrt(np.maximum(1 - dz * dz, 0)), dz)
+        vertical = (g_obj == KERB_FACE) | (g_obj == KERB_SIDE_FACE)
+        cosi[gm] = np.where(vertical, np.sqrt(np.maximum(1 - dz * dz, 0)), dz)
     return _SectorHits(col + c0, ring, rng_t, obj, refl, cosi, invert(sweep_s2g) @ s2g)
 
 

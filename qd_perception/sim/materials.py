@@ -45,6 +45,9 @@ def ground_material(road: Road, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarra
         + (ad >= road.road_half)
         + (ad >= road.sidewalk_outer)
     )
+    if road.junctions:
+        carriage, side_walk = road.side_street(s, d)
+        zone = np.where(carriage, np.int8(0), np.where(side_walk, np.int8(3), zone))
     refl = ZONE_REFL.take(zone)
     # Fine texture: 25 cm lattice noise on the road, slab joints on the sidewalk.
     grain = hash_noise(np.floor(s * 4), np.floor(d * 4)) - 0.5
@@ -58,6 +61,11 @@ def ground_material(road: Road, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarra
         white |= (np.abs(ad - i * road.lane_width) < 0.075) & (fmod(s, 9.0) < 3.0)
     white |= (np.abs(ad - road.bike_outer) < 0.06) & (fmod(s, 4.0) < 2.0)
     yellow = np.abs(ad - 0.15) < 0.06
+    for s_x, side in road.junctions:  # side street: dashed centre line and a stop line
+        out = side * d - np.float32(road.road_half)
+        into = (out > 0) & (np.abs(s - np.float32(s_x)) < road.side_street_half)
+        white |= into & (np.abs(s - np.float32(s_x)) < 0.06) & (out > 3.0) & (fmod(out, 6.0) < 3.0)
+        white |= into & (np.abs(out - 1.5) < 0.2) & ((s - np.float32(s_x)) * side > 0)
     for s_cw in road.crosswalks:
         white |= (np.abs(s - np.float32(s_cw)) < 2.0) & (ad < road.road_half) & (fmod(d + 60.0, 1.2) < 0.6)
     zone = np.where(white, np.int8(5), np.where(yellow, np.int8(6), zone))

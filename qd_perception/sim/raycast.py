@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from qd_perception.sim.road import Road
 
 #: HitBuffer.obj codes of the static ground (all other hits are object indices >= 0).
-SKY, GROUND, KERB_TOP, KERB_FACE = -1, -2, -3, -4
+SKY, GROUND, KERB_TOP, KERB_FACE, KERB_SIDE_FACE = -1, -2, -3, -4, -5
 
 Rect = tuple[int, int, int, int]  # row0, row1, col0, col1 (half-open) in the ray grid
 
@@ -218,11 +218,32 @@ def cast_ground(
     oz = np.float32(origin[2])
     t1 = t0 * (oz - np.float32(road.kerb_height)) / oz  # same ray, at the kerb-top height
     lo, hi = np.float32(road.road_half), np.float32(road.road_half + road.kerb_width)
-    ad1 = np.abs(road.d_near(d[0] * t1, d[1] * t1, origin[:2], s_ref))
+    if road.junctions:
+        s1, dd1 = road.to_sd_near(d[0] * t1, d[1] * t1, origin[:2], s_ref)
+        s0, dd0 = road.to_sd_near(d[0] * t0, d[1] * t0, origin[:2], s_ref)
+        ad1, ad0 = np.abs(dd1), np.abs(dd0)
+    else:
+        ad1 = np.abs(road.d_near(d[0] * t1, d[1] * t1, origin[:2], s_ref))
+        ad0 = np.abs(road.d_near(d[0] * t0, d[1] * t0, origin[:2], s_ref))
     top = (ad1 >= lo) & (ad1 <= hi)
-    ad0 = np.abs(road.d_near(d[0] * t0, d[1] * t0, origin[:2], s_ref))
     # Entering the band from the road side between the two heights: the kerb face.
     face = ~top & (ad1 < lo) & (ad0 >= lo)
+    side_face = np.zeros_like(face)
+    if road.junctions:
+        # No kerb across a side street's mouth; its own kerbs line it (|s - s_x| = half width).
+        w_lo = np.float32(road.side_street_half)
+        w_hi = np.float32(road.side_street_half + road.kerb_width)
+        for s_x, side in road.junctions:
+            x1, x0 = np.abs(s1 - np.float32(s_x)), np.abs(s0 - np.float32(s_x))
+            mouth = x1 < w_hi
+            top &= ~(mouth & (side * dd1 > 0))
+            face &= ~((x0 < w_hi) & (side * dd0 > 0))
+            beyond1, beyond0 = side * dd1 > lo, side * dd0 > lo
+            s_top = beyond1 & (x1 >= w_lo) & (x1 <= w_hi)
+            s_face = ~s_top & beyond0 & (x1 < w_lo) & (x0 >= w_lo) & (x0 <= w_hi + 1.0)
+            top |= s_top
+            side_face |= s_face
+        t_side = t1 + (t0 - t1) * np.float32(0.5)
     t_face = t1 + (t0 - t1) * (lo - ad1) / np.maximum(ad0 - ad1, np.float32(1e-6))
     flat_d = hits.depth.reshape(-1)
     flat_o = hits.obj.reshape(-1)
@@ -230,6 +251,9 @@ def cast_ground(
     flat_o[idx[top]] = KERB_TOP
     flat_d[idx[face]] = t_face[face]
     flat_o[idx[face]] = KERB_FACE
+    if side_face.any():
+        flat_d[idx[side_face]] = t_side[side_face]
+        flat_o[idx[side_face]] = KERB_SIDE_FACE
 
 
 def shadow_envelopes(geo: Geometry, sun_dir: np.ndarray) -> Geometry:

@@ -32,6 +32,33 @@ class Road:
     kerb_height: float = 0.15
     kerb_width: float = 0.2
     crosswalks: tuple[float, ...] = ()  # s of zebra crossings (4 m wide, kerb to kerb)
+    # Side streets (T-junctions): (s of the side street's axis, side = +1 left / -1 right).
+    junctions: tuple[tuple[float, int], ...] = ()
+    side_street_half: float = 4.0  # half width of a side street's carriageway
+    side_walk_width: float = 3.0  # its sidewalks
+
+    def side_street(self, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(carriageway, sidewalk) masks of points (s, d) on a side street beyond the kerb line.
+
+        A side street runs outwards from the main kerb, along +-d, centred on ``s_x`` (in road
+        coordinates, so it fans slightly on a curved main road).
+        """
+        carriage = np.zeros(np.shape(s), bool)
+        walk = np.zeros(np.shape(s), bool)
+        for s_x, side in self.junctions:
+            beyond = side * d > self.road_half
+            ds = np.abs(s - np.float32(s_x))
+            carriage |= beyond & (ds < self.side_street_half)
+            walk |= (
+                beyond & (ds >= self.side_street_half) & (ds < self.side_street_half + self.side_walk_width)
+            )
+        return carriage, walk
+
+    def junction_blocks(self, side: int, s_a: float, s_b: float, margin: float = 1.0) -> bool:
+        """Whether the s-interval [s_a, s_b] on ``side`` overlaps a side street's mouth."""
+        lo, hi = min(s_a, s_b), max(s_a, s_b)
+        half = self.side_street_half + margin
+        return any(j_side == side and hi > s_x - half and lo < s_x + half for s_x, j_side in self.junctions)
 
     # Lateral layout -------------------------------------------------------------------------
     @property

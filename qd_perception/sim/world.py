@@ -183,14 +183,27 @@ class SimScene:
         s_path_end = self.ego_ds_dt * T
         self.s_range = (-110.0, s_path_end + 110.0)
         occ = {+1: _Occupancy(), -1: _Occupancy()}  # static objects per side (sign of d)
-        self.road = road = replace(road, crosswalks=(float(rng.uniform(15.0, s_path_end + 35.0)),))
+        s_cw = float(rng.uniform(15.0, s_path_end + 35.0))
+        junctions: tuple[tuple[float, int], ...] = ()
+        if rng.random() < cfg.p_junction:  # a side street on the ego's way, clear of the crossing
+            for _ in range(10):
+                s_x = float(rng.uniform(10.0, s_path_end + 40.0))
+                if abs(s_x - s_cw) > road.side_street_half + 6.0:
+                    junctions = ((s_x, int(rng.choice([-1, 1]))),)
+                    break
+        self.road = road = replace(road, crosswalks=(s_cw,), junctions=junctions)
         for side in (+1, -1):  # no parking on the crossing
-            s_cw = road.crosswalks[0]
             occ[side].add(s_cw - 3.0, s_cw + 3.0, -road.road_half, road.road_half)
+        for s_x, side in junctions:  # nor in front of a side street, nor clutter on its mouth
+            w = road.side_street_half + 1.0
+            lo, hi = sorted((side * road.lanes_half, side * road.sidewalk_outer))
+            occ[side].add(s_x - w, s_x + w, lo, hi)
         actors: list[_Actor] = []
         statics: list[tuple[shapes.Shape, float, float, float]] = []  # shape, s, d, yaw offset
         self.lamps: list[tuple[float, float]] = []  # (s, d) of lamp heads
+        self._side_parked: list[_Actor] = []
         self._build_static(rng, statics, occ)
+        actors.extend(self._side_parked)
         self.work_zones = self._build_work_zones(rng, actors, occ, s_path_end)
         self._build_parking(rng, actors, occ)
         self._build_traffic(rng, actors)
@@ -216,6 +229,9 @@ class SimScene:
             # Lamp posts and trees in the strip next to the kerb.
             s = s_lo + rng.uniform(0, 20)
             while s < s_hi:
+                if road.junction_blocks(side, s, s, margin=1.0):
+                    s += road.side_street_half * 2 + 2.0
+                    continue
                 d = side * (road.road_half + 0.45)
                 statics.append((shapes.street_lamp(arm_dir=-float(side)), s, d, 0.0))
                 self.lamps.append((s, side * (road.road_half + 0.45 - 1.65)))
@@ -224,6 +240,8 @@ class SimScene:
                 for j in range(n_trees):
                     st = s + (j + 1) * 28.0 / (n_trees + 1) + rng.uniform(-2, 2)
                     dt = side * (road.road_half + 0.95)
+                    if road.junction_blocks(side, st - 1.0, st + 1.0):
+                        continue
                     statics.append((shapes.tree(rng), st, dt, float(rng.uniform(0, np.pi / 2))))
                     occ[side].add(st - 1.0, st + 1.0, dt - 1.0, dt + 1.0)
                 s += rng.uniform(24, 34)
@@ -234,6 +252,9 @@ class SimScene:
                 if rng.random() < 0.15:  # an empty lot
                     s += length
                     continue
+                if road.junction_blocks(side, s, s + length, margin=road.side_walk_width + 0.5):
+                    s += float(rng.uniform(1.0, 3.0))  # leave the side street and its sidewalks open
+                    continue
                 depth = float(rng.uniform(8, 14))
                 height = float(rng.uniform(5, 24) if rng.random() < 0.8 else rng.uniform(24, 40))
                 sag = length**2 * abs(road.curvature) / 8
@@ -241,15 +262,30 @@ class SimScene:
                 d = side * (road.sidewalk_outer + setback + depth / 2)
                 statics.append((shapes.building(rng, length, depth, height), s + length / 2, d, 0.0))
                 s += length + float(rng.uniform(0.0, 6.0))
+        # Cars parked along the side streets.
+        for s_x, side in road.junctions:
+            for k in range(int(rng.integers(0, 4))):
+                lane = 1.0 if rng.random() < 0.5 else -1.0  # which kerb of the side street
+                car = shapes.car(rng)
+                s_c = s_x + lane * (road.side_street_half - car.size[1] / 2 - 0.3)
+                d_c = side * (road.sidewalk_outer + 4.0 + k * 6.5 + rng.uniform(0, 1.5))
+                self._side_parked.append(
+                    _Actor("car", car, s_c, d_c, yaw_offset=side * lane * np.pi / 2, has_rider=False)
+                )
 
     def _build_work_zones(self, rng, actors, occ, s_path_end) -> list[tuple[int, float, float]]:
         road = self.road
         zones = []
         for _ in range(self.cfg.work_zones):
-            side = int(rng.choice([-1, 1]))
-            length = float(rng.uniform(22, 36))
-            s0 = float(rng.uniform(8, max(12.0, s_path_end + 10)))
-            s1 = s0 + length
+            for _ in range(10):
+                side = int(rng.choice([-1, 1]))
+                length = float(rng.uniform(22, 36))
+                s0 = float(rng.uniform(8, max(12.0, s_path_end + 10)))
+                s1 = s0 + length
+                if not road.junction_blocks(side, s0 - 8.0, s1 + 3.0):
+                    break
+            else:
+                continue  # no room for a work zone
             zones.append((side, s0, s1))
             d_in, d_out = road.lanes_half, road.road_half
             # Cones along the lane edge, with a taper at the start.
@@ -531,7 +567,9 @@ class SimScene:
                             continue
                         keep.append(a)
                     else:
-                        if self._zone_blocks(side, s - L / 2, s + L / 2):
+                        if self._zone_blocks(side, s - L / 2, s + L / 2) or road.junction_blocks(
+                            side, s - L / 2, s + L / 2
+                        ):
                             continue
                         gone = [a for a in actors if not any(a is k for k in keep)]
                         tracks.remove(gone)
