@@ -310,9 +310,13 @@ class SimScene:
                     yaw_offset=cv_yaw,
                 )
             )
+            taken = [s_cv - cv.size[0] / 2 - 1.0, s_cv + cv.size[0] / 2 + 1.0]
+            worker_s: list[float] = []
             for _ in range(int(rng.integers(1, 3))):  # workers
                 s_w = s0 + rng.uniform(2.5, length - 2.5)
-                if abs(s_w - s_cv) > cv.size[0] / 2 + 1.0:
+                clear_of_cv = not taken[0] < s_w < taken[1]
+                if clear_of_cv and all(abs(s_w - o) > 1.2 for o in worker_s):
+                    worker_s.append(s_w)
                     actors.append(
                         _Actor(
                             "pedestrian",
