@@ -218,31 +218,34 @@ def cast_ground(
     oz = np.float32(origin[2])
     t1 = t0 * (oz - np.float32(road.kerb_height)) / oz  # same ray, at the kerb-top height
     lo, hi = np.float32(road.road_half), np.float32(road.road_half + road.kerb_width)
-    if road.junctions:
-        s1, dd1 = road.to_sd_near(d[0] * t1, d[1] * t1, origin[:2], s_ref)
-        s0, dd0 = road.to_sd_near(d[0] * t0, d[1] * t0, origin[:2], s_ref)
-        ad1, ad0 = np.abs(dd1), np.abs(dd0)
-    else:
-        ad1 = np.abs(road.d_near(d[0] * t1, d[1] * t1, origin[:2], s_ref))
-        ad0 = np.abs(road.d_near(d[0] * t0, d[1] * t0, origin[:2], s_ref))
+    dd1 = road.d_near(d[0] * t1, d[1] * t1, origin[:2], s_ref)
+    dd0 = road.d_near(d[0] * t0, d[1] * t0, origin[:2], s_ref)
+    ad1, ad0 = np.abs(dd1), np.abs(dd0)
     top = (ad1 >= lo) & (ad1 <= hi)
     # Entering the band from the road side between the two heights: the kerb face.
     face = ~top & (ad1 < lo) & (ad0 >= lo)
     side_face = np.zeros_like(face)
     if road.junctions:
         # No kerb across a side street's mouth; its own kerbs line it (|s - s_x| = half width).
+        # Only rays reaching past the kerb line can meet either: s (an arctangent) for those only.
         w_lo = np.float32(road.side_street_half)
         w_hi = np.float32(road.side_street_half + road.kerb_width)
+        cand = np.flatnonzero(ad0 >= lo)
+        c1, c0 = t1.take(cand), t0.take(cand)
+        dc = d.take(cand, axis=1)
+        s1, _ = road.to_sd_near(dc[0] * c1, dc[1] * c1, origin[:2], s_ref)
+        s0, _ = road.to_sd_near(dc[0] * c0, dc[1] * c0, origin[:2], s_ref)
+        e1, e0 = dd1.take(cand), dd0.take(cand)
+        top_c, face_c = top.take(cand), face.take(cand)
+        side_c = np.zeros(len(cand), bool)
         for s_x, side in road.junctions:
             x1, x0 = np.abs(s1 - np.float32(s_x)), np.abs(s0 - np.float32(s_x))
-            mouth = x1 < w_hi
-            top &= ~(mouth & (side * dd1 > 0))
-            face &= ~((x0 < w_hi) & (side * dd0 > 0))
-            beyond1, beyond0 = side * dd1 > lo, side * dd0 > lo
-            s_top = beyond1 & (x1 >= w_lo) & (x1 <= w_hi)
-            s_face = ~s_top & beyond0 & (x1 < w_lo) & (x0 >= w_lo) & (x0 <= w_hi + 1.0)
-            top |= s_top
-            side_face |= s_face
+            top_c &= ~((x1 < w_hi) & (side * e1 > 0))
+            face_c &= ~((x0 < w_hi) & (side * e0 > 0))
+            s_top = (side * e1 > lo) & (x1 >= w_lo) & (x1 <= w_hi)
+            top_c |= s_top
+            side_c |= ~s_top & (side * e0 > lo) & (x1 < w_lo) & (x0 >= w_lo) & (x0 <= w_hi + 1.0)
+        top[cand], face[cand], side_face[cand] = top_c, face_c, side_c
         t_side = t1 + (t0 - t1) * np.float32(0.5)
     t_face = t1 + (t0 - t1) * (lo - ad1) / np.maximum(ad0 - ad1, np.float32(1e-6))
     flat_d = hits.depth.reshape(-1)
