@@ -37,14 +37,14 @@ ZETA, GAMMA = 1.1, -0.1
 
 @dataclass(frozen=True)
 class AdaRoundConfig:
-    iterations: int = 500  # per layer; the paper's 10-20k are far too many on this CPU
+    iterations: int = 200  # per layer; the paper's 10-20k are far too many on this CPU
     lr: float = 1e-3
     reg_weight: float = 0.01
     beta_start: float = 20.0
     beta_end: float = 2.0
     warmup: float = 0.2  # fraction of iterations without the rounding regulariser
     batch_size: int = 4  # cached samples per step
-    max_cached: int = 32  # samples cached per layer
+    max_cached: int = 16  # samples cached per layer
 
 
 class SoftRounding(nn.Module):
