@@ -477,7 +477,8 @@ def _rain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ok = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
     streak = np.zeros((H, W), np.float32)
     np.add.at(streak, (ys[ok], xs[ok]), 0.12)
-    return (img + streak[None]).astype(np.float32)
+    img += streak[None]
+    return img
 
 
 def render_cameras(scene: SimScene, t_us: int) -> list[CameraImage]:

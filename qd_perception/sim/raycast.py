@@ -218,9 +218,15 @@ def cast_ground(
     oz = np.float32(origin[2])
     t1 = t0 * (oz - np.float32(road.kerb_height)) / oz  # same ray, at the kerb-top height
     lo, hi = np.float32(road.road_half), np.float32(road.road_half + road.kerb_width)
-    dd1 = road.d_near(d[0] * t1, d[1] * t1, origin[:2], s_ref)
+    # Outside the kerb line |d| only grows along a ray (the sensor is on the carriageway), so
+    # rays whose ground hit is inside it meet no kerb: the kerb-height crossing for the others.
     dd0 = road.d_near(d[0] * t0, d[1] * t0, origin[:2], s_ref)
-    ad1, ad0 = np.abs(dd1), np.abs(dd0)
+    ad0 = np.abs(dd0)
+    out = np.flatnonzero(ad0 >= lo)
+    dd1 = np.zeros_like(dd0)
+    t1o = t1.take(out)
+    dd1[out] = road.d_near(d[0].take(out) * t1o, d[1].take(out) * t1o, origin[:2], s_ref)
+    ad1 = np.abs(dd1)
     top = (ad1 >= lo) & (ad1 <= hi)
     # Entering the band from the road side between the two heights: the kerb face.
     face = ~top & (ad1 < lo) & (ad0 >= lo)
@@ -230,7 +236,7 @@ def cast_ground(
         # Only rays reaching past the kerb line can meet either: s (an arctangent) for those only.
         w_lo = np.float32(road.side_street_half)
         w_hi = np.float32(road.side_street_half + road.kerb_width)
-        cand = np.flatnonzero(ad0 >= lo)
+        cand = out
         c1, c0 = t1.take(cand), t0.take(cand)
         dc = d.take(cand, axis=1)
         s1, _ = road.to_sd_near(dc[0] * c1, dc[1] * c1, origin[:2], s_ref)
