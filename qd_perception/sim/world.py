@@ -138,6 +138,8 @@ class SimScene:
     """
 
     def __init__(self, cfg: SimConfig, seed: int, scene_index: int) -> None:
+        if int(seed) < 0 or int(scene_index) < 0:
+            raise ValueError(f"seed and scene_index must be >= 0, got seed={seed}, scene_index={scene_index}")
         self.cfg = cfg
         self.seed = int(seed)
         self.scene_index = int(scene_index)

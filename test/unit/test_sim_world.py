@@ -33,6 +33,8 @@ def test_default_yaml_loads_and_bad_input_is_rejected():
         from_dict(SimConfig, {"density": {"unicycle": 1.0}})
     with pytest.raises(ConfigError, match="resolution"):
         from_dict(SimConfig, {"resolution": [4, 4]})
+    with pytest.raises(ValueError, match="seed"):
+        make_scene(TINY, seed=-1, scene_index=0)
 
 
 def test_an_empty_world_still_renders():
