@@ -166,11 +166,12 @@ def write_artefact(result: QuantizeResult, out_dir: str | Path, parity_frame: Fr
         "method": result.method,
         "bits": result.bits,
         "target": result.target,
-        "flavour": "ORT (Q/DQ on conv outputs, QLinearConv)"
+        "flavour": "ORT (Q/DQ on layer outputs too: QLinearConv)"
         if result.target == "ort"
-        else "TensorRT (Q/DQ on inputs)",
+        else "TensorRT (Q/DQ on inputs and weights)",
         "quantize_seconds": round(result.seconds, 2),
-        "size_mib": round(size.total_bytes / 2**20, 4),
+        "size_mib": round(size.total_bytes / 2**20, 4),  # weights packed at their bit width
+        "onnx_mib": round(sum(p.stat().st_size for p in out.glob("*.onnx")) / 2**20, 4),  # as stored
         "fp32_size_mib": round(size.fp32_bytes / 2**20, 4),
         "parity_max_abs_diff": report.get("parity_max_abs_diff"),
         "notes": [
