@@ -73,6 +73,8 @@ class _Builder:
 
     def box(self, x0, x1, y0, y1, z0, z1, color, refl, pattern=PLAIN) -> None:
         assert x1 > x0 and y1 > y0 and z1 > z0, (x0, x1, y0, y1, z0, z1)
+        if refl in (R_PAINT, R_CLOTH):  # diffuse surfaces: dark paint returns less than white
+            refl = refl * (0.4 + 1.2 * (0.3 * color[0] + 0.59 * color[1] + 0.11 * color[2]))
         self.rows.append((x0, x1, y0, y1, z0, z1, color, refl, pattern))
 
     def mirror_y(self, x0, x1, y0, y1, z0, z1, color, refl, pattern=PLAIN) -> None:
