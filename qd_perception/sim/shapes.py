@@ -187,11 +187,11 @@ def pedestrian(rng: np.random.Generator, walking: bool) -> Shape:
     """Legs are parts 0 and 1, arms parts 3 and 4 (``world`` swings them, at most as far as
     here, so the box stays tight)."""
     _, W, H = jittered_size("pedestrian", rng, 0.06)
-    L = 0.55 + 0.2 * rng.random() if walking else 0.32 + 0.1 * rng.random()
+    L = 0.55 + 0.2 * rng.random() if walking else 0.40 + 0.1 * rng.random()  # standing: a small stance
     W = min(W, 0.72)
     shirt, pants, skin = _pick(rng, CLOTHES), _pick(rng, PANTS), _pick(rng, SKIN)
     b = _Builder()
-    stride = L / 2 - 0.08 if walking else 0.0
+    stride = L / 2 - 0.08
     for x, y in ((stride, 0.1), (-stride, -0.1)):
         b.box(x - 0.08, x + 0.08, y - 0.07, y + 0.07, 0.0, 0.47 * H, pants, R_CLOTH)
     b.box(-0.12, 0.12, -W / 2 + 0.12, W / 2 - 0.12, 0.47 * H, 0.82 * H, shirt, R_CLOTH)
