@@ -183,6 +183,37 @@ def evaluate(
     return result
 
 
+def load_submission(
+    path: str | Path, ego2global: dict[str, np.ndarray], score_threshold: float = 0.0
+) -> dict[str, Detections]:
+    """A nuScenes result JSON (global frame) -> ego-frame Detections of the given samples.
+
+    ``ego2global`` maps each wanted sample token to its keyframe ego pose; a wanted token the
+    file lacks raises ``KeyError``.
+    """
+    from qd_perception.classes import CLASS_ID
+    from qd_perception.geometry.transforms import invert, quat_to_yaw
+
+    results = json.loads(Path(path).read_text())["results"]
+    out = {}
+    for token, pose in ego2global.items():
+        recs = [r for r in results[token] if r["detection_score"] >= score_threshold]
+        if not recs:
+            out[token] = Detections.empty()
+            continue
+        boxes = np.array(
+            [[*r["translation"], r["size"][1], r["size"][0], r["size"][2],
+              quat_to_yaw(np.asarray(r["rotation"])), *r["velocity"][:2]] for r in recs]
+        )  # fmt: skip
+        out[token] = Detections(
+            transform_boxes(boxes, invert(pose)),
+            np.array([CLASS_ID[r["detection_name"]] for r in recs], np.int64),
+            np.array([r["detection_score"] for r in recs], np.float32),
+            tuple(r["attribute_name"] for r in recs),
+        )
+    return out
+
+
 def load_metrics(path: str | Path) -> dict:
     """``metrics.json`` written by :func:`evaluate` (NaN stored as null)."""
     return json.loads(Path(path).read_text())

@@ -306,6 +306,16 @@ def test_cli_same_seed_same_bytes_and_preview(dataset, tmp_path):
     png = tmp_path / "p.png"
     assert main(["sim-preview", str(out), "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # predictions from a result file: the submission of the GT comes back equal in the ego frame
+    from qd_perception.eval.nuscenes_eval import atomic_write_json, load_submission, to_submission
+
+    reader = NuScenesReader(out, split="val", nsweeps=0, load_images=False)
+    token = reader.sample_tokens[0]
+    atomic_write_json(tmp_path / "r.json", to_submission(reader, {token: reader.gt(token)}))
+    back = load_submission(tmp_path / "r.json", {token: reader.ego2global(token)})[token]
+    np.testing.assert_allclose(back.boxes, reader.gt(token).boxes, atol=1e-6)
+    argv = ["sim-preview", str(out), "--sample", token, "--results", str(tmp_path / "r.json")]
+    assert main([*argv, "--out", str(tmp_path / "q.png")]) == 0
 
 
 def test_errors_are_clear(dataset, tmp_path):
