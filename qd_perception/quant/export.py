@@ -101,6 +101,36 @@ def export_onnx(
     return path
 
 
+def int32_bias_overflows(model: nn.Module) -> list[str]:
+    """Layers whose bias does not fit the int32 accumulator of an integer conv.
+
+    ORT's QLinearConv (and TensorRT) quantize a conv's float bias with scale ``s_in * s_w[c]``; a
+    tiny input range (e.g. an untrained encoder whose features are ~1e-4) makes
+    ``|b| / (s_in * s_w)`` exceed 2^31 and the bias wraps silently. Returns "name: ratio" for each
+    offending layer (empty = safe).
+    """
+    from qd_perception.quant.nn.modules import QuantModule
+    from qd_perception.quant.tensor_quant import affine_params, symmetric_scale
+
+    bad = []
+    for name, m in model.named_modules():
+        if not isinstance(m, QuantModule) or getattr(m, "bias", None) is None:
+            continue
+        iq, wq = m.input_quantizer, m.weight_quantizer
+        if iq.mode != "quantize" or wq.mode != "quantize" or not iq.calibrated or not wq.calibrated:
+            continue
+        s_in = (
+            symmetric_scale(iq.effective_amax(), iq.bits)
+            if iq.symmetric
+            else affine_params(iq.amin, iq.amax, iq.bits)[0]
+        )
+        s_w = symmetric_scale(wq.effective_amax(), wq.bits)
+        ratio = float((m.bias.detach().abs() / (s_in * s_w)).max())
+        if ratio >= 2**31 - 1:
+            bad.append(f"{name}: |bias| / (s_in * s_w) = {ratio:.3g}")
+    return bad
+
+
 def onnx_op_counts(path: str | Path) -> collections.Counter:
     """Op types in an ONNX file."""
     import onnx

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from qd_perception.config import to_dict
 from qd_perception.data.types import Frame
 from qd_perception.quant.config import Target, preset
+from qd_perception.quant.export import int32_bias_overflows
 from qd_perception.quant.model import calibrate, fold_bn, quantize_model
 from qd_perception.quant.nn.modules import QuantModule
 from qd_perception.quant.ptq.lidar_ptq import LidarPTQConfig, PTQReport, run_lidar_ptq
@@ -180,6 +181,13 @@ def write_artefact(result: QuantizeResult, out_dir: str | Path, parity_frame: Fr
             "ONNX Runtime's x86 U8S8 kernels without VNNI",
         ],
     }
+    overflows = int32_bias_overflows(result.model)
+    if overflows:
+        info["warnings"] = [
+            "bias overflows the int32 accumulator of an integer conv (input range too small; "
+            "the runtime's outputs will be wrong for these layers): " + "; ".join(overflows)
+        ]
+        print("WARNING: " + info["warnings"][0])
     if result.report is not None:
         info["stage_seconds"] = {k: round(v, 2) for k, v in result.report.stage_seconds.items()}
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{QUANT_YAML}.")

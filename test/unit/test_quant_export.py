@@ -107,3 +107,14 @@ def test_export_refuses_calibrate_mode(tmp_path):
     with pytest.raises(RuntimeError, match="calibrate"):
         export_onnx(q, (x,), tmp_path / "x.onnx")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_int32_bias_overflow_is_detected():
+    from qd_perception.quant.export import int32_bias_overflows
+
+    q, _ = _quantized("w8a8", asym_acts=True)
+    assert int32_bias_overflows(q) == []
+    q[2].input_quantizer.amax.fill_(1e-6)  # an input range far too small for the last conv's bias
+    q[2].bias.data.fill_(2.0)
+    bad = int32_bias_overflows(q)
+    assert len(bad) == 1 and bad[0].startswith("2:")
