@@ -48,6 +48,12 @@ class DetectorNodeConfig:
     always_run: run the detector even when nobody subscribes to its outputs (benchmarks).
     stall_warn_s: warn (naming the silent inputs) when no complete set formed for this long.
     diagnostics_period_s: how often ``~/output/diagnostics`` is published.
+    latency_window: samples kept for the latency percentiles.
+    latency_stamp_window_s: ``pipeline_latency_ms`` (node clock - input stamp) is only recorded
+        when the stamp is within this many seconds of the node clock; otherwise the two clocks are
+        unrelated (a bag replayed without ``use_sim_time``/``/clock``) and it is reported as n/a.
+    warmup: run the detector once on a synthetic frame before subscribing, so the first real
+        frames do not pay lazy initialisation (model load, first-call allocations).
     """
 
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -65,6 +71,8 @@ class DetectorNodeConfig:
     stall_warn_s: float = 2.0
     diagnostics_period_s: float = 1.0
     latency_window: int = 200
+    latency_stamp_window_s: float = 60.0
+    warmup: bool = True
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.inputs) - {"lidar", "cameras"})
@@ -74,6 +82,8 @@ class DetectorNodeConfig:
             raise ValueError(f"cameras: duplicate names in {list(self.cameras)}")
         if self.diagnostics_period_s <= 0 or self.stall_warn_s <= 0:
             raise ValueError("diagnostics_period_s and stall_warn_s must be > 0")
+        if self.latency_stamp_window_s <= 0:
+            raise ValueError("latency_stamp_window_s must be > 0")
 
 
 def camera_key(camera: str) -> str:

@@ -255,6 +255,42 @@ def test_missing_odometry_counted_frames_still_out(lidar_node):
     assert h.proc.wait_output("no odometry within", 5)
 
 
+def test_warmup_ready_and_latency_on_bag_and_live_stamps(driver, tmp_path):
+    """The node warms its detector up before subscribing and says so (log, ``ready``); on a bag's
+    old stamps only the node's own processing time is reported (pipeline latency n/a, not ~10^11 ms),
+    on stamps near the node clock the pipeline latency is recorded."""
+    name, topic = "warm_detector", f"{LIDAR_T}_warm"
+    proc = NodeProcess.module(
+        "qd_perception.ros.nodes.lidar_detector",
+        node_args(["-p", "use_odometry:=false"], name=name, lidar=topic),
+        tmp_path / "warm.log",
+    )
+    try:
+        h = Harness(driver, proc, name=name)
+        out = proc.output()
+        # warm-up first, subscriptions after it
+        assert 0 <= out.index("warm-up detection took") < out.index("detector 'classical'"), out
+        assert h.diag("ready") == 1 and h.diag("warmup_ms") > 0
+        assert h.diag("frames_in") == 0  # the warm-up frame is not an input frame
+
+        def publish(stamp_ns: int) -> dict[str, str]:
+            h.d.publish(topic, cloud_msg(car_cloud(h.rng), stamp_ns))
+            assert h.d.spin_until(lambda: any(_stamp(m) == stamp_ns for m in h.dets), 10), proc.output()
+            h.diag("frames_out")  # a diagnostics message newer than the output
+            return diag_values(h.diags[-1])
+
+        bag_stamp = 1_700_000_000 * 10**9  # Nov 2023, like a recorded bag replayed today
+        d = publish(bag_stamp)
+        assert 0 < float(d["processing_ms.p50"]) < 10_000
+        assert "pipeline_latency_ms.p50" not in d and d["pipeline_latency_ms"].startswith("n/a")
+        assert int(d["pipeline_latency_ms.unrelated_stamps"]) >= 1
+        d = publish(time.time_ns())  # a live sensor: stamp = now on the same clock
+        assert 0 < float(d["pipeline_latency_ms.p50"]) < 10_000
+        assert 0 < float(d["processing_ms.p50"]) <= float(d["processing_ms.max"]) < 10_000
+    finally:
+        assert proc.stop() == 0
+
+
 def test_cameras_bad_and_silent(driver, tmp_path):
     """Node synchronising lidar + 2 cameras: wrong size / encoding / truncated images are
     dropped and counted, a silent camera stalls sets (warning names it), recovery after."""
