@@ -4,7 +4,20 @@ In a ROS 2 workspace the package is built by CMake/colcon (CMakeLists.txt), whic
 the messages; do not pip-install this into the same environment (it would replace that install).
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def _share_files() -> list[tuple[str, list[str]]]:
+    """config/, msg/, launch/, weights/ -> <prefix>/share/qd_perception/... (see qd_perception.paths)."""
+    out: dict[str, list[str]] = {}
+    for top in ("config", "msg", "launch", "weights"):
+        for f in sorted(Path(top).rglob("*")) if Path(top).is_dir() else []:
+            if f.is_file() and "__pycache__" not in f.parts:
+                out.setdefault(f"share/qd_perception/{f.parent.as_posix()}", []).append(f.as_posix())
+    return sorted(out.items())
+
 
 setup(
     name="qd-perception-core",
@@ -27,4 +40,5 @@ setup(
     extras_require={"voxel": ["spconv>=2.3"], "eval": ["nuscenes-devkit==1.2.0"]},
     entry_points={"console_scripts": ["qd-perception=qd_perception.cli:main"]},
     package_data={"qd_perception": ["py.typed"]},
+    data_files=[*_share_files(), ("share/qd_perception", ["package.xml"])],
 )

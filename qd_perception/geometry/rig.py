@@ -14,6 +14,7 @@ import numpy as np
 
 from qd_perception.config import load_yaml
 from qd_perception.geometry.transforms import make_transform
+from qd_perception.paths import config_dir
 
 # Columns: the optical x (right), y (down), z (forward) axes expressed in ego for a camera
 # looking along ego +x.
@@ -111,12 +112,9 @@ class Rig:
         return make_transform(_rz(np.deg2rad(L.yaw_deg)), np.asarray(L.translation, dtype=np.float64))
 
 
-RIG_DIR = Path(__file__).resolve().parents[2] / "config" / "rig"
-
-
 def load_rig(name_or_path: str | Path = "nuscenes_like") -> Rig:
     """Load a rig by name (``config/rig/<name>.yaml``) or by path."""
     p = Path(name_or_path)
     if p.suffix not in (".yaml", ".yml"):
-        p = RIG_DIR / f"{name_or_path}.yaml"
+        p = config_dir() / "rig" / f"{name_or_path}.yaml"
     return load_yaml(Rig, p)

@@ -19,11 +19,11 @@ from typing import Any
 
 import yaml
 
+from qd_perception import paths
 from qd_perception.ros.node_config import DEFAULT_CAMERAS, camera_key
 from qd_perception.sim.rosmsgs import LIDAR_TOPIC, ODOM_TOPIC, camera_info_topic, image_topic
 
 PACKAGE = "qd_perception"
-_REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,7 @@ GRAPHS: dict[str, tuple[NodeSpec, ...]] = {
 def config_dir() -> Path:
     """The package's ``config/``: the source tree's when running from a checkout, else the
     installed ``share/qd_perception/config`` (ament index)."""
-    if (_REPO / "config" / "rig").is_dir():
-        return _REPO / "config"
-    from ament_index_python.packages import get_package_share_directory
-
-    return Path(get_package_share_directory(PACKAGE)) / "config"
+    return paths.config_dir()
 
 
 def resolve_rig(name_or_path: str) -> Path:

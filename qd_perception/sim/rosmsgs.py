@@ -22,15 +22,13 @@ Topic names and frame ids (one place, shared with the ROS nodes):
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qd_perception.classes import CLASS_NAMES
 from qd_perception.geometry.transforms import matrix_to_quat
-
-MSG_DIR = Path(__file__).resolve().parents[2] / "msg"
+from qd_perception.paths import msg_dir
 
 LIDAR_TOPIC = "/sensing/lidar/top/points"
 ODOM_TOPIC = "/odom"
@@ -83,9 +81,9 @@ def typestore() -> Any:
 
     store = get_typestore(Stores.ROS2_KILTED)
     types: dict = {}
-    files = sorted(MSG_DIR.glob("*.msg"))
+    files = sorted(msg_dir().glob("*.msg"))
     if not files:
-        raise FileNotFoundError(f"no .msg files in {MSG_DIR}")
+        raise FileNotFoundError(f"no .msg files in {msg_dir()}")
     for f in files:
         types.update(get_types_from_msg(f.read_text(), f"qd_perception/msg/{f.stem}"))
     store.register(types)

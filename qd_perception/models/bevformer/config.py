@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Literal
 
 from qd_perception.config import ConfigError, load_yaml
+from qd_perception.paths import config_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "config" / "models"
 PRESETS: tuple[str, ...] = ("nano", "tiny", "small", "base")
 
 NUSCENES_CAMERAS: tuple[str, ...] = (
@@ -117,4 +117,4 @@ def preset(name: str) -> BEVFormerConfig:
     """The named preset (``nano``, ``tiny``, ``small``, ``base``) from ``config/models``."""
     if name not in PRESETS:
         raise ConfigError(f"unknown BEVFormer preset {name!r}; choose one of {PRESETS}")
-    return load_model_config(CONFIG_DIR / f"bevformer_{name}.model.yaml")
+    return load_model_config(config_dir() / "models" / f"bevformer_{name}.model.yaml")
