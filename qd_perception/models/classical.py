@@ -10,6 +10,9 @@ Pipeline on the current sweep (ego frame, ``Frame.points`` rows with ``time_lag 
    connected, then 8-connected components (``scipy.ndimage.label``).
 4. **Oriented box**: minimum-area rectangle over a sweep of headings (0..90 deg), height from
    the points' z extent down to the local ground.
+
+Steps 4-6 run for all clusters at once (points sorted by cluster, per-cluster reductions with
+``ufunc.reduceat``): a sweep has 30-60 clusters and a per-cluster Python loop cost ~1 ms each.
 5. **Class by size**: every class's mean size (:data:`MEAN_SIZE_LWH`) is scored in log-size space;
    observed dimensions are lower bounds (the far side of an object is occluded), so being
    smaller than the prior costs less than being larger. The box is then grown to the class's
@@ -62,8 +65,10 @@ class ClassicalConfig:
             raise ValueError("min_points and heading_steps must be >= 1")
 
 
-_PRIORS = np.log(np.array([MEAN_SIZE_LWH[c] for c in CLASS_NAMES]))  # (C, 3)
+_PRIOR_LWH = np.array([MEAN_SIZE_LWH[c] for c in CLASS_NAMES])  # (C, 3)
+_PRIORS = np.log(_PRIOR_LWH)
 _VEHICLES = {"car", "truck", "construction_vehicle", "bus", "trailer", "motorcycle", "bicycle"}
+_IS_VEHICLE = np.array([c in _VEHICLES for c in CLASS_NAMES])
 
 
 def min_area_rectangle(xy: np.ndarray, steps: int = 30) -> tuple[float, np.ndarray, np.ndarray]:
@@ -81,17 +86,22 @@ def min_area_rectangle(xy: np.ndarray, steps: int = 30) -> tuple[float, np.ndarr
     return float(ang[k]), np.array([u[:, k].min(), v[:, k].min()]), np.array([u[:, k].max(), v[:, k].max()])
 
 
-def size_costs(length: float, width: float, height: float) -> np.ndarray:
-    """(C,) cost of each class for an observed footprint/height (lower is better).
+_W_OVER = np.array([4.0, 4.0, 3.0])
+_W_UNDER = np.array([0.6, 0.8, 2.0])
+
+
+def size_costs(
+    length: float | np.ndarray, width: float | np.ndarray, height: float | np.ndarray
+) -> np.ndarray:
+    """(C,) cost of each class for an observed footprint/height (lower is better); (K, C) for
+    (K,) arrays of observations.
 
     Log-ratio to the class mean; exceeding the prior weighs 4x more than falling short of it in
     length/width (occlusion), height is seen whole from a roof-mounted lidar so both directions count.
     """
-    obs = np.log(np.maximum([length, width, height], 0.05))
-    d = obs[None] - _PRIORS  # > 0: larger than the prior
-    w_over = np.array([4.0, 4.0, 3.0])
-    w_under = np.array([0.6, 0.8, 2.0])
-    return (np.where(d > 0, w_over, w_under) * d**2).sum(1)
+    obs = np.log(np.maximum(np.stack(np.broadcast_arrays(length, width, height), -1), 0.05))  # (..., 3)
+    d = obs[..., None, :] - _PRIORS  # (..., C, 3), > 0: larger than the prior
+    return (np.where(d > 0, _W_OVER, _W_UNDER) * d**2).sum(-1)
 
 
 class ClassicalDetector:
@@ -103,6 +113,7 @@ class ClassicalDetector:
         self.config = config or ClassicalConfig()
         # (t_us, centres (N, 2) global, velocities (N, 2) global, labels (N,)) of the last frame
         self._prev: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._buf = np.empty((3, self.config.heading_steps, 0))  # see _rect_buffers
 
     def reset(self) -> None:
         self._prev = None
@@ -113,29 +124,26 @@ class ClassicalDetector:
         if frame.points is None:
             raise ValueError("ClassicalDetector needs lidar points (Frame.points is None)")
         pts = np.asarray(frame.points)
-        if len(pts) and pts.shape[1] >= 5:
-            pts = pts[pts[:, 4] == 0]  # current sweep only: older sweeps smear moving objects
-        pts = pts[np.isfinite(pts[:, :3]).all(1)] if len(pts) else pts
+        if pts.ndim != 2 or pts.shape[1] < 3:
+            raise ValueError(f"Frame.points must be (P, >=3), got {pts.shape}")
+        # One mask, one copy. Comparisons with NaN are False and |inf| is out of range, so the
+        # range test also removes non-finite points.
         keep = (
             (np.abs(pts[:, 0]) < cfg.range_m)
             & (np.abs(pts[:, 1]) < cfg.range_m)
             & (pts[:, 2] > cfg.z_min_m)
             & (pts[:, 2] < cfg.z_max_m)
         )
-        pts = pts[keep]
+        if pts.shape[1] >= 5:
+            keep &= pts[:, 4] == 0  # current sweep only: older sweeps smear moving objects
+        pts = pts[keep, :3]
         if len(pts) < cfg.min_points:
-            return self._finish(frame, [], [], [])
+            return self._finish(frame, np.zeros((0, 9)), np.zeros(0, np.int64), np.zeros(0))
         ground = self._ground_height(pts)
-        obj = pts[pts[:, 2] - ground > cfg.ground_clearance_m]
-        obj_ground = ground[pts[:, 2] - ground > cfg.ground_clearance_m]
-        boxes, labels, scores = [], [], []
-        for idx in self._clusters(obj):
-            box = self._fit(obj[idx, :3], obj_ground[idx])
-            if box is not None:
-                b, lab, sc = box
-                boxes.append(b)
-                labels.append(lab)
-                scores.append(sc)
+        above = pts[:, 2] - ground > cfg.ground_clearance_m
+        obj, obj_ground = pts[above], ground[above]
+        order, starts = self._clusters(obj)
+        boxes, labels, scores = self._fit_all(obj[order].astype(np.float64), obj_ground[order], starts)
         return self._finish(frame, boxes, labels, scores)
 
     def _ground_height(self, pts: np.ndarray) -> np.ndarray:
@@ -144,104 +152,147 @@ class ClassicalDetector:
         ij = np.floor((pts[:, :2] + cfg.range_m) / g).astype(np.int64)
         n = math.ceil(2 * cfg.range_m / g) + 1
         flat = ij[:, 0] * n + ij[:, 1]
-        cell_min = np.full(n * n, np.inf)
-        # Per-cell minimum without ufunc.at (several times slower): sort by (cell, z) and keep
-        # the first point of each cell.
-        order = np.lexsort((pts[:, 2], flat))
-        fs = flat[order]
-        first = np.ones(len(fs), bool)
-        first[1:] = fs[1:] != fs[:-1]
-        cell_min[fs[first]] = pts[order[first], 2]
+        z = np.ascontiguousarray(pts[:, 2])
+        # ufunc.at has a fast path only when the target's dtype is the values' (40x here)
+        cell_min = np.full(n * n, np.inf, z.dtype)
+        np.minimum.at(cell_min, flat, z)
+        cell_min = cell_min.astype(np.float64)
         ground = cell_min[flat]
         # A cell entirely covered by an object has no ground return: do not let its lowest
         # (object) point become the ground. Clip to the typical ground level plus a slope margin.
         ref = np.median(cell_min[np.isfinite(cell_min)])
         return np.minimum(ground, ref + 0.3)
 
-    def _clusters(self, obj: np.ndarray) -> list[np.ndarray]:
+    def _clusters(self, obj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cluster the object points: (order (Q,), starts (K,)) such that ``obj[order]`` lists the
+        K clusters of at least ``min_points`` points one after the other, cluster k starting at
+        ``starts[k]`` (clusters by label, points in their original order within a cluster)."""
         cfg = self.config
+        empty = np.zeros(0, np.int64)
         if len(obj) < cfg.min_points:
-            return []
+            return empty, empty
         c = cfg.cluster_cell_m
         ij = np.floor((obj[:, :2] + cfg.range_m) / c).astype(np.int64)
         n = math.ceil(2 * cfg.range_m / c) + 1
-        occ = np.zeros((n, n), bool)
-        occ[ij[:, 0], ij[:, 1]] = True
-        grown = ndimage.binary_dilation(occ, structure=np.ones((3, 3), bool))
+        occ = np.zeros((n + 2, n + 2), bool)  # one cell of border for the dilation
+        occ[ij[:, 0] + 1, ij[:, 1] + 1] = True
+        # 3x3 dilation as OR of shifted views (3x faster than ndimage.binary_dilation here)
+        rows = occ[:-2] | occ[1:-1] | occ[2:]
+        grown = rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]
         lab, num = ndimage.label(grown, structure=np.ones((3, 3), bool))
         pl = lab[ij[:, 0], ij[:, 1]]
-        order = np.argsort(pl, kind="stable")
-        bounds = np.searchsorted(pl[order], np.arange(1, num + 2))
-        out = []
-        for k in range(num):
-            idx = order[bounds[k] : bounds[k + 1]]
-            if len(idx) >= cfg.min_points:
-                out.append(idx)
-        return out
+        counts = np.bincount(pl, minlength=num + 1)
+        big = counts >= cfg.min_points
+        big[0] = False  # label 0 is background (never hit: every point's cell is occupied)
+        sel = np.flatnonzero(big[pl])
+        order = sel[np.argsort(pl[sel], kind="stable")]
+        sizes = counts[big]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(sizes) else empty
+        return order, starts
 
-    def _fit(self, xyz: np.ndarray, ground: np.ndarray) -> tuple[np.ndarray, int, float] | None:
+    def _rect_buffers(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Three (heading_steps, n) float64 work arrays (views of a buffer grown on demand)."""
+        steps = self.config.heading_steps
+        if self._buf.shape[2] < n:
+            self._buf = np.empty((3, steps, max(n, int(self._buf.shape[2] * 1.5))))
+        return self._buf[0, :, :n], self._buf[1, :, :n], self._buf[2, :, :n]
+
+    def _fit_all(
+        self, xyz: np.ndarray, ground: np.ndarray, starts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Oriented boxes, classes and scores of all clusters at once.
+
+        xyz: (Q, 3) float64 object points sorted by cluster; ground: (Q,) local ground height of
+        each; starts: (K,) first row of each cluster. Returns boxes (M, 9), labels (M,), scores (M,)
+        of the M <= K clusters that fit a class (cluster order kept).
+        """
         cfg = self.config
-        centre = xyz[:, :2].mean(0)
-        yaw, lo, hi = min_area_rectangle(xyz[:, :2] - centre, cfg.heading_steps)
+        K = len(starts)
+        if K == 0:
+            return np.zeros((0, 9)), np.zeros(0, np.int64), np.zeros(0)
+        counts = np.diff(np.append(starts, len(xyz)))
+        seg = np.repeat(np.arange(K), counts)  # cluster of each point
+        centre = np.add.reduceat(xyz[:, :2], starts, axis=0) / counts[:, None]  # (K, 2)
+        rel = xyz[:, :2] - centre[seg]
+        # minimum-area rectangle over heading_steps headings in [0, pi/2), all clusters at once
+        ang = np.arange(cfg.heading_steps) * (np.pi / 2 / cfg.heading_steps)
+        c, s = np.cos(ang), np.sin(ang)
+        # (steps, Q) rows in buffers kept across frames: broadcasting a (Q, 1) column view was
+        # ~50x slower, and fresh multi-MB temporaries cost page faults on every sweep
+        x, y = np.ascontiguousarray(rel[:, 0]), np.ascontiguousarray(rel[:, 1])
+        u, v, tmp = self._rect_buffers(len(x))
+        np.multiply(c[:, None], x, out=u)
+        np.multiply(s[:, None], y, out=tmp)
+        u += tmp
+        np.multiply(c[:, None], y, out=v)
+        np.multiply(s[:, None], x, out=tmp)
+        v -= tmp
+        u_lo, u_hi = np.minimum.reduceat(u, starts, axis=1).T, np.maximum.reduceat(u, starts, axis=1).T
+        v_lo, v_hi = np.minimum.reduceat(v, starts, axis=1).T, np.maximum.reduceat(v, starts, axis=1).T
+        best = np.argmin((u_hi - u_lo) * (v_hi - v_lo), axis=1)  # (K,)
+        k = np.arange(K)
+        yaw = ang[best]
+        lo = np.stack([u_lo[k, best], v_lo[k, best]], 1)  # (K, 2) extents along (u, v)
+        hi = np.stack([u_hi[k, best], v_hi[k, best]], 1)
         ext = hi - lo
-        if ext.max() > cfg.max_extent_m:
-            return None
-        # length along the longer side
-        if ext[1] > ext[0]:
-            yaw += np.pi / 2
-            lo, hi = np.array([lo[1], -hi[0]]), np.array([hi[1], -lo[0]])
+        ok = ext.max(1) <= cfg.max_extent_m  # longer: walls, buildings
+
+        def turn(mask: np.ndarray) -> None:
+            """Rotate the rectangle frame by +90 deg where ``mask``: u' = v, v' = -u."""
+            nonlocal yaw, lo, hi, ext
+            yaw = np.where(mask, yaw + np.pi / 2, yaw)
+            lo, hi = (
+                np.where(mask[:, None], np.stack([lo[:, 1], -hi[:, 0]], 1), lo),
+                np.where(mask[:, None], np.stack([hi[:, 1], -lo[:, 0]], 1), hi),
+            )
             ext = hi - lo
-        z_bottom = float(np.median(ground))
-        z_top = float(xyz[:, 2].max())
+
+        turn(ext[:, 1] > ext[:, 0])  # length along the longer side
+        # median of the local ground per cluster: sort within clusters, take the middle row(s)
+        g_sorted = ground[np.lexsort((ground, seg))]
+        z_bottom = (g_sorted[starts + (counts - 1) // 2] + g_sorted[starts + counts // 2]) / 2
+        z_top = np.maximum.reduceat(xyz[:, 2], starts)
         height = z_top - z_bottom
-        costs = size_costs(max(ext[0], 0.1), max(ext[1], 0.1), height)
+        e0, e1 = np.maximum(ext[:, 0], 0.1), np.maximum(ext[:, 1], 0.1)
+        costs = size_costs(e0, e1, height)  # (K, C)
         # Classes whose length is the short side (barrier: 0.5 m long, 2.5 m wide) match the
         # footprint turned by 90 degrees.
-        costs_turned = size_costs(max(ext[1], 0.1), max(ext[0], 0.1), height)
-        label = int(np.argmin(np.minimum(costs, costs_turned)))
-        cost = float(min(costs[label], costs_turned[label]))
-        if cost > cfg.max_size_cost:
-            return None
-        if costs_turned[label] < costs[label]:
-            yaw += np.pi / 2
-            lo, hi = np.array([lo[1], -hi[0]]), np.array([hi[1], -lo[0]])
-            ext = hi - lo
-        prior = MEAN_SIZE_LWH[CLASS_NAMES[label]]
-        u = np.array([np.cos(yaw), np.sin(yaw)])
-        v = np.array([-np.sin(yaw), np.cos(yaw)])
+        costs_turned = size_costs(e1, e0, height)
+        label = np.argmin(np.minimum(costs, costs_turned), axis=1)
+        c_l, ct_l = costs[k, label], costs_turned[k, label]
+        cost = np.minimum(c_l, ct_l)
+        ok &= cost <= cfg.max_size_cost
+        turn(ct_l < c_l)
+        prior = _PRIOR_LWH[label]  # (K, 3)
+        uu = np.stack([np.cos(yaw), np.sin(yaw)], 1)
+        vv = np.stack([-np.sin(yaw), np.cos(yaw)], 1)
         # Grow each axis to the prior away from the sensor: the visible edge stays put.
         sensor = np.asarray(cfg.sensor_xy) - centre
-        s_proj = np.array([sensor @ u, sensor @ v])
-        new_lo, new_hi = lo.copy(), hi.copy()
-        for a, size in ((0, prior[0]), (1, prior[1])):
-            if ext[a] < size:
-                if s_proj[a] <= (lo[a] + hi[a]) / 2:  # sensor on the low side: near edge is lo
-                    new_hi[a] = lo[a] + size
-                else:
-                    new_lo[a] = hi[a] - size
+        s_proj = np.stack([(sensor * uu).sum(1), (sensor * vv).sum(1)], 1)
+        grow = ext < prior[:, :2]
+        near_lo = s_proj <= (lo + hi) / 2  # sensor on the low side: the near edge is lo
+        new_hi = np.where(grow & near_lo, lo + prior[:, :2], hi)
+        new_lo = np.where(grow & ~near_lo, hi - prior[:, :2], lo)
         mid = (new_lo + new_hi) / 2
-        cxy = centre + mid[0] * u + mid[1] * v
+        cxy = centre + mid[:, 0:1] * uu + mid[:, 1:2] * vv
         dims = new_hi - new_lo
-        dz = max(height, prior[2] * 0.9) if height < prior[2] else height
+        dz = np.where(height < prior[:, 2], np.maximum(height, prior[:, 2] * 0.9), height)
         cz = z_bottom + dz / 2
-        n_term = 1.0 - math.exp(-len(xyz) / 15.0)
-        score = float(math.exp(-cost) * n_term)
+        score = np.exp(-cost) * (1.0 - np.exp(-counts / 15.0))
         # The rectangle fixes the heading axis, not its direction: choose the one within 90 deg of
         # the ego's heading (traffic in the ego's direction; motion overrides it later).
-        yaw = float((yaw + np.pi / 2) % np.pi - np.pi / 2)
-        box = np.array([cxy[0], cxy[1], cz, dims[0], dims[1], dz, yaw, 0.0, 0.0])
-        return box, label, score
+        yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
+        zeros = np.zeros(K)
+        boxes = np.stack([cxy[:, 0], cxy[:, 1], cz, dims[:, 0], dims[:, 1], dz, yaw, zeros, zeros], 1)
+        return boxes[ok], label[ok].astype(np.int64), score[ok]
 
-    def _finish(self, frame: Frame, boxes: list, labels: list, scores: list) -> Detections:
+    def _finish(self, frame: Frame, B: np.ndarray, L: np.ndarray, S: np.ndarray) -> Detections:
         cfg = self.config
-        if not boxes:
+        keep = S >= cfg.score_threshold
+        B, L, S = B[keep].astype(np.float64), L[keep], S[keep].astype(np.float32)
+        if not len(B):
             self._prev = (frame.timestamp_us, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, np.int64))
             return Detections.empty()
-        B = np.array(boxes, dtype=np.float64)
-        L = np.array(labels, dtype=np.int64)
-        S = np.array(scores, dtype=np.float32)
-        keep = S >= cfg.score_threshold
-        B, L, S = B[keep], L[keep], S[keep]
         B = self._velocity(frame, B, L)
         attrs = tuple(
             attribute_for(CLASS_NAMES[int(lab)], float(np.hypot(b[7], b[8]))) for b, lab in zip(B, L)
@@ -280,10 +331,8 @@ class ClassicalDetector:
         B = B.copy()
         B[:, 7:9] = vel_g @ R2  # global -> ego (R2 orthonormal: R^T v as row-vector product)
         speed = np.hypot(B[:, 7], B[:, 8])
-        for k in range(len(B)):
-            if CLASS_NAMES[int(L[k])] in _VEHICLES and speed[k] > cfg.min_speed_for_heading:
-                heading = math.atan2(B[k, 8], B[k, 7])
-                # keep the fitted axis, pick its direction closest to the motion
-                if math.cos(heading - B[k, 6]) < 0:
-                    B[k, 6] = float(wrap_angle(B[k, 6] + np.pi))
+        heading = np.arctan2(B[:, 8], B[:, 7])
+        # moving vehicles: keep the fitted axis, pick its direction closest to the motion
+        flip = _IS_VEHICLE[L] & (speed > cfg.min_speed_for_heading) & (np.cos(heading - B[:, 6]) < 0)
+        B[flip, 6] = wrap_angle(B[flip, 6] + np.pi)
         return B
