@@ -292,14 +292,17 @@ def detections_to_msg(dets: Detections, stamp_ns: int, frame_id: str = "base_lin
     from qd_perception.msg import BoundingBox3D, Detection3D, Detection3DArray
 
     out = Detection3DArray(header=Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id))
-    B = np.asarray(dets.boxes, dtype=np.float64)
+    # plain Python lists: indexing numpy arrays per field costs more than the messages
+    B = np.asarray(dets.boxes, dtype=np.float64).tolist()
+    labels = np.asarray(dets.labels).tolist()
+    scores = np.asarray(dets.scores, np.float64).tolist()
     attrs = dets.attributes or ("",) * len(B)
     ids = dets.instance_ids
     npts = dets.num_lidar_pts
     items = []
     for k in range(len(B)):
         b = B[k]
-        cid = int(dets.labels[k])
+        cid = int(labels[k])
         items.append(
             Detection3D(
                 box=BoundingBox3D(
@@ -308,7 +311,7 @@ def detections_to_msg(dets: Detections, stamp_ns: int, frame_id: str = "base_lin
                 velocity=Vector3(x=b[7], y=b[8], z=0.0),
                 class_id=cid,
                 class_name=CLASS_NAMES[cid],
-                score=float(dets.scores[k]),
+                score=scores[k],
                 attribute=attrs[k],
                 instance_id="" if ids is None else str(ids[k]),
                 num_lidar_points=0 if npts is None else int(npts[k]),
