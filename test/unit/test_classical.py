@@ -123,6 +123,37 @@ def test_rectangle_and_size_costs():
     assert int(np.argmin(size_costs(10.5, 2.9, 3.4))) == CLASS_ID["bus"]
 
 
+def test_all_clusters_at_once_equals_one_at_a_time():
+    """The batched fit (per-cluster reductions over points sorted by cluster) must not mix
+    clusters: fitting all clusters together gives the boxes of fitting each cluster alone, whose
+    rectangle is also what :func:`min_area_rectangle` finds for it."""
+    det = ClassicalDetector()
+    cfg = det.config
+    many = [*OBJECTS, (-6.0, 9.0, 0.7, "truck"), (3.0, -12.0, 0.0, "barrier"), (25.0, 6.0, 0.0, "pedestrian")]
+    pts = _scan(many, np.random.default_rng(4))[:, :3].astype(np.float32)
+    ground = det._ground_height(pts)
+    above = pts[:, 2] - ground > cfg.ground_clearance_m
+    order, starts = det._clusters(pts[above])
+    assert len(starts) >= len(many)
+    xyz, g = pts[above][order].astype(np.float64), ground[above][order]
+    boxes, labels, scores = det._fit_all(xyz, g, starts)
+    ends = np.append(starts[1:], len(xyz))
+    singles = [det._fit_all(xyz[a:b], g[a:b], np.zeros(1, np.int64)) for a, b in zip(starts, ends)]
+    kept = [s for s in singles if len(s[1])]
+    assert len(kept) == len(boxes) >= len(many)
+    np.testing.assert_allclose(np.concatenate([s[0] for s in kept]), boxes, atol=1e-9)
+    assert np.concatenate([s[1] for s in kept]).tolist() == labels.tolist()
+    np.testing.assert_allclose(np.concatenate([s[2] for s in kept]), scores, atol=1e-12)
+    for a, b in zip(starts, ends):  # the same heading search as the public helper
+        xy = xyz[a:b, :2] - xyz[a:b, :2].mean(0)
+        yaw, lo, hi = min_area_rectangle(xy, cfg.heading_steps)
+        s = det._fit_all(xyz[a:b], g[a:b], np.zeros(1, np.int64))
+        if len(s[1]):  # same axes (mod 90 deg); grown to the prior, never shrunk
+            d = (s[0][0, 6] - yaw) % (np.pi / 2)
+            assert min(d, np.pi / 2 - d) < 1e-9
+            assert all(np.sort(s[0][0, 3:5]) >= np.sort(hi - lo) - 1e-9)
+
+
 def test_sweep_accumulator_motion_compensation():
     acc = SweepAccumulator(SweepConfig(max_sweeps=3, max_age_s=0.25))
     static = np.array([[10.0, 0.0, 1.0, 7.0]])  # a static point, global x = 110
