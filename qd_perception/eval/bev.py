@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=float, default=None, help="default: the model config's")
     p.add_argument("--pictures", type=int, default=1, help="pictures of predictions to draw")
     p.add_argument("--picture-out", default="", help="also copy the first picture here (e.g. docs/images/)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime CPU threads (0 = default)")
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    det = load_bev_detector(args.model, args.score_threshold)
+    det = load_bev_detector(args.model, args.score_threshold, threads=args.threads)
     reader = NuScenesReader(args.data, args.version, args.split, nsweeps=0, load_images=True)
     n = len(reader)
     # pictures: the middle keyframe of the first scenes (history in use); lidar only for the drawing
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     lat = {
         "backend": type(det).__name__,
         "model": str(args.model),
-        "torch_threads": torch.get_num_threads(),
+        "threads": args.threads or "default",
         "inference_ms": latency_stats(infer_ms[1:] or infer_ms).to_dict(),  # first call warms up
         "end_to_end_ms": latency_stats(total_ms[1:] or total_ms).to_dict(),
         "temporal_resets": det.resets,

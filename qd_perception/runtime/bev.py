@@ -175,10 +175,11 @@ class OrtBEVDetector(BEVDetectorBase):
 
 
 def load_bev_detector(
-    model_path: str | Path, score_threshold: float | None = None, device: str = "cpu"
+    model_path: str | Path, score_threshold: float | None = None, device: str = "cpu", threads: int = 0
 ) -> BEVDetectorBase:
-    """A checkpoint (.pt) -> torch backend; an .onnx file -> ONNX Runtime backend."""
+    """A checkpoint (.pt) -> torch backend; an .onnx file -> ONNX Runtime backend (``threads``
+    intra-op threads, 0 = ORT default)."""
     p = Path(model_path)
     if p.suffix == ".onnx":
-        return OrtBEVDetector(p, score_threshold)
+        return OrtBEVDetector(p, score_threshold, threads)
     return TorchBEVDetector.from_checkpoint(p, score_threshold, device)
