@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from qd_perception.config import ConfigError, load_yaml
+from qd_perception.paths import share_dir
 from qd_perception.runtime.base import Detector
 
 
@@ -99,7 +100,28 @@ def build_detector(cfg: DetectorConfig) -> Detector:
     builder = BUILDERS.get(cfg.name)
     if builder is None:
         raise ValueError(f"unknown detector {cfg.name!r}; available: {list(BUILDERS)}")
-    for what, p in (("model_path", cfg.model_path), ("model_config", cfg.model_config)):
-        if p and not Path(p).exists():
-            raise ConfigError(f"detector {cfg.name!r}: {what} {p!r} does not exist")
-    return builder(cfg)
+    resolved = {}
+    for what in ("model_path", "model_config"):
+        p = getattr(cfg, what)
+        if p:
+            found = resolve_package_file(p)
+            if found is None:
+                raise ConfigError(f"detector {cfg.name!r}: {what} {p!r} does not exist")
+            resolved[what] = str(found)
+    return builder(dataclasses.replace(cfg, **resolved))
+
+
+def resolve_package_file(p: str | Path) -> Path | None:
+    """``p`` as given if it exists, else relative to the package's share directory (so a parameter
+    file can name shipped files like ``weights/bevformer_nano.pt`` in a checkout and installed)."""
+    path = Path(p)
+    if path.exists():
+        return path
+    if not path.is_absolute():
+        try:
+            cand = share_dir() / path
+        except FileNotFoundError:
+            return None
+        if cand.exists():
+            return cand
+    return None
