@@ -237,8 +237,8 @@ def make_node(node_name: str, default_detector: str) -> Any:
             arrivals = self._arrival[stream]
             arrivals[stamp_ns] = t_recv
             if len(arrivals) > 4 * self.cfg.sync.queue_size + 8:  # dropped by the policy: forget
-                for k in sorted(arrivals)[: len(arrivals) - 2 * self.cfg.sync.queue_size]:
-                    del arrivals[k]
+                for k in list(arrivals)[: len(arrivals) - 2 * self.cfg.sync.queue_size]:
+                    del arrivals[k]  # the longest waiting (insertion order, also after a clock jump)
             counters = self.policy.counters.streams[stream]
             late = counters.late
             out = self.policy.add(stream, stamp_ns, payload)
