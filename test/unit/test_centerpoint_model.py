@@ -176,3 +176,18 @@ def test_trained_model_finds_the_scene_objects(trained_pillar):
         d = np.hypot(*(det.boxes[:, :2] - boxes[k, :2]).T)
         hit = (d < 1.5) & (det.labels == labels[k])
         assert hit.any(), (k, det.boxes[:5], det.labels[:5])
+
+
+def test_voxel_backbone_is_deterministic_with_several_threads():
+    """spconv's CPU kernels race with > 1 torch thread; the backbone must guard against it."""
+    torch.manual_seed(0)
+    model = build_model("centerpoint", config_from_dict("centerpoint", TINY_VOXEL)).eval()
+    vox = model.preprocess([torch.from_numpy(tiny_frame(3).points)])
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            a, b = model.encode(vox), model.encode(vox)
+        assert torch.get_num_threads() == 2  # restored after the sparse part
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(a, b)
