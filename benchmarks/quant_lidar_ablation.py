@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=Path("config/quant/lidar_ptq.yaml"))
     ap.add_argument("--methods", default=",".join(CALIBRATORS), help="comma list of calibrators")
     ap.add_argument("--no-w4", action="store_true", help="skip the W4A8 LiDAR-PTQ run")
+    ap.add_argument("--no-lidar-ptq", action="store_true", help="skip the W8A8 LiDAR-PTQ stage-by-stage run")
     ap.add_argument("--max-val", type=int, default=0, help="evaluate only N samples (others count as misses)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--png", type=Path, default=None)
@@ -67,7 +68,10 @@ def main() -> None:
             args.data, args.version, args.split, preds, work / name, allow_missing=bool(args.max_val)
         )
         rows.append((name, met.map, met.nds, seconds))
-        print(f"{name}: mAP {met.map:.4f} NDS {met.nds:.4f}" + (f" ({seconds:.1f} s PTQ)" if seconds else ""))
+        print(
+            f"{name}: mAP {met.map:.4f} NDS {met.nds:.4f}" + (f" ({seconds:.1f} s PTQ)" if seconds else ""),
+            flush=True,
+        )
 
     score("FP32", model, None)
     for method in [m for m in args.methods.split(",") if m]:
@@ -86,7 +90,8 @@ def main() -> None:
     def on_stage(stage: str, q: torch.nn.Module) -> None:
         snapshots.append((stage_names[stage], copy.deepcopy(q), time.perf_counter() - t0))
 
-    quantize_centerpoint(model, frames, "lidar_ptq", "w8a8", "ort", ptq_cfg, on_stage)
+    if not args.no_lidar_ptq:
+        quantize_centerpoint(model, frames, "lidar_ptq", "w8a8", "ort", ptq_cfg, on_stage)
     for name, q, secs in snapshots:
         score(f"INT8 {name}", q, secs)
     if not args.no_w4:
