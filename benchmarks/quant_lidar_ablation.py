@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=Path("config/quant/lidar_ptq.yaml"))
     ap.add_argument("--methods", default=",".join(CALIBRATORS), help="comma list of calibrators")
     ap.add_argument("--no-w4", action="store_true", help="skip the W4A8 LiDAR-PTQ run")
+    ap.add_argument("--w4-stages", action="store_true", help="score the W4A8 LiDAR-PTQ run after each stage")
     ap.add_argument("--no-lidar-ptq", action="store_true", help="skip the W8A8 LiDAR-PTQ stage-by-stage run")
     ap.add_argument("--max-val", type=int, default=0, help="evaluate only N samples (others count as misses)")
     ap.add_argument("--threads", type=int, default=1)
@@ -95,8 +96,16 @@ def main() -> None:
     for name, q, secs in snapshots:
         score(f"INT8 {name}", q, secs)
     if not args.no_w4:
-        r = quantize_centerpoint(model, frames, "lidar_ptq", "w4a8", "ort", ptq_cfg)
-        score("W4A8 LiDAR-PTQ", r.model, r.seconds)
+        snapshots.clear()
+        t0 = time.perf_counter()
+        r = quantize_centerpoint(
+            model, frames, "lidar_ptq", "w4a8", "ort", ptq_cfg, on_stage if args.w4_stages else None
+        )
+        if args.w4_stages:
+            for name, q, secs in snapshots:
+                score(f"W4A8 {name}", q, secs)
+        else:
+            score("W4A8 LiDAR-PTQ", r.model, r.seconds)
 
     fp_map, fp_nds = rows[0][1], rows[0][2]
     print(
