@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", default="450x800")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--rates", type=float, nargs="+", default=[1.0, 0.5])
+    p.add_argument(
+        "--detector",
+        choices=("classical", "centerpoint"),
+        default="classical",
+        help="classical: the baseline on 1 sweep; centerpoint: the node's default model on 5 sweeps",
+    )
     args = p.parse_args(argv)
 
     from qd_perception.commands.replay import ReplayOptions, replay
@@ -42,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     for rate in args.rates:
         load = os.getloadavg()[0]
         m = replay(
-            ReplayOptions(bags=bags, out=args.data / f"replay_rate{rate:g}", launch="lidar", rate=rate)
+            ReplayOptions(
+                bags=bags,
+                out=args.data / f"replay_rate{rate:g}_{args.detector}",
+                launch="lidar",
+                rate=rate,
+                overrides=(
+                    f"lidar_detector.detector.name={args.detector}",
+                    f"lidar_detector.sweeps.max_sweeps={1 if args.detector == 'classical' else 5}",
+                ),
+            )
         )
         lat = m["latency_wall_ms"]
         rows.append(

@@ -23,7 +23,7 @@ def test_graph_description():
     assert ("~/input/pointcloud", LIDAR_TOPIC) in lidar.remaps
     assert ("~/input/cam_back/image", "/sensing/camera/cam_back/image_raw") in lidar.remaps
     assert graph.params_path(lidar) == ROOT / "config" / "lidar_detector.param.yaml"
-    assert graph.effective_detector(lidar, graph.params_path(lidar)) == "classical"
+    assert graph.effective_detector(lidar, graph.params_path(lidar)) == "centerpoint"
     args = graph.ros_arguments(lidar, graph.params_path(lidar))
     assert args[:3] == ["--ros-args", "-r", "__node:=lidar_detector"] and "--params-file" in args
     with pytest.raises(KeyError, match="unknown graph"):
@@ -53,8 +53,20 @@ def test_pip_launcher_runs_graph_and_stops_cleanly(driver, tmp_path):
 
     from qd_perception.ros.convert import array_to_pointcloud2
 
+    # The classical baseline (no model) through a node parameter file, as a user would switch to it.
+    params = tmp_path / "lidar_detector.param.yaml"
+    params.write_text("lidar_detector:\n  ros__parameters:\n    detector.name: classical\n")
     proc = NodeProcess(
-        [sys.executable, "-m", "qd_perception.cli", "launch", "lidar"], tmp_path / "launch.log"
+        [
+            sys.executable,
+            "-m",
+            "qd_perception.cli",
+            "launch",
+            "lidar",
+            "--params",
+            f"lidar_detector={params}",
+        ],
+        tmp_path / "launch.log",
     )
     try:
         got = driver.record(Detection3DArray, "/lidar_detector/output/detections")

@@ -36,7 +36,16 @@ def test_replay_lidar_graph(tiny_bag, tmp_path):
     # sweep) so the classical detector (50-150 ms per sweep here, ~450 ms for its first one) keeps
     # up with the 20 Hz lidar; docs/benchmarks.md has the rate-1.0 figures.
     m = replay(
-        ReplayOptions(bags=(tiny_bag,), out=out, launch="lidar", rate=RATE, drain_s=1.0), verbose=False
+        ReplayOptions(
+            bags=(tiny_bag,),
+            out=out,
+            launch="lidar",
+            rate=RATE,
+            drain_s=1.0,
+            # The classical baseline on one sweep (fast and model-free), not the default CenterPoint.
+            overrides=("lidar_detector.detector.name=classical", "lidar_detector.sweeps.max_sweeps=1"),
+        ),
+        verbose=False,
     )
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["detectors"]["lidar_detector"]["frames_in"] == m["frames_in"]
