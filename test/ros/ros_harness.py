@@ -77,6 +77,7 @@ class Driver:
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self._pubs: dict[str, Any] = {}
+        self._subs: dict[str, Any] = {}
         self.received: dict[str, list[Any]] = {}
 
     def publisher(self, msg_type: Any, topic: str) -> Any:
@@ -94,8 +95,14 @@ class Driver:
         from rclpy.qos import QoSProfile
 
         buf: list[Any] = self.received.setdefault(topic, [])
-        self.node.create_subscription(msg_type, topic, buf.append, QoSProfile(depth=50))
+        self._subs[topic] = self.node.create_subscription(msg_type, topic, buf.append, QoSProfile(depth=50))
         return buf
+
+    def wait_for_publishers(self, topic: str, n: int = 1, timeout: float = 15.0) -> bool:
+        """Until a recorded topic is matched with ``n`` publishers: outputs published before the
+        match are lost (volatile durability), which under load can take seconds."""
+        sub = self._subs[topic]
+        return self.spin_until(lambda: sub.get_publisher_count() >= n, timeout)
 
     def spin(self, seconds: float) -> None:
         end = time.monotonic() + seconds

@@ -115,6 +115,7 @@ class Harness:
         assert proc.wait_output("detector 'classical'", 15), proc.output()
         self.d.publish(LIDAR_T, cloud_msg(car_cloud(self.rng), 1))  # create the publisher
         assert driver.wait_for_subscribers(LIDAR_T), "node did not subscribe"
+        assert driver.wait_for_publishers(f"/{name}/output/detections"), "detections not matched"
         driver.spin(0.5)  # discovery of the outputs
 
     def diag(self, key: str, fresh: bool = True) -> float:

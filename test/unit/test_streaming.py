@@ -156,6 +156,7 @@ def test_replay_parameter_overrides(tmp_path):
     import yaml
 
     from qd_perception.commands.replay import ReplayOptions, write_overrides
+    from qd_perception.paths import config_dir
     from qd_perception.ros.graph import nodes
 
     specs, _ = nodes("lidar")
@@ -167,7 +168,10 @@ def test_replay_parameter_overrides(tmp_path):
     files = write_overrides(opts, specs, tmp_path / "params")
     p = yaml.safe_load(open(files["lidar_detector"]))["lidar_detector"]["ros__parameters"]
     assert p["detector.score_threshold"] == 0.3 and p["rig"] == "x"
-    assert p["detector.name"] == "classical"  # the rest of config/lidar_detector.param.yaml is kept
+    # the rest of config/lidar_detector.param.yaml is kept
+    shipped = yaml.safe_load(open(config_dir() / "lidar_detector.param.yaml"))["lidar_detector"]
+    assert p["detector.name"] == shipped["ros__parameters"]["detector.name"]
+    assert p["detector.model_path"] == shipped["ros__parameters"]["detector.model_path"]
     with pytest.raises(ValueError, match="no node 'bev_detector'"):
         write_overrides(replace_overrides(opts, "bev_detector.detector.model_path=m.pt"), specs, tmp_path)
     with pytest.raises(ValueError, match=r"NODE\.PARAM=VALUE"):
