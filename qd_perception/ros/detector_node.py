@@ -60,8 +60,9 @@ from qd_perception.ros.convert import (
     stamp_to_ns,
 )
 from qd_perception.ros.graph import resolve_rig
+from qd_perception.ros.inputs import subscribe_sensor_inputs
 from qd_perception.ros.markers import detections_to_markers
-from qd_perception.ros.node_config import DetectorNodeConfig, camera_key
+from qd_perception.ros.node_config import DetectorNodeConfig
 from qd_perception.ros.params import declare_config
 from qd_perception.runtime.factory import DetectorConfig, build_detector
 from qd_perception.runtime.sweeps import SweepAccumulator
@@ -82,10 +83,8 @@ def _percentiles(values: deque[float]) -> dict[str, float]:
 def make_node(node_name: str, default_detector: str) -> Any:
     """Create the node (imports rclpy lazily so this module's docs build without ROS)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from nav_msgs.msg import Odometry
     from rclpy.node import Node
-    from rclpy.qos import QoSProfile, qos_profile_sensor_data
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from rclpy.qos import QoSProfile
     from visualization_msgs.msg import MarkerArray
 
     from qd_perception.msg import Detection3DArray
@@ -133,30 +132,9 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 self._warm_up()
             self.ready = True
 
-            qos = qos_profile_sensor_data
-            self.subs = []
-            if self.use_lidar:
-                self.subs.append(
-                    self.create_subscription(PointCloud2, "~/input/pointcloud", self._on_cloud, qos)
-                )
-            if self.use_cameras:
-                for cam in cfg.cameras:
-                    key = camera_key(cam)
-                    self.subs.append(
-                        self.create_subscription(
-                            Image, f"~/input/{key}/image", lambda m, c=cam: self._on_image(c, m), qos
-                        )
-                    )
-                    self.subs.append(
-                        self.create_subscription(
-                            CameraInfo,
-                            f"~/input/{key}/camera_info",
-                            lambda m, c=cam: self._on_info(c, m),
-                            qos,
-                        )
-                    )
-            if cfg.use_odometry:
-                self.subs.append(self.create_subscription(Odometry, "~/input/odom", self._on_odom, qos))
+            self.subs = subscribe_sensor_inputs(
+                self, cfg.cameras, self.use_lidar, self.use_cameras, cfg.use_odometry
+            )
             out_qos = QoSProfile(depth=5)
             self.pub_det = self.create_publisher(Detection3DArray, "~/output/detections", out_qos)
             self.pub_markers = self.create_publisher(MarkerArray, "~/output/markers", out_qos)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from qd_perception.data.calib_store import CalibStoreConfig
-from qd_perception.ros.node_config import DEFAULT_CAMERAS, camera_key
+from qd_perception.ros.node_config import DEFAULT_CAMERAS
 from qd_perception.runtime.sweeps import SweepConfig
 from qd_perception.sync.approximate_time import SyncConfig
 
@@ -185,11 +185,9 @@ class PtqRunner:
 
 def make_node(argv_unused: Any = None) -> Any:
     """Create the node (rclpy imported lazily: this module's config is importable without ROS)."""
-    from nav_msgs.msg import Odometry
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
@@ -207,6 +205,7 @@ def make_node(argv_unused: Any = None) -> Any:
         stamp_to_ns,
     )
     from qd_perception.ros.graph import resolve_rig
+    from qd_perception.ros.inputs import subscribe_sensor_inputs
     from qd_perception.ros.params import declare_config
     from qd_perception.runtime.sweeps import SweepAccumulator
     from qd_perception.sync.approximate_time import ApproximateTimePolicy
@@ -245,30 +244,9 @@ def make_node(argv_unused: Any = None) -> Any:
             self._worker = threading.Thread(target=self._run_worker, name="calib-writer", daemon=True)
             self._worker.start()
 
-            qos = qos_profile_sensor_data
-            self.subs = []
-            if self.use_lidar:
-                self.subs.append(
-                    self.create_subscription(PointCloud2, "~/input/pointcloud", self._on_cloud, qos)
-                )
-            if self.use_cameras:
-                for cam in cfg.cameras:
-                    key = camera_key(cam)
-                    self.subs.append(
-                        self.create_subscription(
-                            Image, f"~/input/{key}/image", lambda m, c=cam: self._on_image(c, m), qos
-                        )
-                    )
-                    self.subs.append(
-                        self.create_subscription(
-                            CameraInfo,
-                            f"~/input/{key}/camera_info",
-                            lambda m, c=cam: self._on_info(c, m),
-                            qos,
-                        )
-                    )
-            if cfg.use_odometry:
-                self.subs.append(self.create_subscription(Odometry, "~/input/odom", self._on_odom, qos))
+            self.subs = subscribe_sensor_inputs(
+                self, cfg.cameras, self.use_lidar, self.use_cameras, cfg.use_odometry
+            )
             if cfg.detections_wait_s > 0:
                 self.subs.append(
                     self.create_subscription(
@@ -276,7 +254,7 @@ def make_node(argv_unused: Any = None) -> Any:
                         Detection3DArray,
                         "~/input/detections",
                         self._on_detections,
-                        qos,
+                        qos_profile_sensor_data,
                     )
                 )
             self.pub_status = self.create_publisher(String, "~/status", QoSProfile(depth=5))

@@ -1,0 +1,43 @@
+"""Subscriptions to the synchronised sensor inputs, shared by the detector and calibration nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from qd_perception.ros.node_config import camera_key
+
+
+def subscribe_sensor_inputs(
+    node: Any, cameras: Sequence[str], lidar: bool, use_cameras: bool, odometry: bool
+) -> list[Any]:
+    """Subscribe ``node`` to its private input topics with sensor-data QoS.
+
+    Topics: ``~/input/pointcloud`` (PointCloud2), ``~/input/<cam>/image`` and
+    ``~/input/<cam>/camera_info`` per camera, ``~/input/odom`` (Odometry). Callbacks are the
+    node's ``_on_cloud(msg)``, ``_on_image(camera, msg)``, ``_on_info(camera, msg)`` and
+    ``_on_odom(msg)``. Returns the subscriptions (keep them alive).
+    """
+    from nav_msgs.msg import Odometry
+    from rclpy.qos import qos_profile_sensor_data as qos
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    subs = []
+    if lidar:
+        subs.append(node.create_subscription(PointCloud2, "~/input/pointcloud", node._on_cloud, qos))
+    if use_cameras:
+        for cam in cameras:
+            key = camera_key(cam)
+            subs.append(
+                node.create_subscription(
+                    Image, f"~/input/{key}/image", lambda m, c=cam: node._on_image(c, m), qos
+                )
+            )
+            subs.append(
+                node.create_subscription(
+                    CameraInfo, f"~/input/{key}/camera_info", lambda m, c=cam: node._on_info(c, m), qos
+                )
+            )
+    if odometry:
+        subs.append(node.create_subscription(Odometry, "~/input/odom", node._on_odom, qos))
+    return subs
