@@ -60,7 +60,7 @@ from qd_perception.ros.convert import (
     stamp_to_ns,
 )
 from qd_perception.ros.graph import resolve_rig
-from qd_perception.ros.inputs import subscribe_sensor_inputs
+from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inputs
 from qd_perception.ros.markers import detections_to_markers
 from qd_perception.ros.node_config import DetectorNodeConfig
 from qd_perception.ros.params import declare_config
@@ -68,7 +68,6 @@ from qd_perception.runtime.factory import DetectorConfig, build_detector
 from qd_perception.runtime.sweeps import SweepAccumulator
 from qd_perception.sync.approximate_time import ApproximateTimePolicy, SyncedSet
 
-LIDAR = "lidar"
 ODOM = "odom"
 
 
@@ -380,19 +379,7 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 return
             cameras = ()
             if self.use_cameras:
-                cams = []
-                for cam, stamp in zip(self.policy.required, item.stamps_ns):
-                    if cam == LIDAR:
-                        continue
-                    img = msgs[cam]
-                    K_res = self.camera_K.get(cam)
-                    K = (
-                        K_res[0]
-                        if K_res and K_res[1] == img.shape[:2]
-                        else self.rig.intrinsics(cam, img.shape[:2])
-                    )
-                    cams.append(CameraInput(cam, img, K, self.rig.cam2ego(cam), stamp // 1000))
-                cameras = tuple(cams)
+                cameras = camera_inputs(self.policy.required, item.stamps_ns, msgs, self.camera_K, self.rig)
             frame = Frame(
                 token=str(stamp_ns),
                 scene_token="live",

@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from qd_perception.data.types import CameraInput
 from qd_perception.ros.node_config import camera_key
+
+#: Stream name of the lidar in the nodes' synchronisation policies (the cameras use their names).
+LIDAR = "lidar"
 
 
 def subscribe_sensor_inputs(
@@ -41,3 +45,23 @@ def subscribe_sensor_inputs(
     if odometry:
         subs.append(node.create_subscription(Odometry, "~/input/odom", node._on_odom, qos))
     return subs
+
+
+def camera_inputs(
+    streams: Sequence[str], stamps_ns: Sequence[int], msgs: dict[str, Any], camera_K: dict, rig: Any
+) -> tuple[CameraInput, ...]:
+    """The cameras of one synchronised set as model inputs.
+
+    ``streams``/``stamps_ns``: the policy's required streams and their matched stamps (the lidar
+    stream is skipped); ``msgs[cam]``: (H, W, 3) image; ``camera_K[cam]``: (K, (H, W)) from its
+    CameraInfo, used when it matches the image size, else the rig's K scaled to the image.
+    """
+    cams = []
+    for cam, stamp in zip(streams, stamps_ns):
+        if cam == LIDAR:
+            continue
+        img = msgs[cam]
+        K_res = camera_K.get(cam)
+        K = K_res[0] if K_res and K_res[1] == img.shape[:2] else rig.intrinsics(cam, img.shape[:2])
+        cams.append(CameraInput(cam, img, K, rig.cam2ego(cam), stamp // 1000))
+    return tuple(cams)

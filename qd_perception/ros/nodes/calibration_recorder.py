@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 
 from qd_perception.data.calib_store import CalibStoreConfig
+from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inputs
 from qd_perception.ros.node_config import DEFAULT_CAMERAS
 from qd_perception.runtime.sweeps import SweepConfig
 from qd_perception.sync.approximate_time import SyncConfig
 
 NODE_NAME = "calibration_recorder"
-LIDAR = "lidar"
 ODOM = "odom"
 
 
@@ -192,7 +192,7 @@ def make_node(argv_unused: Any = None) -> Any:
     from std_srvs.srv import Trigger
 
     from qd_perception.data.calib_store import CalibrationStore
-    from qd_perception.data.types import CameraInput, Frame
+    from qd_perception.data.types import Frame
     from qd_perception.geometry.rig import load_rig
     from qd_perception.msg import Detection3DArray
     from qd_perception.ros.convert import (
@@ -205,7 +205,6 @@ def make_node(argv_unused: Any = None) -> Any:
         stamp_to_ns,
     )
     from qd_perception.ros.graph import resolve_rig
-    from qd_perception.ros.inputs import subscribe_sensor_inputs
     from qd_perception.ros.params import declare_config
     from qd_perception.runtime.sweeps import SweepAccumulator
     from qd_perception.sync.approximate_time import ApproximateTimePolicy
@@ -342,26 +341,18 @@ def make_node(argv_unused: Any = None) -> Any:
             points = None
             if self.use_lidar:
                 points = self.sweeps.add(msgs[LIDAR], item.stamp_ns // 1000, ego2global)
-            cams = []
-            if self.use_cameras:
-                for cam, stamp in zip(self.policy.required, item.stamps_ns):
-                    if cam == LIDAR:
-                        continue
-                    img = msgs[cam]
-                    K_res = self.camera_K.get(cam)
-                    K = (
-                        K_res[0]
-                        if K_res and K_res[1] == img.shape[:2]
-                        else self.rig.intrinsics(cam, img.shape[:2])
-                    )
-                    cams.append(CameraInput(cam, img, K, self.rig.cam2ego(cam), stamp // 1000))
+            cams = (
+                camera_inputs(self.policy.required, item.stamps_ns, msgs, self.camera_K, self.rig)
+                if self.use_cameras
+                else ()
+            )
             return Frame(
                 token=str(item.stamp_ns),
                 scene_token="live",
                 timestamp_us=item.stamp_ns // 1000,
                 ego2global=ego2global if ego2global is not None else np.eye(4),
                 points=points,
-                cameras=tuple(cams),
+                cameras=cams,
                 ego_velocity=odom[1] if odom is not None else None,
             )
 
