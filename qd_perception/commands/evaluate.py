@@ -1,13 +1,10 @@
-"""``qd-perception eval lidar|bev ...``: nuScenes metrics (through nuscenes-devkit) of a detector.
-
-Dispatches to the task module of each detector family, which defines ``add_arguments(parser)``
-and ``run(args) -> int``.
-"""
+"""``qd-perception eval lidar|bev ...``: nuScenes metrics (through nuscenes-devkit) of a detector."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from qd_perception.commands._targets import add_target_arguments, run_target
 
 #: detector family -> module implementing this command for it.
 TARGETS: dict[str, str] = {
@@ -17,12 +14,8 @@ TARGETS: dict[str, str] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="target", metavar="lidar|bev", required=True)
-    for name, module in TARGETS.items():
-        p = sub.add_parser(name, help=f"{name} detector")
-        p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+    add_target_arguments(parser, TARGETS)
 
 
 def run(args: argparse.Namespace) -> int:
-    return int(importlib.import_module(args._module).run(args) or 0)
+    return run_target(args)
