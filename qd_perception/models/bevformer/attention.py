@@ -57,19 +57,27 @@ def _init_offsets(linear: nn.Linear, heads: int, groups: int, points: int) -> No
         linear.bias.copy_(grid.reshape(-1))
 
 
+def _add_deformable_projections(
+    module: nn.Module, embed_dims: int, num_heads: int, num_levels: int, num_points: int
+) -> None:
+    """The four linear layers of a deformable attention (offsets, weights, value and output
+    projections) as attributes of ``module``, initialised as in Deformable DETR."""
+    module.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
+    module.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
+    module.value_proj = nn.Linear(embed_dims, embed_dims)
+    module.output_proj = nn.Linear(embed_dims, embed_dims)
+    _init_offsets(module.sampling_offsets, num_heads, num_levels, num_points)
+    nn.init.zeros_(module.attention_weights.weight)
+    nn.init.zeros_(module.attention_weights.bias)
+
+
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention of a query set into feature maps (decoder -> BEV)."""
 
     def __init__(self, embed_dims: int, num_heads: int, num_levels: int, num_points: int) -> None:
         super().__init__()
         self.h, self.l, self.p = num_heads, num_levels, num_points
-        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
-        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
-        self.value_proj = nn.Linear(embed_dims, embed_dims)
-        self.output_proj = nn.Linear(embed_dims, embed_dims)
-        _init_offsets(self.sampling_offsets, num_heads, num_levels, num_points)
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
+        _add_deformable_projections(self, embed_dims, num_heads, num_levels, num_points)
 
     def forward(
         self,
@@ -139,13 +147,7 @@ class SpatialCrossAttention(nn.Module):
     def __init__(self, embed_dims: int, num_heads: int, num_levels: int, num_points: int, num_z: int) -> None:
         super().__init__()
         self.h, self.l, self.p, self.z = num_heads, num_levels, num_points, num_z
-        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
-        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
-        self.value_proj = nn.Linear(embed_dims, embed_dims)
-        self.output_proj = nn.Linear(embed_dims, embed_dims)
-        _init_offsets(self.sampling_offsets, num_heads, num_levels, num_points)
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
+        _add_deformable_projections(self, embed_dims, num_heads, num_levels, num_points)
 
     def forward(
         self,
