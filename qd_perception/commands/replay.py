@@ -261,7 +261,7 @@ def ros_env() -> dict[str, str]:
     """Environment for the node processes: loopback-only DDS and the large shared-memory Fast DDS
     profile unless the caller chose otherwise (see ENVIRONMENT.md: the default segment loses
     large frames)."""
-    from qd_perception.ros.graph import config_dir
+    from qd_perception.paths import config_dir
 
     env = dict(os.environ)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -623,10 +623,9 @@ def lidar_points_ego(
 ) -> dict[int, np.ndarray]:
     """stamp (us) -> (P, 3) points in the ego frame, for the pictures."""
     from qd_perception.geometry.rig import load_rig
-    from qd_perception.ros.graph import resolve_rig
     from qd_perception.sim.rosmsgs import pointcloud2_to_array
 
-    T = load_rig(resolve_rig(rig_name)).lidar2ego()
+    T = load_rig(rig_name).lidar2ego()
     out = {}
     for _, m in lidar_msgs:
         try:

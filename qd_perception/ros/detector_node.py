@@ -59,7 +59,6 @@ from qd_perception.ros.convert import (
     pointcloud2_to_xyzi,
     stamp_to_ns,
 )
-from qd_perception.ros.graph import resolve_rig
 from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inputs
 from qd_perception.ros.markers import detections_to_markers
 from qd_perception.ros.node_config import DetectorNodeConfig
@@ -94,7 +93,7 @@ def make_node(node_name: str, default_detector: str) -> Any:
             base = DetectorNodeConfig(detector=DetectorConfig(name=default_detector))
             self.cfg: DetectorNodeConfig = declare_config(self, DetectorNodeConfig, base=base)
             cfg = self.cfg
-            self.rig = load_rig(resolve_rig(cfg.rig))
+            self.rig = load_rig(cfg.rig)
             self.lidar2ego = self.rig.lidar2ego()
             self.detector = build_detector(cfg.detector)
             self.ready = False

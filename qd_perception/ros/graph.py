@@ -96,24 +96,10 @@ GRAPHS: dict[str, tuple[NodeSpec, ...]] = {
 }
 
 
-def config_dir() -> Path:
-    """The package's ``config/``: the source tree's when running from a checkout, else the
-    installed ``share/qd_perception/config`` (ament index)."""
-    return paths.config_dir()
-
-
-def resolve_rig(name_or_path: str) -> Path:
-    """Rig name (``nuscenes_like``) or path -> the YAML file."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        return p
-    return config_dir() / "rig" / f"{name_or_path}.yaml"
-
-
 def params_path(spec: NodeSpec, override: str | Path | None = None) -> Path | None:
     if override:
         return Path(override)
-    return config_dir() / spec.params if spec.params else None
+    return paths.config_dir() / spec.params if spec.params else None
 
 
 def effective_detector(spec: NodeSpec, params: Path | None) -> str:

@@ -204,7 +204,6 @@ def make_node(argv_unused: Any = None) -> Any:
         pointcloud2_to_xyzi,
         stamp_to_ns,
     )
-    from qd_perception.ros.graph import resolve_rig
     from qd_perception.ros.params import declare_config
     from qd_perception.runtime.sweeps import SweepAccumulator
     from qd_perception.sync.approximate_time import ApproximateTimePolicy
@@ -214,7 +213,7 @@ def make_node(argv_unused: Any = None) -> Any:
             super().__init__(NODE_NAME)
             self.cfg: CalibrationRecorderConfig = declare_config(self, CalibrationRecorderConfig)
             cfg = self.cfg
-            self.rig = load_rig(resolve_rig(cfg.rig))
+            self.rig = load_rig(cfg.rig)
             self.lidar2ego = self.rig.lidar2ego().astype(np.float32)
             self.use_lidar = "lidar" in cfg.modalities
             self.use_cameras = "cameras" in cfg.modalities
