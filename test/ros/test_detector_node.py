@@ -103,7 +103,9 @@ def node_args(extra: list[str] = (), cams: bool = False, name: str = NODE, lidar
 
 
 class Harness:
-    def __init__(self, driver: Driver, proc: NodeProcess, name: str = NODE) -> None:
+    def __init__(
+        self, driver: Driver, proc: NodeProcess, name: str = NODE, lidar_topic: str = LIDAR_T
+    ) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from qd_perception.msg import Detection3DArray
 
@@ -113,8 +115,12 @@ class Harness:
         self.rng = np.random.default_rng(0)
         self.t = 1_000 * 10**9
         assert proc.wait_output("detector 'classical'", 15), proc.output()
-        self.d.publish(LIDAR_T, cloud_msg(car_cloud(self.rng), 1))  # create the publisher
-        assert driver.wait_for_subscribers(LIDAR_T), "node did not subscribe"
+        # Wait for the node's subscription before any cloud: best-effort samples sent before the
+        # match are lost.
+        from sensor_msgs.msg import PointCloud2
+
+        driver.publisher(PointCloud2, lidar_topic)
+        assert driver.wait_for_subscribers(lidar_topic), "node did not subscribe"
         assert driver.wait_for_publishers(f"/{name}/output/detections"), "detections not matched"
         driver.spin(0.5)  # discovery of the outputs
 
@@ -267,7 +273,7 @@ def test_warmup_ready_and_latency_on_bag_and_live_stamps(driver, tmp_path):
         tmp_path / "warm.log",
     )
     try:
-        h = Harness(driver, proc, name=name)
+        h = Harness(driver, proc, name=name, lidar_topic=topic)
         out = proc.output()
         # warm-up first, subscriptions after it
         assert 0 <= out.index("warm-up detection took") < out.index("detector 'classical'"), out
