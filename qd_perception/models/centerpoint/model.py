@@ -3,7 +3,8 @@
     points --voxelize--> Voxels --encode--> BEV (B, C, ny', nx') --dense--> [TaskOutput per task]
 
 * pillar: ``pillar_inputs`` (feature augmentation, torch) -> ``pfn`` (ONNX graph 1) -> scatter
-  (torch) -> ``forward_dense`` (ONNX graph 2).
+  (torch) -> ``forward_dense`` (ONNX graph 2). At inference the torch model runs the PFN on the
+  points themselves (``pillar_point_inputs`` -> ``pfn.forward_points``): same features, no padding.
 * voxel: mean VFE + spconv backbone (torch only: spconv has no ONNX export) -> ``forward_dense``
   (ONNX).
 Voxelisation and decode (``models.centerpoint.decode``) stay outside every graph.
@@ -22,6 +23,7 @@ from qd_perception.models.centerpoint.vfe import (
     PillarFeatureNet,
     augment_pillar_features,
     mean_vfe,
+    pillar_point_features,
     scatter_to_bev,
 )
 from qd_perception.models.centerpoint.voxelize import Voxels, voxelize_batch
@@ -77,6 +79,12 @@ class CenterPoint(nn.Module):
         """(V, M, C + 5) augmented pillar points, the input of the PFN graph."""
         return augment_pillar_features(vox.voxels, vox.num_points, vox.coords, self.cfg.voxelization)
 
+    def pillar_point_inputs(self, vox: Voxels) -> torch.Tensor:
+        """(K, C + 5) the same augmented points without the padding (point layout of ``vox``)."""
+        return pillar_point_features(
+            vox.points, vox.point_voxel, vox.num_points, vox.coords, self.cfg.voxelization
+        )
+
     def scatter(self, pillar_features: torch.Tensor, vox: Voxels) -> torch.Tensor:
         nx, ny, _ = self.cfg.voxelization.grid_size
         return scatter_to_bev(pillar_features, vox.coords, vox.batch_size, ny, nx)
@@ -85,7 +93,13 @@ class CenterPoint(nn.Module):
     def encode(self, vox: Voxels) -> torch.Tensor:
         """Voxels -> dense BEV features (B, C, H', W')."""
         if self.pfn is not None:
-            return self.scatter(self.pfn(self.pillar_inputs(vox)), vox)
+            if self.pfn.supports_points():  # inference: same result, no padded rows
+                feats = self.pfn.forward_points(
+                    self.pillar_point_inputs(vox), vox.point_voxel, vox.num_points, vox.max_points
+                )
+            else:
+                feats = self.pfn(self.pillar_inputs(vox))
+            return self.scatter(feats, vox)
         assert self.sparse is not None
         return self.sparse(mean_vfe(vox.voxels, vox.num_points), vox.coords, vox.batch_size)
 

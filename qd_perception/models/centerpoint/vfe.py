@@ -4,6 +4,8 @@
   max over the points of a pillar). The augmentation runs outside the pillar-encoder ONNX graph,
   as deployers do, so the ONNX encoder is a plain (V, M, F) -> (V, C) network.
 * :func:`mean_vfe` (voxel variant: mean of the points of a voxel, as CenterPoint's voxel net).
+* :func:`pillar_point_features` + :meth:`PillarFeatureNet.forward_points`: the same PFN on the
+  point layout of :class:`Voxels` (K real points instead of V x M padded rows), used at inference.
 * :func:`scatter_to_bev`: (V, C) pillar features -> dense (B, C, ny, nx) canvas.
 """
 
@@ -41,6 +43,54 @@ def augment_pillar_features(
     return torch.cat([voxels, f_cluster, f_center], dim=-1) * mask
 
 
+def pillar_point_features(
+    points: torch.Tensor,
+    point_voxel: torch.Tensor,
+    num_points: torch.Tensor,
+    coords: torch.Tensor,
+    cfg: VoxelizationConfig,
+) -> torch.Tensor:
+    """Point layout of :func:`augment_pillar_features`: (K, C) kept points with their pillar
+    (K,) -> (K, C + 5), the same features as the valid rows of the padded tensor, no padding."""
+    xyz = points[:, :3]
+    v = len(num_points)
+    sums = torch.zeros((v, 3), dtype=points.dtype).index_add_(0, point_voxel, xyz)
+    mean = sums / num_points.clamp(min=1).to(points.dtype).unsqueeze(1)
+    vx, vy = cfg.voxel_size[0], cfg.voxel_size[1]
+    centre = torch.stack(
+        [
+            coords[:, 3].to(points.dtype) * vx + (vx / 2 + cfg.point_range[0]),
+            coords[:, 2].to(points.dtype) * vy + (vy / 2 + cfg.point_range[1]),
+        ],
+        dim=1,
+    )
+    return torch.cat([points, xyz - mean[point_voxel], xyz[:, :2] - centre[point_voxel]], dim=1)
+
+
+def segment_max(
+    x: torch.Tensor,
+    point_voxel: torch.Tensor,
+    num_points: torch.Tensor,
+    max_points: int,
+    pad: torch.Tensor,
+) -> torch.Tensor:
+    """Max over each pillar's points of (K, C) point features -> (V, C), as the padded PFN takes it.
+
+    In the padded tensor a pillar with fewer than ``max_points`` points also has zero rows, and
+    those go through the layer too: ``pad`` (C,) or (V, C) is what a zero row becomes, and it
+    joins the max of exactly those pillars. Points must be grouped by pillar (``Voxels`` are).
+    """
+    v, c = len(num_points), x.shape[1]
+    lengths = num_points.long()
+    if len(x) == int(lengths.sum()) and v > 0:
+        out = torch.segment_reduce(x, "max", lengths=lengths, axis=0, unsafe=True)
+    else:  # not grouped as the lengths say: the general (slower) scatter
+        out = torch.full((v, c), -torch.inf, dtype=x.dtype)
+        out = out.scatter_reduce(0, point_voxel[:, None].expand(-1, c), x, "amax")
+    padded = (lengths < max_points).unsqueeze(1)
+    return torch.where(padded, torch.maximum(out, pad.expand(v, c)), out)
+
+
 class PFNLayer(nn.Module):
     """Linear (no bias) + BatchNorm + ReLU per point, then max over the pillar's points."""
 
@@ -61,6 +111,10 @@ class PFNLayer(nn.Module):
             return x_max
         return torch.cat([x, x_max.expand_as(x)], dim=-1)
 
+    def point_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, F) -> (N, width): the per-point part (linear, norm, ReLU); eval-mode statistics."""
+        return self.relu(self.norm(self.linear(x)))
+
 
 class PillarFeatureNet(nn.Module):
     """PFN: (V, M, F) augmented pillar points -> (V, C) pillar features."""
@@ -79,6 +133,38 @@ class PillarFeatureNet(nn.Module):
             x = layer(x)
         return x.squeeze(1)
 
+    def supports_points(self) -> bool:
+        """True when :meth:`forward_points` computes what :meth:`forward` does: eval mode (the
+        padded zero rows enter training-mode BatchNorm statistics) and plain float modules (a
+        quantizer's wrappers calibrate on the padded tensor, zeros included)."""
+        return not self.training and all(
+            type(layer.linear) is nn.Linear
+            and type(layer.norm) is nn.BatchNorm1d
+            and type(layer.relu) is nn.ReLU
+            for layer in self.layers
+        )
+
+    def forward_points(
+        self, features: torch.Tensor, point_voxel: torch.Tensor, num_points: torch.Tensor, max_points: int
+    ) -> torch.Tensor:
+        """Point layout of :meth:`forward`: (K, F) augmented points of V pillars -> (V, C).
+
+        Computes on the K real points only, where the padded (V, M, F) layout computes on V * M
+        rows (10x more on a typical sweep), and reproduces the padding's effect on the max exactly:
+        a zero row of pillar v becomes ``pad[v]``; non-last layers concatenate the pillar max to
+        every row, padded rows included, so ``pad`` turns per pillar after the first layer.
+        """
+        x = features
+        pad = features.new_zeros((1, features.shape[1]))
+        for layer in self.layers:
+            x, pad = layer.point_forward(x), layer.point_forward(pad)
+            x_max = segment_max(x, point_voxel, num_points, max_points, pad)
+            if layer.last:
+                return x_max
+            x = torch.cat([x, x_max[point_voxel]], dim=1)
+            pad = torch.cat([pad.expand(len(x_max), -1), x_max], dim=1)
+        raise AssertionError("PillarFeatureNet has no last layer")
+
 
 def mean_vfe(voxels: torch.Tensor, num_points: torch.Tensor) -> torch.Tensor:
     """(V, M, C) -> (V, C) mean of the valid points of each voxel."""
@@ -91,8 +177,10 @@ def scatter_to_bev(
 ) -> torch.Tensor:
     """(V, C) features at coords (V, 4) [b, z, y, x] -> (B, C, ny, nx), zeros where empty."""
     c = features.shape[1]
-    canvas = features.new_zeros((batch_size, ny * nx, c))
+    canvas = features.new_zeros((batch_size, c, ny * nx))
     b = coords[:, 0].long()
     idx = coords[:, 2].long() * nx + coords[:, 3].long()
-    canvas = canvas.index_put((b, idx), features)
-    return canvas.permute(0, 2, 1).reshape(batch_size, c, ny, nx).contiguous()
+    # Write through a (B, ny*nx, C) view straight into the channel-first canvas: no second
+    # full-canvas copy to permute it afterwards.
+    canvas.transpose(1, 2).index_put_((b, idx), features)
+    return canvas.view(batch_size, c, ny, nx)

@@ -8,6 +8,7 @@ random subset when a generator is given, as training pipelines do).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -17,24 +18,45 @@ from qd_perception.models.centerpoint.config import VoxelizationConfig
 
 @dataclass(frozen=True)
 class Voxels:
-    """Voxels of a batch.
+    """Voxels of a batch. The kept points are stored once, without padding (point layout):
 
-    voxels: (V, M, C) float32 points per voxel, zero padded
-    num_points: (V,) int32 valid points per voxel (>= 1)
-    coords: (V, 4) int32 [batch, z, y, x] cell indices
-    batch_size: number of samples
+        points: (K, C) float32 kept points, grouped by voxel in voxel order, input order inside
+        point_voxel: (K,) int64 voxel index (row of ``coords``) of each point
+        num_points: (V,) int32 valid points per voxel (1..max_points); ``K == num_points.sum()``
+        coords: (V, 4) int32 [batch, z, y, x] cell indices
+        batch_size: number of samples
+        max_points: M, the voxel capacity (``max_points_per_voxel``)
+
+    :attr:`voxels` is the padded layout (V, M, C) that training, spconv and the padded PFN graph
+    take; it is built on first use, so the inference host path never pays for it.
     """
 
-    voxels: torch.Tensor
     num_points: torch.Tensor
     coords: torch.Tensor
     batch_size: int
+    points: torch.Tensor
+    point_voxel: torch.Tensor
+    max_points: int
+
+    @functools.cached_property
+    def point_rank(self) -> torch.Tensor:
+        """(K,) int64 position of each point inside its voxel (0..M-1)."""
+        n = self.num_points.long()
+        return torch.arange(len(self.points)) - (torch.cumsum(n, 0) - n)[self.point_voxel]
+
+    @functools.cached_property
+    def voxels(self) -> torch.Tensor:
+        """(V, M, C) float32 points per voxel, zero padded."""
+        v = torch.zeros((len(self.num_points), self.max_points, self.points.shape[1]), dtype=torch.float32)
+        v[self.point_voxel, self.point_rank] = self.points
+        return v
 
 
-def voxelize_one(
-    points: torch.Tensor, cfg: VoxelizationConfig, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(P, C) points -> voxels (V, M, C), num_points (V,), coords (V, 3) [z, y, x]."""
+def _group(
+    points: torch.Tensor, cfg: VoxelizationConfig, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P, C) points -> kept points (K, C) grouped by voxel, their voxel (K,), their rank in the
+    voxel (K,), num_points (V,) int32, coords (V, 3) int32 [z, y, x]."""
     if points.ndim != 2 or points.shape[1] < 3:
         raise ValueError(f"points must be (P, C>=3), got {tuple(points.shape)}")
     points = points.float()
@@ -48,16 +70,19 @@ def voxelize_one(
     inside = finite & (cell >= 0).all(1) & (cell < torch.tensor([nx, ny, nz])).all(1)
     points, cell = points[inside], cell[inside]
     if len(points) == 0:
+        empty = torch.zeros(0, dtype=torch.long)
         return (
-            torch.zeros((0, m, c)),
+            torch.zeros((0, c)),
+            empty,
+            empty,
             torch.zeros(0, dtype=torch.int32),
             torch.zeros((0, 3), dtype=torch.int32),
         )
     lin = (cell[:, 2] * ny + cell[:, 1]) * nx + cell[:, 0]
-    uniq, inverse = torch.unique(lin, sorted=True, return_inverse=True)
-    order = torch.sort(inverse, stable=True).indices  # points grouped by voxel, input order kept
-    inv_sorted = inverse[order]
-    counts = torch.bincount(inv_sorted, minlength=len(uniq))
+    # One stable sort groups the points by voxel (raster order) and keeps their input order.
+    lin_sorted, order = torch.sort(lin, stable=True)
+    uniq, counts = torch.unique_consecutive(lin_sorted, return_counts=True)
+    inv_sorted = torch.repeat_interleave(torch.arange(len(uniq)), counts)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(len(order)) - starts[inv_sorted]
     voxel_ids = torch.arange(len(uniq))
@@ -66,15 +91,26 @@ def voxelize_one(
             voxel_ids = torch.randperm(len(uniq), generator=generator)[: cfg.max_voxels].sort().values
         else:
             voxel_ids = voxel_ids[: cfg.max_voxels]
-    new_id = torch.full((len(uniq),), -1, dtype=torch.long)
-    new_id[voxel_ids] = torch.arange(len(voxel_ids))
-    vid = new_id[inv_sorted]
-    keep = (rank < m) & (vid >= 0)
-    voxels = torch.zeros((len(voxel_ids), m, c), dtype=torch.float32)
-    voxels[vid[keep], rank[keep]] = points[order[keep]]
+        new_id = torch.full((len(uniq),), -1, dtype=torch.long)
+        new_id[voxel_ids] = torch.arange(len(voxel_ids))
+        vid = new_id[inv_sorted]
+        keep = (rank < m) & (vid >= 0)
+    else:
+        vid = inv_sorted
+        keep = rank < m
     num_points = torch.clamp(counts[voxel_ids], max=m).to(torch.int32)
     u = uniq[voxel_ids]
     coords = torch.stack([u // (nx * ny), (u // nx) % ny, u % nx], dim=1).to(torch.int32)
+    return points[order[keep]], vid[keep], rank[keep], num_points, coords
+
+
+def voxelize_one(
+    points: torch.Tensor, cfg: VoxelizationConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P, C) points -> voxels (V, M, C), num_points (V,), coords (V, 3) [z, y, x]."""
+    pts, vid, rank, num_points, coords = _group(points, cfg, generator)
+    voxels = torch.zeros((len(num_points), cfg.max_points_per_voxel, pts.shape[1]), dtype=torch.float32)
+    voxels[vid, rank] = pts
     return voxels, num_points, coords
 
 
@@ -82,10 +118,15 @@ def voxelize_batch(
     points: list[torch.Tensor], cfg: VoxelizationConfig, generator: torch.Generator | None = None
 ) -> Voxels:
     """Voxelise each sample of a batch and concatenate with the batch index in ``coords[:, 0]``."""
-    vs, ns, cs = [], [], []
+    ns, cs, ps, pvs = [], [], [], []
+    offset = 0
     for b, p in enumerate(points):
-        v, n, c = voxelize_one(p, cfg, generator)
-        vs.append(v)
+        pts, vid, _rank, n, c = _group(p, cfg, generator)
         ns.append(n)
         cs.append(torch.cat([torch.full((len(c), 1), b, dtype=torch.int32), c], dim=1))
-    return Voxels(torch.cat(vs), torch.cat(ns), torch.cat(cs), len(points))
+        ps.append(pts)
+        pvs.append(vid + offset)
+        offset += len(n)
+    return Voxels(
+        torch.cat(ns), torch.cat(cs), len(points), torch.cat(ps), torch.cat(pvs), cfg.max_points_per_voxel
+    )
