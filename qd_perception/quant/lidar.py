@@ -150,9 +150,15 @@ def bake_weights(module: nn.Module) -> nn.Module:
     return module
 
 
-def write_artefact(result: QuantizeResult, out_dir: str | Path, parity_frame: Frame | None = None) -> dict:
+def write_artefact(
+    result: QuantizeResult,
+    out_dir: str | Path,
+    parity_frame: Frame | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict:
     """Export the quantized model as an ``export lidar`` directory + ``quant.yaml``; returns the
-    export report (includes the torch fake-quant vs ONNX Runtime parity)."""
+    export report (includes the torch fake-quant vs ONNX Runtime parity). ``extra``: more
+    ``quant.yaml`` entries (e.g. the QAT schedule)."""
     from qd_perception.train.export_lidar import export
 
     out = Path(out_dir)
@@ -190,6 +196,8 @@ def write_artefact(result: QuantizeResult, out_dir: str | Path, parity_frame: Fr
         print("WARNING: " + info["warnings"][0])
     if result.report is not None:
         info["stage_seconds"] = {k: round(v, 2) for k, v in result.report.stage_seconds.items()}
+    if extra:
+        info.update(extra)
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{QUANT_YAML}.")
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(info, f, sort_keys=False)
