@@ -1,6 +1,8 @@
 """The calibration recorder as a real process: collects a bounded set from synchronised inputs
 (with the detections' object mix), refuses the trigger until enough frames are stored, runs a real
-(harmless) command on ``~/run_ptq``, freezes nothing afterwards, and resumes after a restart."""
+(harmless) command on ``~/run_ptq``, freezes nothing afterwards, and resumes after a restart.
+The model check (sweep count and point layout against ``ptq_model``) is tested on the shipped
+checkpoint in-process and, once, as the real node refusing to start."""
 
 from __future__ import annotations
 
@@ -9,10 +11,21 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import yaml
-from ros_harness import Driver, NodeProcess
+from ros_harness import ROOT, Driver, NodeProcess
 
+from qd_perception.config import ConfigError
 from qd_perception.data.calib_store import CalibrationSet
+from qd_perception.ros.nodes.calibration_recorder import (
+    LAYOUT_FILE,
+    CalibrationRecorderConfig,
+    check_and_write_layout,
+    check_ptq_model,
+    ptq_argv,
+    set_layout,
+)
+from qd_perception.runtime.sweeps import SweepConfig
 
 NODE = "calibration_recorder"
 LIDAR_T, ODOM_T, DET_T = "/c/points", "/c/odom", "/c/detections"
@@ -26,7 +39,7 @@ def cloud(rng: np.random.Generator, n: int, radius: float) -> np.ndarray:
     )
 
 
-def start_node(tmp_path, out_dir, tag: str) -> NodeProcess:
+def start_node(tmp_path, out_dir, tag: str, **extra) -> NodeProcess:
     # A real command the trigger can run: counts the set it is given, through the reader PTQ uses.
     count = (
         "import sys; from qd_perception.data.calib_store import CalibrationSet; "
@@ -42,10 +55,11 @@ def start_node(tmp_path, out_dir, tag: str) -> NodeProcess:
                 "detections_wait_s": 0.3,
                 "status_period_s": 0.2,
                 "ptq_command": [sys.executable, "-c", count, "{calib_dir}", str(tmp_path / "ptq_out.txt")],
+                **extra,
             }
         }
     }
-    pf = tmp_path / "calib.param.yaml"
+    pf = tmp_path / f"calib_{tag}.param.yaml"
     pf.write_text(yaml.safe_dump(params))
     ros_args = [
         "--params-file", str(pf),
@@ -130,6 +144,9 @@ def test_collects_triggers_and_resumes(tmp_path):
     assert len(cs) == 4
     f = cs[0]
     assert f.points.shape[1] == 5 and f.points.dtype == np.float32
+    # Default sweeps (5, the shipped models'): later clouds merge earlier ones, tagged by age.
+    assert json.loads((out_dir / LAYOUT_FILE).read_text())["max_sweeps"] == 5
+    assert max(float(cs[i].points[:, 4].max()) for i in range(len(cs))) > 0.05
     assert f.ego2global[0, 3] == float(int(f.ego2global[0, 3]))  # pose taken from odometry
     # Back in the ego frame: the clouds were sent in the lidar frame (1.84 m above base_link).
     assert abs(float(np.median(f.points[:, 2]))) < 0.3
@@ -142,3 +159,69 @@ def test_collects_triggers_and_resumes(tmp_path):
         assert node2.stop() == 0
     time.sleep(0.1)
     assert len(CalibrationSet(out_dir)) == 4
+
+    # Restart with another sweep count: refused (exit 2), the set is not mixed and not touched.
+    node3 = start_node(tmp_path, out_dir, "c", **{"sweeps.max_sweeps": 1})
+    assert node3.proc.wait(60) == 2, node3.output()
+    assert "another layout" in node3.output() and "max_sweeps: 5 stored, 1 now" in node3.output()
+    node3.stop()
+    assert len(CalibrationSet(out_dir)) == 4
+
+
+def test_refuses_to_start_when_the_sweeps_do_not_match_the_model(tmp_path):
+    """The pitfall of a 1-sweep calibration set for the 5-sweep shipped CenterPoint, as a user
+    meets it: the node with the default PTQ command and model exits 2 naming both values."""
+    out_dir = tmp_path / "calib"
+    node = start_node(
+        tmp_path,
+        out_dir,
+        "bad",
+        **{"sweeps.max_sweeps": 1, "ptq_command": list(CalibrationRecorderConfig().ptq_command)},
+    )
+    assert node.proc.wait(60) == 2, node.output()
+    out = node.output()
+    assert "sweeps.max_sweeps is 1" in out and "reads 5 merged sweeps" in out, out
+    node.stop()
+    assert not (out_dir / "index.json").exists()  # refused before anything was written
+
+
+def test_ptq_model_check_against_the_shipped_checkpoint(tmp_path):
+    import torch
+
+    cfg = CalibrationRecorderConfig(out_dir=str(tmp_path / "c"))  # defaults: pillar, 5 sweeps
+    m = check_ptq_model(cfg)
+    assert m is not None and m.nsweeps == 5 and m.num_point_features == 5
+    assert m.path == (ROOT / "weights" / "centerpoint_pillar_cpu.pt").resolve()
+    argv = ptq_argv(cfg, m.path)
+    assert argv[:3] == [sys.executable, "-m", "qd_perception.cli"]
+    assert str(m.path) in argv and f"{tmp_path / 'c'}/lidar_int8" in argv
+
+    with pytest.raises(ConfigError, match=r"sweeps.max_sweeps is 1 .* reads 5 merged sweeps"):
+        check_ptq_model(CalibrationRecorderConfig(sweeps=SweepConfig(max_sweeps=1)))
+    with pytest.raises(ConfigError, match="add lidar"):
+        check_ptq_model(CalibrationRecorderConfig(modalities=("cameras",)))
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_ptq_model(CalibrationRecorderConfig(ptq_model=str(tmp_path / "none.pt")))
+    with pytest.raises(ConfigError, match="is a directory"):
+        check_ptq_model(CalibrationRecorderConfig(ptq_model=str(tmp_path)))
+    # A model trained on 10 sweeps (the shipped weights with another nsweeps in their config).
+    ckpt = torch.load(m.path, map_location="cpu", weights_only=True)
+    ckpt["config"]["nsweeps"] = 10
+    torch.save(ckpt, tmp_path / "ten.pt")
+    with pytest.raises(ConfigError, match=r"reads 10 merged sweeps.*max_sweeps: 10"):
+        check_ptq_model(CalibrationRecorderConfig(ptq_model=str(tmp_path / "ten.pt")))
+    ten = CalibrationRecorderConfig(ptq_model=str(tmp_path / "ten.pt"), sweeps=SweepConfig(max_sweeps=10))
+    assert check_ptq_model(ten).nsweeps == 10
+    # No {model} in the command, or no model: nothing to check (the trigger refuses without one).
+    assert check_ptq_model(CalibrationRecorderConfig(ptq_command=("true",), sweeps=SweepConfig(1))) is None
+    assert check_ptq_model(CalibrationRecorderConfig(ptq_model="")) is None
+
+
+def test_layout_file_refuses_to_mix_sets(tmp_path):
+    five, one = CalibrationRecorderConfig(), CalibrationRecorderConfig(sweeps=SweepConfig(max_sweeps=1))
+    check_and_write_layout(tmp_path, set_layout(five), stored=0)
+    check_and_write_layout(tmp_path, set_layout(five), stored=3)  # same layout: resumed
+    with pytest.raises(ConfigError, match="max_sweeps: 5 stored, 1 now"):
+        check_and_write_layout(tmp_path, set_layout(one), stored=3)
+    check_and_write_layout(tmp_path, set_layout(one), stored=0)  # an empty set takes the new layout
+    assert json.loads((tmp_path / LAYOUT_FILE).read_text())["max_sweeps"] == 1

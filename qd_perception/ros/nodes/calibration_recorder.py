@@ -14,9 +14,24 @@ stamp, waiting at most ``detections_wait_s``; frames whose detections do not com
 without them and counted). Set ``detections_wait_s: 0`` to ignore detections.
 
 **Trigger.** ``~/run_ptq`` (``std_srvs/Trigger``) runs ``ptq_command`` (an argument list;
-``{calib_dir}`` is replaced by ``out_dir``, ``{model}`` by ``ptq_model``) as a subprocess once at
-least ``min_frames`` frames are stored; it answers at once (``success`` false with the reason when
-refused), the command's output goes to ``<out_dir>/ptq.log``. ``auto_trigger`` runs it when the
+``{calib_dir}`` is replaced by ``out_dir``, ``{model}`` by ``ptq_model`` resolved to a path,
+``{python}`` by this node's interpreter) as a subprocess at ``ptq_niceness`` once at least
+``min_frames`` frames are stored; it answers at once (``success`` false with the reason when
+refused), the command's output goes to ``<out_dir>/ptq.log``. The default command writes the
+LiDAR-PTQ W8A8 artefact to ``<out_dir>/lidar_int8``, which ``lidar_detector`` loads with
+``detector.backend: onnxruntime`` and ``detector.model_path: <out_dir>/lidar_int8``.
+
+**The set must look like the model's input.** CenterPoint reads ``nsweeps`` merged sweeps per
+frame as ``(P, 5) [x, y, z, intensity, time_lag]``; frames of one sweep would calibrate its
+activation ranges on a third of the density it meets on the road. When ``ptq_command`` uses
+``{model}``, the node reads ``ptq_model`` (default: the shipped pillar weights) at start-up and
+**refuses to start** (exit code 2, the message names both values) when ``sweeps.max_sweeps``
+differs from the model's ``nsweeps``, when the model's point features are not the five stored, or
+when ``modalities`` lacks lidar. It does not adopt the model's value silently: the parameter file
+stays the one statement of what the node records, and a mismatch is a configuration error the
+user should see (usually the recorder's and the detector's parameter files disagreeing). The
+layout is written to ``<out_dir>/recorder.json``; a non-empty set recorded with another sweep
+count is not resumed (error) rather than mixed. ``auto_trigger`` runs it when the
 set first becomes full. While PTQ runs the set is frozen (offered frames are counted, not stored)
 so the command reads a consistent set. **Status** (``~/status``, ``std_msgs/String``, JSON, every
 ``status_period_s``): stored / offered / considered frames, pending frames and the PTQ state
@@ -28,6 +43,7 @@ Parameters: :class:`CalibrationRecorderConfig` (``config/calibration_recorder.pa
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -40,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from qd_perception.config import ConfigError
 from qd_perception.data.calib_store import CalibStoreConfig
 from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inputs
 from qd_perception.ros.node_config import DEFAULT_CAMERAS
@@ -48,6 +65,12 @@ from qd_perception.sync.approximate_time import SyncConfig
 
 NODE_NAME = "calibration_recorder"
 ODOM = "odom"
+#: Columns of every stored frame's points (what SweepAccumulator.add returns, ego frame).
+POINT_FEATURES: tuple[str, ...] = ("x", "y", "z", "intensity", "time_lag")
+#: The set's input layout, beside index.json (checked when a set is resumed).
+LAYOUT_FILE = "recorder.json"
+#: The FP32 model the default trigger quantizes: the shipped pillar CenterPoint (5 sweeps).
+DEFAULT_PTQ_MODEL = "weights/centerpoint_pillar_cpu.pt"
 
 
 @dataclass(frozen=True)
@@ -58,10 +81,13 @@ class CalibrationRecorderConfig:
     modalities: inputs a frame needs: "lidar" and/or "cameras" (images are stored when
         ``store.store_images``).
     detections_wait_s: how long a frame waits for the detector output with its stamp (object mix).
+    sweeps: lidar sweeps merged per frame; ``max_sweeps`` must equal ``ptq_model``'s nsweeps.
     min_frames: fewest stored frames for which ``~/run_ptq`` starts the command.
-    ptq_command: argument list run by the trigger; ``{calib_dir}`` becomes ``out_dir`` and
-        ``{model}`` becomes ``ptq_model``.
-    ptq_model: the FP32 checkpoint to quantize (``train lidar`` output) for ``{model}``.
+    ptq_command: argument list run by the trigger; ``{calib_dir}`` becomes ``out_dir``,
+        ``{model}`` the resolved ``ptq_model`` and ``{python}`` this node's Python interpreter.
+    ptq_model: the FP32 checkpoint to quantize (``train lidar`` output) for ``{model}``; relative
+        paths resolve like the detector's ``model_path`` (as given, else the package share dir).
+    ptq_niceness: added to the PTQ process's nice value (0..19) so the detectors keep the CPU.
     auto_trigger: run ``ptq_command`` once, when the set first becomes full.
     """
 
@@ -75,12 +101,14 @@ class CalibrationRecorderConfig:
     frame_id: str = "base_link"
     lidar_frame: str = "lidar_top"
     sync: SyncConfig = field(default_factory=lambda: SyncConfig(slop_s=0.05, queue_size=10))
-    sweeps: SweepConfig = field(default_factory=SweepConfig)
+    sweeps: SweepConfig = field(default_factory=lambda: SweepConfig(max_sweeps=5))
     use_odometry: bool = True
     detections_wait_s: float = 0.5
     min_frames: int = 16
     ptq_command: tuple[str, ...] = (
-        "qd-perception",
+        "{python}",
+        "-m",
+        "qd_perception.cli",
         "quantize",
         "lidar",
         "--model",
@@ -94,7 +122,8 @@ class CalibrationRecorderConfig:
         "--out",
         "{calib_dir}/lidar_int8",
     )
-    ptq_model: str = ""
+    ptq_model: str = DEFAULT_PTQ_MODEL
+    ptq_niceness: int = 10
     auto_trigger: bool = False
     status_period_s: float = 1.0
 
@@ -110,14 +139,119 @@ class CalibrationRecorderConfig:
             raise ValueError("ptq_command must not be empty")
         if self.detections_wait_s < 0 or self.status_period_s <= 0:
             raise ValueError("detections_wait_s must be >= 0 and status_period_s > 0")
+        if not 0 <= self.ptq_niceness <= 19:
+            raise ValueError(f"ptq_niceness must be in [0, 19], got {self.ptq_niceness}")
+
+    @property
+    def uses_model(self) -> bool:
+        return any("{model}" in a for a in self.ptq_command)
 
 
-def ptq_argv(cfg: CalibrationRecorderConfig) -> list[str]:
-    """The trigger's command with ``{calib_dir}`` and ``{model}`` substituted."""
-    return [
-        a.replace("{calib_dir}", str(Path(cfg.out_dir))).replace("{model}", cfg.ptq_model)
-        for a in cfg.ptq_command
-    ]
+def ptq_argv(cfg: CalibrationRecorderConfig, model: str | Path | None = None) -> list[str]:
+    """The trigger's command with ``{calib_dir}``, ``{model}`` (``model`` if given, else
+    ``ptq_model`` as written) and ``{python}`` substituted."""
+    m = str(model) if model is not None else cfg.ptq_model
+    subs = {"{calib_dir}": str(Path(cfg.out_dir)), "{model}": m, "{python}": sys.executable}
+    out = []
+    for a in cfg.ptq_command:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        out.append(a)
+    return out
+
+
+@dataclass(frozen=True)
+class PtqModelInputs:
+    """What the model to quantize reads: checked against the recorder's settings."""
+
+    path: Path
+    name: str
+    nsweeps: int
+    num_point_features: int
+
+
+def check_ptq_model(cfg: CalibrationRecorderConfig) -> PtqModelInputs | None:
+    """Read ``ptq_model`` and check that the frames this node stores are its input.
+
+    Returns None when the command does not use ``{model}`` or ``ptq_model`` is empty (the trigger
+    then refuses with a message). Raises :class:`ConfigError` naming the parameters on a missing
+    or unreadable checkpoint, a sweep-count mismatch, another point layout, or no lidar input.
+    """
+    if not cfg.uses_model or not cfg.ptq_model:
+        return None
+    from qd_perception.runtime.factory import resolve_package_file
+
+    path = resolve_package_file(cfg.ptq_model)
+    if path is None:
+        raise ConfigError(
+            f"ptq_model {cfg.ptq_model!r} does not exist (as given, or under the package share dir)"
+        )
+    if path.is_dir():
+        raise ConfigError(
+            f"ptq_model {str(path)!r} is a directory (an export or INT8 artefact?); PTQ starts from the "
+            "FP32 checkpoint written by `qd-perception train lidar` (.pt)"
+        )
+    import torch
+
+    from qd_perception.models.build import config_from_dict
+
+    # Only the embedded config is needed (the quantize command loads the weights itself).
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or ckpt.get("arch") != "centerpoint" or "config" not in ckpt:
+            raise ConfigError("not a CenterPoint checkpoint of `qd-perception train lidar`")
+        mcfg = config_from_dict("centerpoint", ckpt["config"])
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:  # ConfigError is a ValueError
+        raise ConfigError(f"ptq_model {str(path)!r}: {e}") from e
+    model = PtqModelInputs(path.resolve(), mcfg.name, int(mcfg.nsweeps), int(mcfg.num_point_features))
+    if "lidar" not in cfg.modalities:
+        raise ConfigError(
+            f"ptq_model {model.name} is a lidar model but modalities is {list(cfg.modalities)}: add lidar"
+        )
+    if model.num_point_features != len(POINT_FEATURES):
+        raise ConfigError(
+            f"ptq_model {model.name} reads {model.num_point_features} features per point; this node "
+            f"stores {len(POINT_FEATURES)} {list(POINT_FEATURES)}"
+        )
+    if cfg.sweeps.max_sweeps != model.nsweeps:
+        raise ConfigError(
+            f"sweeps.max_sweeps is {cfg.sweeps.max_sweeps} but ptq_model {model.name} ({path}) reads "
+            f"{model.nsweeps} merged sweeps: a calibration set of {cfg.sweeps.max_sweeps}-sweep frames "
+            f"would calibrate it on the wrong point density. Set sweeps.max_sweeps: {model.nsweeps} "
+            "(the same value as the lidar_detector's)"
+        )
+    return model
+
+
+def set_layout(cfg: CalibrationRecorderConfig) -> dict[str, Any]:
+    """The layout of the frames this node stores (``recorder.json``)."""
+    return {
+        "points": list(POINT_FEATURES),
+        "frame_id": cfg.frame_id,
+        "max_sweeps": cfg.sweeps.max_sweeps,
+        "max_age_s": cfg.sweeps.max_age_s,
+        "modalities": list(cfg.modalities),
+    }
+
+
+def check_and_write_layout(out_dir: Path, layout: dict[str, Any], stored: int) -> None:
+    """Refuse to resume a non-empty set recorded with another layout; else write ``layout``."""
+    from qd_perception.sim.nuscenes_writer import atomic_write_json
+
+    path = out_dir / LAYOUT_FILE
+    if stored and path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path} is unreadable ({e}); move the set away or delete {path}") from e
+        diff = {k: (old.get(k), v) for k, v in layout.items() if old.get(k) != v}
+        if diff:
+            text = ", ".join(f"{k}: {a!r} stored, {b!r} now" for k, (a, b) in diff.items())
+            raise ConfigError(
+                f"calibration set {out_dir} ({stored} frames) was recorded with another layout ({text}); "
+                "frames of both would be mixed: use another out_dir or delete this set"
+            )
+    atomic_write_json(path, layout)
 
 
 class PtqRunner:
@@ -136,7 +270,7 @@ class PtqRunner:
     def running(self) -> bool:
         return self.state == "running"
 
-    def start(self, argv: list[str], on_done=None) -> tuple[bool, str]:
+    def start(self, argv: list[str], on_done=None, niceness: int = 0) -> tuple[bool, str]:
         with self._lock:
             if self.state == "running":
                 return False, f"PTQ already running (pid {self.pid})"
@@ -146,6 +280,10 @@ class PtqRunner:
             log.flush()
             try:
                 self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+                if niceness:
+                    # Lower the child only (preexec_fn is unsafe in this threaded node). Set before
+                    # the interpreter has started its compute threads, which inherit the value.
+                    os.setpriority(os.PRIO_PROCESS, self._proc.pid, niceness)
             except OSError as e:
                 log.close()
                 self.state, self.returncode = "failed", None
@@ -220,7 +358,10 @@ def make_node(argv_unused: Any = None) -> Any:
             for cam in cfg.cameras if self.use_cameras else ():
                 self.rig.camera(cam)
             self.out_dir = Path(cfg.out_dir)
+            # Before anything is written: a wrong model or sweep count stops the node (exit 2).
+            self.ptq_model = check_ptq_model(cfg)
             self.store = CalibrationStore.open(self.out_dir, cfg.store)
+            check_and_write_layout(self.out_dir, set_layout(cfg), len(self.store))
             self.ptq = PtqRunner(self.out_dir / "ptq.log")
             self.stats: Counter[str] = Counter()
             self.camera_K: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
@@ -265,7 +406,13 @@ def make_node(argv_unused: Any = None) -> Any:
             self.get_logger().info(
                 f"calibration set {self.out_dir}: {len(self.store)}/{cfg.store.capacity} frames "
                 f"(resumed), inputs {required}, sample every {cfg.store.sample_every}; "
-                f"trigger ~/run_ptq runs {ptq_argv(cfg)}"
+                f"{cfg.sweeps.max_sweeps} sweeps per frame"
+                + (
+                    f" (ptq_model {self.ptq_model.name}: {self.ptq_model.nsweeps} sweeps, checked)"
+                    if self.ptq_model
+                    else ""
+                )
+                + f"; trigger ~/run_ptq runs {self._argv()}"
             )
 
         # -- inputs --------------------------------------------------------------------------
@@ -410,11 +557,14 @@ def make_node(argv_unused: Any = None) -> Any:
                     self.get_logger().info(f"auto trigger: {text}")
 
         # -- trigger and status ----------------------------------------------------------------
+        def _argv(self) -> list[str]:
+            return ptq_argv(self.cfg, self.ptq_model.path if self.ptq_model else None)
+
         def _start_ptq(self) -> tuple[bool, str]:
             n = len(self.store)
             if n < self.cfg.min_frames:
                 return False, f"only {n} frames stored, need {self.cfg.min_frames}"
-            if any("{model}" in a for a in self.cfg.ptq_command) and not self.cfg.ptq_model:
+            if self.cfg.uses_model and not self.cfg.ptq_model:
                 return False, "ptq_command needs {model}: set the ptq_model parameter (an FP32 checkpoint)"
 
             def done(rc: int) -> None:
@@ -425,7 +575,7 @@ def make_node(argv_unused: Any = None) -> Any:
                 else:
                     self.get_logger().error(text)
 
-            return self.ptq.start(ptq_argv(self.cfg), on_done=done)
+            return self.ptq.start(self._argv(), on_done=done, niceness=self.cfg.ptq_niceness)
 
         def _on_trigger(self, request: Any, response: Any) -> Any:
             ok, text = self._start_ptq()
@@ -479,8 +629,6 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
-
-    from qd_perception.config import ConfigError
 
     def _stop(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
