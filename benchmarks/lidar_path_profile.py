@@ -9,16 +9,24 @@ max per stage in milliseconds plus a markdown row for docs/benchmarks.md:
 (the classical baseline), ``to_msg`` (``Detection3DArray``), ``markers`` (``MarkerArray``),
 ``serialize`` (CDR of both outputs, the publisher's share). ``--cprofile`` adds the top functions.
 
+``detect`` runs the detector the flags describe (default: the classical baseline on single
+sweeps); the lidar node's shipped configuration is ``--detector centerpoint --model
+weights/centerpoint_pillar_cpu.pt --sweeps 5`` (``--backend onnxruntime --model <export or
+quantize lidar dir>`` for ORT FP32 / INT8).
+
 ::
 
     .venv/bin/python -m qd_perception.cli sim --out /tmp/rf/sim --scenes 1 --samples 8 --seed 5 --bag
     nice -n 10 .venv/bin/python benchmarks/lidar_path_profile.py --bag /tmp/rf/sim/bags/<scene>
+    nice -n 10 .venv/bin/python benchmarks/lidar_path_profile.py --bag /tmp/rf/sim/bags/<scene> \
+        --detector centerpoint --model weights/centerpoint_pillar_cpu.pt --sweeps 5 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import sys
 import time
@@ -36,7 +44,16 @@ def main() -> None:
     ap.add_argument("--bag", type=Path, required=True)
     ap.add_argument("--repeat", type=int, default=1, help="passes over the bag's sweeps")
     ap.add_argument("--cprofile", action="store_true", help="print the top functions by cumulative time")
+    ap.add_argument("--detector", default="classical", help="detector name (classical, centerpoint)")
+    ap.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
+    ap.add_argument("--model", default="", help="detector model path (checkpoint or export dir)")
+    ap.add_argument("--sweeps", type=int, default=1, help="sweeps merged, as the node's sweeps.max_sweeps")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from nav_msgs.msg import Odometry
     from rclpy.serialization import deserialize_message, serialize_message
@@ -53,7 +70,7 @@ def main() -> None:
     )
     from qd_perception.ros.markers import detections_to_markers
     from qd_perception.runtime.factory import DetectorConfig, build_detector
-    from qd_perception.runtime.sweeps import SweepAccumulator
+    from qd_perception.runtime.sweeps import SweepAccumulator, SweepConfig
     from qd_perception.sim.rosmsgs import LIDAR_TOPIC, ODOM_TOPIC
 
     reader = open_reader(args.bag)
@@ -73,10 +90,15 @@ def main() -> None:
     odom_t = np.array([t for t, _ in odoms], np.int64)
 
     lidar2ego = load_rig().lidar2ego().astype(np.float32)
-    det = build_detector(DetectorConfig(name="classical"))
-    sweeps = SweepAccumulator()
+    if args.threads and args.detector == "centerpoint" and args.backend == "onnxruntime":
+        from qd_perception.runtime.centerpoint import OrtCenterPointDetector
+
+        det = OrtCenterPointDetector(args.model, threads=args.threads)  # the factory uses ORT's default
+    else:
+        det = build_detector(DetectorConfig(name=args.detector, model_path=args.model, backend=args.backend))
+    sweeps = SweepAccumulator(SweepConfig(max_sweeps=args.sweeps))
     times = {s: [] for s in STAGES}
-    n_points, n_dets = [], []
+    n_points, n_merged, n_dets = [], [], []
     from qd_perception.data.types import Frame
 
     # The node warms its detector up at start-up (first call: lazy imports); so does this.
@@ -115,11 +137,14 @@ def main() -> None:
             for s, a, b in zip(STAGES, (t0, t1, t2, t3, t4, t5, t6), (t1, t2, t3, t4, t5, t6, t7)):
                 times[s].append((b - a) * 1e3)
             n_points.append(len(xyzi))
+            n_merged.append(len(pts))
             n_dets.append(len(dets))
     total = np.sum([times[s] for s in STAGES], axis=0)
     print(
-        f"{len(raw_clouds)} sweeps x {args.repeat}, {np.median(n_points):.0f} points/sweep (median), "
-        f"{np.median(n_dets):.0f} detections/sweep (median)"
+        f"{args.detector} ({args.backend}), {len(raw_clouds)} sweeps x {args.repeat}, "
+        f"{np.median(n_points):.0f} points/sweep (median), {args.sweeps} sweep(s) merged, "
+        f"{np.median(n_merged):.0f} points/frame (median), {np.median(n_dets):.0f} detections/sweep "
+        f"(median), load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'stage':<12} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
     row = []

@@ -4,10 +4,15 @@ Builds (or takes) a CenterPoint, exports it FP32 (``export lidar``) and INT8 (``
 artefact: ORT flavour, QLinearConv; min-max calibration — latency does not depend on the
 calibrator), then times the *network* part of each detector (PFN + scatter + 2-D backbone + head;
 voxelisation and decode are identical host code) on the same synthetic sweeps, round-robin so
-that the three backends share the machine's load. Prints markdown rows for docs/benchmarks.md.
+that the three backends share the machine's load. Torch and ORT run with the same number of
+intra-op threads (``--threads``). Prints markdown rows for docs/benchmarks.md.
 
-    nice -n 10 .venv/bin/python benchmarks/quant_latency.py --model-config \
-        config/models/centerpoint_pillar_cpu.model.yaml --frames 20 --threads 1
+``--variants`` adds a second table: the dense graph alone under ORT settings that could move INT8
+(graph optimisation level, 1 vs 2 threads, and ``onnxruntime.quantization.quantize_static`` of the
+FP32 graph as QOperator / QDQ with U8S8 / U8U8), each with its median over the same BEV canvases.
+
+    nice -n 10 .venv/bin/python benchmarks/quant_latency.py --ckpt weights/centerpoint_pillar_cpu.pt \
+        --frames 20 --threads 1 --variants --keep /tmp/speed/artefacts
 """
 
 from __future__ import annotations
@@ -36,6 +41,59 @@ from qd_perception.runtime.centerpoint import (
 from qd_perception.train.export_lidar import example_frame, export
 
 
+def ort_variants(
+    fp_dir: Path, q_dir: Path, feeds: list[dict], warmup: int, threads: int
+) -> dict[str, list[float]]:
+    """Dense-graph ms per ORT variant, round-robin over the same BEV feeds."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    level = ort.GraphOptimizationLevel
+
+    def session(path: Path, opt=level.ORT_ENABLE_ALL, n: int = threads) -> ort.InferenceSession:
+        o = ort.SessionOptions()
+        o.graph_optimization_level = opt
+        o.intra_op_num_threads = n
+        return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds[:8])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    fp, q = fp_dir / "dense.onnx", q_dir / "dense.onnx"
+    sessions = {
+        "FP32, ORT_ENABLE_ALL": session(fp),
+        f"FP32, ORT_ENABLE_ALL, {2 * threads} threads": session(fp, n=2 * threads),
+        "INT8 artefact (QDQ U8S8 7-bit), ORT_ENABLE_ALL": session(q),
+        "INT8 artefact, ORT_ENABLE_EXTENDED": session(q, level.ORT_ENABLE_EXTENDED),
+        "INT8 artefact, ORT_ENABLE_BASIC": session(q, level.ORT_ENABLE_BASIC),
+        f"INT8 artefact, ORT_ENABLE_ALL, {2 * threads} threads": session(q, n=2 * threads),
+    }
+    for fmt, act, wt, extra in (
+        (QuantFormat.QOperator, QuantType.QUInt8, QuantType.QInt8, "U8S8 reduce_range"),
+        (QuantFormat.QDQ, QuantType.QUInt8, QuantType.QInt8, "U8S8 reduce_range"),
+        (QuantFormat.QOperator, QuantType.QUInt8, QuantType.QUInt8, "U8U8"),
+        (QuantFormat.QDQ, QuantType.QUInt8, QuantType.QUInt8, "U8U8"),
+    ):
+        out = q_dir.parent / f"ort_static_{fmt.name}_{extra.split()[0]}.onnx"
+        quantize_static(
+            str(fp), str(out), Reader(), quant_format=fmt, activation_type=act, weight_type=wt,
+            per_channel=True, reduce_range="reduce_range" in extra,
+        )  # fmt: skip
+        sessions[f"ORT quantize_static {fmt.name} {extra}"] = session(out)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for i, feed in enumerate(feeds):
+        for name, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", type=Path, default=None, help="trained checkpoint (default: random init)")
@@ -47,6 +105,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bits", default="w8a8")
     ap.add_argument("--points", type=int, default=30000, help="points per synthetic sweep")
+    ap.add_argument("--variants", action="store_true", help="also time ORT settings on the dense graph")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the FP32 export and INT8 artefact here")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -60,7 +120,8 @@ def main() -> None:
     frames = [example_frame(cfg, args.points, seed=100 + i) for i in range(args.frames + args.warmup)]
     calib = [example_frame(cfg, args.points, seed=i) for i in range(8)]
     with tempfile.TemporaryDirectory() as d:
-        fp_dir, q_dir = Path(d) / "fp32", Path(d) / "int8"
+        root = args.keep or Path(d)
+        fp_dir, q_dir = root / "fp32", root / "int8"
         export(model, fp_dir, frames[0])
         t0 = time.perf_counter()
         result = quantize_centerpoint(model, calib, "minmax", args.bits, "ort")
@@ -68,19 +129,24 @@ def main() -> None:
         write_artefact(result, q_dir, frames[0])
         dets = {
             "torch FP32": TorchCenterPointDetector(model),
-            "ORT FP32": OrtCenterPointDetector(fp_dir),
-            f"ORT INT8 ({args.bits}, QLinearConv)": OrtCenterPointDetector(q_dir),
+            "ORT FP32": OrtCenterPointDetector(fp_dir, threads=args.threads),
+            f"ORT INT8 ({args.bits}, QLinearConv)": OrtCenterPointDetector(q_dir, threads=args.threads),
         }
         times: dict[str, list[float]] = {k: [] for k in dets}
         dense_times: dict[str, list[float]] = {k: [] for k in dets}
+        e2e: dict[str, list[float]] = {k: [] for k in dets}
         dense_graph = DenseGraph(model).eval()
+        feeds = []
         for i, f in enumerate(frames):
             vox = model.preprocess([torch.from_numpy(f.points)])
             with torch.no_grad():
                 bev = model.encode(vox)
             feed = {"bev": np.ascontiguousarray(bev.numpy())}
+            feeds.append(feed)
             for name, det in dets.items():
+                t0 = time.perf_counter()
                 det.detect(f)
+                t_detect = (time.perf_counter() - t0) * 1e3
                 t0 = time.perf_counter()
                 if isinstance(det, OrtCenterPointDetector):
                     det.dense.run(None, feed)
@@ -91,6 +157,8 @@ def main() -> None:
                 if i >= args.warmup:
                     times[name].append(det.last_timing.inference_ms)
                     dense_times[name].append(dt)
+                    e2e[name].append(t_detect)
+        variants = ort_variants(fp_dir, q_dir, feeds, args.warmup, args.threads) if args.variants else {}
         fp_size = model_size(model)
         # sizes at the storage width: 8-bit weights (the ORT artefact's 7-bit weights are stored as int8)
         w8 = quantize_centerpoint(model, calib[:2], "minmax", "w8a8", "trt").model
@@ -105,16 +173,30 @@ def main() -> None:
         f"{args.threads} thread(s), load average {load:.1f} on {os.cpu_count()} cores; min-max PTQ "
         f"took {qtime:.1f} s\n"
     )
-    print("| backend | network ms (median, p90) | x vs torch | dense graph ms (median, p90) | x vs torch |")
-    print("|---|---|---|---|---|")
+    print(
+        "| backend | network ms (median, p90) | x vs torch | dense graph ms (median, p90) | x vs torch "
+        "| detect() ms (median, p90) | x vs torch |"
+    )
+    print("|---|---|---|---|---|---|---|")
     base = float(np.median(times["torch FP32"]))
     dbase = float(np.median(dense_times["torch FP32"]))
+    ebase = float(np.median(e2e["torch FP32"]))
     for name in times:
-        a, b = np.asarray(times[name]), np.asarray(dense_times[name])
+        a, b, e = np.asarray(times[name]), np.asarray(dense_times[name]), np.asarray(e2e[name])
         print(
             f"| {name} | {np.median(a):.1f} ({np.percentile(a, 90):.1f}) | {base / np.median(a):.2f}x "
-            f"| {np.median(b):.1f} ({np.percentile(b, 90):.1f}) | {dbase / np.median(b):.2f}x |"
+            f"| {np.median(b):.1f} ({np.percentile(b, 90):.1f}) | {dbase / np.median(b):.2f}x "
+            f"| {np.median(e):.1f} ({np.percentile(e, 90):.1f}) | {ebase / np.median(e):.2f}x |"
         )
+    if variants:
+        print(f"\nDense graph alone, ORT settings (x vs torch FP32 dense {dbase:.1f} ms):\n")
+        print("| ORT variant | dense ms (median, p90) | x vs torch |")
+        print("|---|---|---|")
+        for name, v in variants.items():
+            v = np.asarray(v)
+            print(
+                f"| {name} | {np.median(v):.1f} ({np.percentile(v, 90):.1f}) | {dbase / np.median(v):.2f}x |"
+            )
     print("\n| model | size (MiB) | vs FP32 |")
     print("|---|---|---|")
     for name, s in (
