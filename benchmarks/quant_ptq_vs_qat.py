@@ -41,6 +41,7 @@ from qd_perception.eval.nuscenes_eval import evaluate
 from qd_perception.quant.lidar import calibration_frames, load_ptq_config, quantize_centerpoint
 from qd_perception.runtime.centerpoint import TorchCenterPointDetector, load_checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
 PTQ_METHODS = ("minmax", "lidar_ptq")
 
 
@@ -58,6 +59,20 @@ def save_results(path: Path, res: dict) -> None:
 
 def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def code_state() -> dict:
+    """Commit and uncommitted files of the shared tree when a part starts (others edit it)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "head": git("rev-parse", "--short", "HEAD"),
+        "dirty": git("status", "--porcelain", "--untracked-files=no", "qd_perception").splitlines(),
+    }
 
 
 def main() -> None:
@@ -96,6 +111,7 @@ def main() -> None:
             "train_seconds": ckpt.get("train_seconds"),
             "train_data": ckpt.get("data"),
         }
+        res.setdefault("runs", []).append({"parts": sorted(parts & {"ptq", "qat"}), **code_state()})
         reader = NuScenesReader(args.data, args.version, args.split, nsweeps=cfg.nsweeps, load_images=False)
         frames = calibration_frames(
             args.train, cfg.nsweeps, args.calib_frames, args.version, args.train_split
@@ -119,10 +135,19 @@ def main() -> None:
         ptq_cfg = load_ptq_config(args.ptq_config)
         for bits in bits_list:
             for method in [x for x in args.ptq_methods.split(",") if x]:
-                if any(r["bits"] == bits and r["method"] == method for r in res["ptq"]):
+                done = next((r for r in res["ptq"] if r["bits"] == bits and r["method"] == method), None)
+                if done is not None and "cpu_seconds" in done:
                     continue
                 la = loadavg()
+                c0 = time.process_time()
                 r = quantize_centerpoint(model, frames, method, bits, "ort", ptq_cfg)
+                cpu = time.process_time() - c0
+                if done is not None:  # scored by an older run that kept no CPU time: time it again
+                    done.update(
+                        seconds=r.seconds, cpu_seconds=cpu, loadavg_before=la, loadavg_after=loadavg()
+                    )
+                    save_results(args.results, res)
+                    continue
                 m, n, _ = score(f"{bits} {method}", r.model)
                 res["ptq"].append(
                     {
@@ -130,6 +155,7 @@ def main() -> None:
                         "method": method,
                         "config": str(args.ptq_config) if method == "lidar_ptq" else None,
                         "seconds": r.seconds,
+                        "cpu_seconds": cpu,
                         "stage_seconds": r.report.stage_seconds if r.report else None,
                         "map": m,
                         "nds": n,
@@ -183,6 +209,7 @@ def main() -> None:
                         "epoch": p.epoch,
                         "seconds": p.seconds,
                         "train_seconds": p.train_seconds,
+                        "cpu_seconds": p.cpu_seconds,
                         "loss": p.loss,
                         "map": m,
                         "nds": n,
@@ -194,6 +221,9 @@ def main() -> None:
             r = qat_centerpoint(model, train_reader, frames, bits, "ort", qcfg, on_eval, every)
             entry["calib_seconds"] = r.calib_seconds
             entry["seconds"] = r.seconds
+            entry["cpu_seconds"] = r.cpu_seconds
+            entry["calib_cpu_seconds"] = r.calib_cpu_seconds
+            entry["step_cpu_seconds_mean"] = r.train_cpu_seconds / max(r.steps, 1)
             entry["step_seconds_mean"] = r.train_seconds / max(r.steps, 1)
             save_results(args.results, res)
 
@@ -206,49 +236,65 @@ def first_reach(points: list[dict], target: float) -> dict | None:
     return next((p for p in sorted(points, key=lambda p: p["step"]) if p["map"] >= target), None)
 
 
+def _secs(d: dict) -> str:
+    """CPU s (wall s) of a PTQ row or QAT point."""
+    cpu = d.get("cpu_seconds")
+    return f"{d['seconds']:.0f}" if cpu is None else f"{cpu:.0f} ({d['seconds']:.0f})"
+
+
 def report(res: dict, bits_list: list[str], png: Path | None) -> None:
     fp = res.get("fp32")
     ck = res.get("checkpoint", {})
     if fp:
         print(
             f"\nFP32 {ck.get('name')}: mAP {fp['map']:.4f} NDS {fp['nds']:.4f}; FP32 training "
-            f"{ck.get('train_seconds', 0):.0f} s ({ck.get('epochs')} epochs on {ck.get('train_data')})\n"
+            f"{ck.get('train_seconds', 0):.0f} s wall ({ck.get('epochs')} epochs on {ck.get('train_data')})\n"
         )
-    print("| bits | PTQ method | PTQ wall s | mAP | NDS | QAT wall s to reach this mAP | QAT / PTQ |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| bits | PTQ method | PTQ CPU s (wall s) | mAP | NDS | QAT CPU s (wall s) to reach this mAP "
+        "| QAT / PTQ (CPU) | whole QAT run CPU s (wall s), final mAP | whole run / PTQ (CPU) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for bits in bits_list:
         q = res["qat"].get(bits)
+        pts = sorted(q["points"], key=lambda p: p["step"]) if q else []
+        last = pts[-1] if pts else None
         for r in [r for r in res["ptq"] if r["bits"] == bits]:
-            hit = first_reach(q["points"], r["map"]) if q else None
-            if q is None:
-                reach, ratio = "not run", ""
-            elif hit is None:
-                last = max(q["points"], key=lambda p: p["step"]) if q["points"] else None
-                reach = f"not within {last['seconds']:.0f} s ({last['epoch']:.2f} ep)" if last else "no eval"
-                ratio = f"> {last['seconds'] / r['seconds']:.1f}x" if last else ""
+            base = r.get("cpu_seconds") or r["seconds"]
+            hit = first_reach(pts, r["map"])
+            if last is None:
+                reach, ratio, whole, wratio = "not run", "", "", ""
             else:
-                reach = f"{hit['seconds']:.0f} (step {hit['step']}, {hit['epoch']:.2f} ep)"
-                ratio = f"{hit['seconds'] / r['seconds']:.2f}x"
+                lc = last.get("cpu_seconds") or last["seconds"]
+                whole = f"{_secs(last)}, {last['map']:.4f} ({last['epoch']:.2f} ep)"
+                wratio = f"{lc / base:.1f}x"
+                if hit is None:
+                    reach, ratio = f"not within {_secs(last)}", f"> {lc / base:.1f}x"
+                else:
+                    hc = hit.get("cpu_seconds") or hit["seconds"]
+                    reach = f"{_secs(hit)} at step {hit['step']}"
+                    ratio = f"{hc / base:.2f}x"
             print(
-                f"| {bits} | {r['method']} | {r['seconds']:.1f} | {r['map']:.4f} | {r['nds']:.4f} "
-                f"| {reach} | {ratio} |"
+                f"| {bits} | {r['method']} | {_secs(r)} | {r['map']:.4f} | {r['nds']:.4f} "
+                f"| {reach} | {ratio} | {whole} | {wratio} |"
             )
     for bits in bits_list:
         q = res["qat"].get(bits)
         if not q:
             continue
         print(
-            f"\nQAT {bits}: {q['steps_per_epoch']} steps/epoch, "
-            f"min-max init {q.get('calib_seconds', 0):.1f} s, {q.get('step_seconds_mean', 0):.2f} s/step, "
-            f"total {q.get('seconds', 0):.0f} s, lr {q['config']['lr']}"
+            f"\nQAT {bits}: {q['steps_per_epoch']} steps/epoch (batch {q['config']['batch_size']}), "
+            f"lr {q['config']['lr']} {q['config']['schedule']}, learn_scale {q['config']['learn_scale']}; "
+            f"min-max init {q.get('calib_cpu_seconds', 0):.1f} CPU s, "
+            f"{q.get('step_cpu_seconds_mean', 0):.2f} CPU s/step ({q.get('step_seconds_mean', 0):.2f} wall)"
         )
-        print("| step | epoch | QAT wall s | loss | mAP | NDS |")
-        print("|---|---|---|---|---|---|")
+        print("| step | epoch | QAT CPU s (wall s) | mean loss since last | mAP | NDS | load avg |")
+        print("|---|---|---|---|---|---|---|")
         for p in sorted(q["points"], key=lambda p: p["step"]):
             loss = "" if p["loss"] is None else f"{p['loss']:.3f}"
             print(
-                f"| {p['step']} | {p['epoch']:.2f} | {p['seconds']:.0f} | {loss} "
-                f"| {p['map']:.4f} | {p['nds']:.4f} |"
+                f"| {p['step']} | {p['epoch']:.2f} | {_secs(p)} | {loss} "
+                f"| {p['map']:.4f} | {p['nds']:.4f} | {p.get('loadavg', '')} |"
             )
     if png:
         plot(res, bits_list, png)
@@ -260,37 +306,33 @@ def plot(res: dict, bits_list: list[str], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    def cpu(d: dict) -> float:
+        return d.get("cpu_seconds") or d["seconds"]
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     markers = {"minmax": "o", "lidar_ptq": "s"}
     for i, bits in enumerate(bits_list):
         c = f"C{i}"
         q = res["qat"].get(bits)
         if q and q["points"]:
             pts = sorted(q["points"], key=lambda p: p["step"])
-            ax.plot([p["seconds"] for p in pts], [p["map"] for p in pts], "-^", color=c, label=f"QAT {bits}")
+            ax.plot([cpu(p) for p in pts], [p["map"] for p in pts], "-^", color=c, label=f"QAT {bits}")
         for r in [r for r in res["ptq"] if r["bits"] == bits]:
             ax.plot(
-                r["seconds"],
-                r["map"],
-                markers.get(r["method"], "x"),
-                color=c,
-                ms=9,
-                mfc="none",
-                mew=2,
+                cpu(r), r["map"], markers.get(r["method"], "x"), color=c, ms=10, mfc="none", mew=2,
                 label=f"PTQ {bits} {r['method']}",
-            )
+            )  # fmt: skip
     if res.get("fp32"):
         ax.axhline(res["fp32"]["map"], color="k", ls="--", lw=1, label="FP32")
     ck = res.get("checkpoint", {})
-    ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("wall seconds on this CPU (1 thread; QAT excludes its evaluations)")
+    if ck.get("train_seconds"):
+        ax.axvline(ck["train_seconds"], color="gray", ls=":", lw=1, label="FP32 training (wall)")
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU seconds, 1 thread (QAT: min-max init + training steps, evaluations excluded)")
     ax.set_ylabel("mAP (synthetic val, nuscenes-devkit)")
-    ax.set_title(
-        f"CenterPoint {ck.get('name', '')}: PTQ vs QAT cost"
-        f" (FP32 training {ck.get('train_seconds', 0):.0f} s)"
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title(f"CenterPoint {ck.get('name', '')}: PTQ vs QAT cost")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_name(f".{png.stem}.tmp.png")

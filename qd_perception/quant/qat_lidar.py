@@ -84,14 +84,16 @@ class QATProgress:
     """Where a QAT run stands when the callback fires.
 
     ``seconds``: QAT cost so far = min-max initialisation + training steps (the callback's own
-    time, e.g. an evaluation, is excluded). ``loss``: mean total loss since the previous callback
-    (``None`` at step 0).
+    time, e.g. an evaluation, is excluded); ``cpu_seconds``: the same in process CPU time (with
+    one torch thread, the cost without the other processes of a shared machine). ``loss``: mean
+    total loss since the previous callback (``None`` at step 0).
     """
 
     step: int
     epoch: float
     seconds: float
     train_seconds: float
+    cpu_seconds: float
     loss: float | None
 
 
@@ -103,11 +105,17 @@ class QATResult:
     calib_seconds: float
     train_seconds: float
     steps: int
+    calib_cpu_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)  # one row per step: step, total, heatmap, loc, lr
 
     @property
     def seconds(self) -> float:
         return self.calib_seconds + self.train_seconds
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.calib_cpu_seconds + self.train_cpu_seconds
 
     def as_quantize_result(self) -> QuantizeResult:
         """For :func:`~qd_perception.quant.lidar.write_artefact` (``quantize_seconds`` = QAT wall time)."""
@@ -175,8 +183,9 @@ def qat_centerpoint(
     """
     cfg = cfg or QATConfig()
     check_labelled(train_frames)
+    c0 = time.process_time()
     init = quantize_centerpoint(model, calib_frames, "minmax", bits, target)
-    qmodel, calib_seconds = init.model, init.seconds
+    qmodel, calib_seconds, calib_cpu = init.model, init.seconds, time.process_time() - c0
     active = [q for _, q in quantizers(qmodel) if q.mode == "quantize"]
     scales = [q.enable_lsq() for q in active] if cfg.learn_scale else []
     scale_ids = {id(s) for s in scales}
@@ -199,7 +208,7 @@ def qat_centerpoint(
     torch.manual_seed(cfg.seed)
 
     history: list[dict] = []
-    train_seconds = 0.0
+    train_seconds = train_cpu = 0.0
     recent: list[float] = []
 
     def report(step: int) -> None:
@@ -207,10 +216,8 @@ def qat_centerpoint(
             return
         qmodel.eval()
         loss = sum(recent) / len(recent) if recent else None
-        callback(
-            QATProgress(step, step / steps_per_epoch, calib_seconds + train_seconds, train_seconds, loss),
-            qmodel,
-        )
+        seconds, cpu = calib_seconds + train_seconds, calib_cpu + train_cpu
+        callback(QATProgress(step, step / steps_per_epoch, seconds, train_seconds, cpu, loss), qmodel)
         recent.clear()
 
     report(0)
@@ -226,10 +233,11 @@ def qat_centerpoint(
             generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
         )
         for batch in loader:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             loss = qat_step(qmodel, batch, optimizer, gen, cfg.grad_clip)
             scheduler.step()
             train_seconds += time.perf_counter() - t0
+            train_cpu += time.process_time() - c0
             step += 1
             row = {
                 "step": step,
@@ -251,4 +259,4 @@ def qat_centerpoint(
     qmodel.eval()
     for q in active:
         q.freeze_lsq()  # learned step sizes -> amax/amin (export reads those); no-op without LSQ
-    return QATResult(qmodel, bits, target, calib_seconds, train_seconds, step, history)
+    return QATResult(qmodel, bits, target, calib_seconds, train_seconds, step, calib_cpu, train_cpu, history)
