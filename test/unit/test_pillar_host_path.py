@@ -150,3 +150,19 @@ def test_ort_point_wise_pfn_matches_the_padded_graph(channels, tmp_path):
         (padded,) = det.pfn.run(None, {"pillar_points": feats})
         got = det._pfn_pillars(det.model.pillar_point_inputs(vox).numpy(), vox)
         np.testing.assert_allclose(got.numpy(), padded, atol=1e-5, rtol=1e-5)
+
+
+def test_preprocess_drops_bad_points_scales_intensity_and_leaves_the_input_alone():
+    model = model_with_stats([16])
+    pts = crowded_points()
+    bad = torch.tensor(
+        [[np.nan, 0, 0, 1, 0], [1, 1, 0, np.inf, 0], [1, 1, 0, 1, np.nan], [1, 1, -np.inf, 1, 0]]
+    )
+    edge = torch.tensor([[12.8, 0, 0, 1, 0], [0, 1e30, 0, 1, 0], [-12.8001, 0, 0, 1, 0]])
+    dirty = torch.cat([bad, edge, pts]).float()
+    before = dirty.clone()
+    vox, ref = model.preprocess([dirty]), model.preprocess([pts])
+    assert torch.equal(dirty.nan_to_num(), before.nan_to_num())  # the caller's points are not scaled
+    assert torch.equal(vox.points, ref.points) and torch.equal(vox.coords, ref.coords)
+    assert torch.equal(vox.num_points, ref.num_points) and torch.equal(vox.voxels, ref.voxels)
+    assert 0 < float(vox.points[:, 3].max()) <= 1.0  # intensity 0..255 -> 0..1

@@ -66,14 +66,14 @@ class CenterPoint(nn.Module):
     def preprocess(self, points: list[torch.Tensor], generator: torch.Generator | None = None) -> Voxels:
         """Per-sample (P, >=5) [x, y, z, intensity 0..255, time_lag] ego-frame points -> Voxels."""
         c = self.cfg.num_point_features
-        scaled = []
         for p in points:
             if p.ndim != 2 or p.shape[1] < c:
                 raise ValueError(f"points must be (P, >={c}), got {tuple(p.shape)}")
-            p = p[:, :c].float().clone()
-            p[:, 3] /= self.cfg.intensity_scale
-            scaled.append(p)
-        return voxelize_batch(scaled, self.cfg.voxelization, generator)
+        vox = voxelize_batch([p[:, :c] for p in points], self.cfg.voxelization, generator)
+        # Scaled after voxelisation, on the kept points only (a fresh gather: the caller's points
+        # are not touched); the padded layout is built from these on first use.
+        vox.points[:, 3] /= self.cfg.intensity_scale
+        return vox
 
     def pillar_inputs(self, vox: Voxels) -> torch.Tensor:
         """(V, M, C + 5) augmented pillar points, the input of the PFN graph."""

@@ -62,14 +62,22 @@ def _group(
     points = points.float()
     c = points.shape[1]
     m = cfg.max_points_per_voxel
-    nx, ny, nz = cfg.grid_size
+    grid = cfg.grid_size
+    nx, ny, nz = grid
     lo = torch.tensor(cfg.point_range[:3], dtype=torch.float32)
     vs = torch.tensor(cfg.voxel_size, dtype=torch.float32)
-    finite = torch.isfinite(points).all(dim=1)
-    cell = torch.floor((points[:, :3] - lo) / vs).long()
-    inside = finite & (cell >= 0).all(1) & (cell < torch.tensor([nx, ny, nz])).all(1)
-    points, cell = points[inside], cell[inside]
-    if len(points) == 0:
+    # Column by column on 1-D tensors (no (P, 3) temporaries), compared as floats: NaN and +-inf
+    # coordinates fail the range test by themselves, so only the other features need isfinite.
+    cells, inside = [], None
+    for i in range(3):
+        f = torch.floor((points[:, i] - lo[i]) / vs[i])
+        ok = (f >= 0) & (f < grid[i])
+        inside = ok if inside is None else inside & ok
+        cells.append(f)
+    for i in range(3, c):
+        inside &= torch.isfinite(points[:, i])
+    idx = inside.nonzero().squeeze(1)
+    if len(idx) == 0:
         empty = torch.zeros(0, dtype=torch.long)
         return (
             torch.zeros((0, c)),
@@ -78,7 +86,10 @@ def _group(
             torch.zeros(0, dtype=torch.int32),
             torch.zeros((0, 3), dtype=torch.int32),
         )
-    lin = (cell[:, 2] * ny + cell[:, 1]) * nx + cell[:, 0]
+    # int32 keys sort ~3x faster than int64 ones; fall back for (unrealistic) > 2^31-cell grids.
+    key = torch.int32 if nx * ny * nz < 2**31 else torch.int64
+    ix, iy, iz = (f[idx].to(key) for f in cells)
+    lin = (iz * ny + iy) * nx + ix
     # One stable sort groups the points by voxel (raster order) and keeps their input order.
     lin_sorted, order = torch.sort(lin, stable=True)
     uniq, counts = torch.unique_consecutive(lin_sorted, return_counts=True)
@@ -99,9 +110,9 @@ def _group(
         vid = inv_sorted
         keep = rank < m
     num_points = torch.clamp(counts[voxel_ids], max=m).to(torch.int32)
-    u = uniq[voxel_ids]
+    u = uniq[voxel_ids].long()
     coords = torch.stack([u // (nx * ny), (u // nx) % ny, u % nx], dim=1).to(torch.int32)
-    return points[order[keep]], vid[keep], rank[keep], num_points, coords
+    return points[idx[order[keep]]], vid[keep], rank[keep], num_points, coords
 
 
 def voxelize_one(
