@@ -182,7 +182,10 @@ def drive_and_calibrate(
     ]  # fmt: skip
     say(f"vehicle: {' '.join(cmd[1:])}  (log {logs / 'vehicle_launch.log'})")
     launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    rclpy.init()
+    from rclpy.signals import SignalHandlerOptions
+
+    # Ctrl-C must reach this thread as KeyboardInterrupt so that the graph is stopped below.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("ptq_closed_loop")
     status: list[dict[str, Any]] = []
     node.create_subscription(String, STATUS_TOPIC, lambda m: status.append(json.loads(m.data)), 10)
@@ -390,6 +393,8 @@ def markdown_rows(summary: dict[str, Any]) -> str:
         "| calibration on the car | value |",
         "|---|---|",
         f"| sweeps played into the graph (bags A) | {c['sweeps_played']} |",
+        f"| synchronised frames / with fewer than 5 sweeps (not offered) | {b.get('frames_synced')} / "
+        f"{b.get('incomplete_sweeps', 0)} |",
         f"| frames considered / stored by the recorder | {b.get('store.considered')} / {b.get('stored')} |",
         f"| synchronised frames matched with the detector's detections | {b.get('with_detections', 0)} "
         f"(without: {b.get('without_detections', 0)}) |",

@@ -22,6 +22,7 @@ from qd_perception.ros.nodes.calibration_recorder import (
     CalibrationRecorderConfig,
     check_and_write_layout,
     check_ptq_model,
+    merged_sweeps,
     ptq_argv,
     set_layout,
 )
@@ -124,9 +125,11 @@ def test_collects_triggers_and_resumes(tmp_path):
         def last():
             return json.loads(status[-1].data) if status else {}
 
-        assert d.spin_until(lambda: last().get("store.considered", 0) >= 12, 20), (last(), node.output())
+        # 5 sweeps merged per frame: the first 4 clouds only build the history (not offered).
+        assert d.spin_until(lambda: last().get("store.considered", 0) >= 8, 20), (last(), node.output())
         s = last()
-        assert s["stored"] == 4 and s["with_detections"] >= 10 and s["ready_for_ptq"], s
+        assert s["incomplete_sweeps"] == 4 and s["store.considered"] == 8, s
+        assert s["stored"] == 4 and s["with_detections"] >= 6 and s["ready_for_ptq"], s
 
         r = trigger()
         assert r.success, r.message
@@ -144,9 +147,11 @@ def test_collects_triggers_and_resumes(tmp_path):
     assert len(cs) == 4
     f = cs[0]
     assert f.points.shape[1] == 5 and f.points.dtype == np.float32
-    # Default sweeps (5, the shipped models'): later clouds merge earlier ones, tagged by age.
+    # Default sweeps (5, the shipped models'): every stored frame merges 5, tagged by age.
     assert json.loads((out_dir / LAYOUT_FILE).read_text())["max_sweeps"] == 5
-    assert max(float(cs[i].points[:, 4].max()) for i in range(len(cs))) > 0.05
+    for i in range(len(cs)):
+        assert merged_sweeps(cs[i].points) == 5
+        assert np.allclose(np.unique(cs[i].points[:, 4]), [0.0, 0.1, 0.2, 0.3, 0.4], atol=1e-6)
     assert f.ego2global[0, 3] == float(int(f.ego2global[0, 3]))  # pose taken from odometry
     # Back in the ego frame: the clouds were sent in the lidar frame (1.84 m above base_link).
     assert abs(float(np.median(f.points[:, 2]))) < 0.3
@@ -225,3 +230,5 @@ def test_layout_file_refuses_to_mix_sets(tmp_path):
         check_and_write_layout(tmp_path, set_layout(one), stored=3)
     check_and_write_layout(tmp_path, set_layout(one), stored=0)  # an empty set takes the new layout
     assert json.loads((tmp_path / LAYOUT_FILE).read_text())["max_sweeps"] == 1
+    with pytest.raises(ValueError, match="needs use_odometry"):  # no frame would ever be complete
+        CalibrationRecorderConfig(use_odometry=False)

@@ -31,7 +31,10 @@ when ``modalities`` lacks lidar. It does not adopt the model's value silently: t
 stays the one statement of what the node records, and a mismatch is a configuration error the
 user should see (usually the recorder's and the detector's parameter files disagreeing). The
 layout is written to ``<out_dir>/recorder.json``; a non-empty set recorded with another sweep
-count is not resumed (error) rather than mixed. ``auto_trigger`` runs it when the
+count is not resumed (error) rather than mixed. Frames that merge fewer than ``max_sweeps`` sweeps
+(the first sweeps of a drive or after a synchroniser reset, sweeps without odometry) are not
+offered (counted as ``incomplete_sweeps``): the diversity selection would otherwise favour exactly
+these sparse outliers. ``auto_trigger`` runs it when the
 set first becomes full. While PTQ runs the set is frozen (offered frames are counted, not stored)
 so the command reads a consistent set. **Status** (``~/status``, ``std_msgs/String``, JSON, every
 ``status_period_s``): stored / offered / considered frames, pending frames and the PTQ state
@@ -141,6 +144,11 @@ class CalibrationRecorderConfig:
             raise ValueError("detections_wait_s must be >= 0 and status_period_s > 0")
         if not 0 <= self.ptq_niceness <= 19:
             raise ValueError(f"ptq_niceness must be in [0, 19], got {self.ptq_niceness}")
+        if self.sweeps.max_sweeps > 1 and not self.use_odometry and "lidar" in self.modalities:
+            raise ValueError(
+                f"sweeps.max_sweeps: {self.sweeps.max_sweeps} needs use_odometry: true (older sweeps are "
+                "motion-compensated with the ego poses; without them no frame would be complete)"
+            )
 
     @property
     def uses_model(self) -> bool:
@@ -221,6 +229,15 @@ def check_ptq_model(cfg: CalibrationRecorderConfig) -> PtqModelInputs | None:
             "(the same value as the lidar_detector's)"
         )
     return model
+
+
+def merged_sweeps(points: np.ndarray) -> int:
+    """Sweeps in a merged ``(P, 5)`` cloud: SweepAccumulator concatenates one block per sweep, each
+    with one ``time_lag``, so counting blocks is O(P) (``np.unique`` would sort 10^5 values at 20 Hz).
+    Never fewer than the true count."""
+    if len(points) == 0:
+        return 0
+    return int(np.count_nonzero(np.diff(points[:, 4]))) + 1
 
 
 def set_layout(cfg: CalibrationRecorderConfig) -> dict[str, Any]:
@@ -470,6 +487,9 @@ def make_node(argv_unused: Any = None) -> Any:
                 return
             self.stats["frames_synced"] += 1
             frame = self._frame(item)
+            if self.use_lidar and merged_sweeps(frame.points) < self.cfg.sweeps.max_sweeps:
+                self.stats["incomplete_sweeps"] += 1  # start of a drive, reset, missing odometry
+                return
             if self.cfg.detections_wait_s <= 0:
                 self._enqueue(frame, None)
                 return
