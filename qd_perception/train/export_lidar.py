@@ -8,8 +8,9 @@ Writes into DIR:
   augmentation and the scatter stay in torch between them;
 * voxel variant: ``dense.onnx`` only. The spconv sparse encoder has no ONNX export; it runs in
   torch from ``sparse_encoder.pt`` (its weights);
-* ``export.json``: opsets, shapes, and the torch-vs-ONNX-Runtime parity (max abs diff of the
-  head maps on a synthetic sweep).
+* ``export.json``: opsets, shapes, the torch-vs-ONNX-Runtime parity (max abs diff of the
+  head maps on a synthetic sweep) and, pillar variant, ``pfn_point_wise``: whether ONNX Runtime
+  runs ``pfn.onnx`` on the real points (cut before its max over the pillar, no padding).
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ def export(model: CenterPoint, out_dir: str | Path, parity_frame: Frame | None =
         if x is not None
     ]
     report["parity_max_abs_diff"] = max(diffs)
+    if cfg.variant == "pillar":
+        # Whether ONNX Runtime runs pfn.onnx cut before its max on the real points (the fast host
+        # path; checked against the padded graph at load) or on padded pillars.
+        report["pfn_point_wise"] = ort_det.pfn_points is not None
     _atomic_write_bytes(out / "export.json", json.dumps(report, indent=2).encode())
     return report
 

@@ -134,12 +134,12 @@ def test_scatter_matches_a_brute_force_canvas_and_passes_gradients():
 def test_ort_point_wise_pfn_matches_the_padded_graph(channels, tmp_path):
     model = model_with_stats(channels)
     frame = tiny_frame(2)
-    export(copy.deepcopy(model), tmp_path, parity_frame=frame)
+    report = export(copy.deepcopy(model), tmp_path, parity_frame=frame)
     det = OrtCenterPointDetector(tmp_path, threads=1)
     one_layer = len(channels) == 1
     # a two-layer PFN feeds the max back into the points: no point-wise cut, the padded graph runs
     assert (pointwise_pfn_graph(tmp_path / "pfn.onnx") is not None) == one_layer
-    assert (det.pfn_points is not None) == one_layer
+    assert (det.pfn_points is not None) == one_layer == report["pfn_point_wise"]
     vox = det.preprocess(frame)
     outs = det.outputs(frame)
     ref = TorchCenterPointDetector(model).outputs(frame)
