@@ -12,6 +12,7 @@ from qd_perception.models.centerpoint.head import TaskOutput
 from qd_perception.quant.config import preset
 from qd_perception.quant.model import calibrate, quantize_model, quantizers
 from qd_perception.quant.ptq.adaround import AdaRoundConfig, SoftRounding, adaround_model
+from qd_perception.quant.ptq.joint import JointRoundingConfig, joint_rounding
 from qd_perception.quant.ptq.lidar_ptq import LidarPTQConfig, run_lidar_ptq
 from qd_perception.quant.ptq.tgpl import TGPLConfig, positive_masks, tgpl_loss
 
@@ -145,6 +146,113 @@ def test_lidar_ptq_pipeline_runs_stage_by_stage():
     off = dataclasses.replace(cfg, grid_search=False, tgpl=False, adaround=False)
     run_lidar_ptq(model, samples, lambda m, s: m(s), preset("lidar_ptq", "w8a8"), off, on_stage)
     assert seen == ["minmax"]
+
+
+def _sparse_samples(n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(1, 4, 16, 16, generator=g) * (torch.rand(1, 1, 16, 16, generator=g) < 0.15)
+        for _ in range(n)
+    ]
+
+
+def _calibrated_w4(model: nn.Module, samples) -> nn.Module:
+    off = LidarPTQConfig(grid_search=False, tgpl=False, adaround=False)
+    q, _ = run_lidar_ptq(model, samples, lambda m, s: m(s), preset("lidar_ptq", "w4a8"), off)
+    return q
+
+
+def _independent_objective(q: nn.Module, ref: nn.Module, samples, tcfg: TGPLConfig) -> tuple[float, float]:
+    """(mean relative layer error vs ``ref`` run in float, TGPL vs ``ref``'s float heads), computed
+    here without the joint module's machinery. (TGPL's soft-target BCE includes the targets'
+    entropy, a constant floor, so the reconstruction part shows the change best.)"""
+    from qd_perception.quant.model import set_mode
+    from qd_perception.quant.nn.modules import QuantModule
+
+    names = [n for n, m in ref.named_modules() if isinstance(m, QuantModule)]
+    rec_sum = tgpl_sum = 0.0
+    for x in samples:
+        got: dict[str, dict[str, torch.Tensor]] = {"q": {}, "f": {}}
+        hooks = []
+        for key, mod in (("q", q), ("f", ref)):
+            mods = dict(mod.named_modules())
+            for n in names:
+                store = got[key]
+                hook = mods[n].register_forward_hook(lambda _m, _a, y, d=store, n=n: d.setdefault(n, y))
+                hooks.append(hook)
+        modes = {n: qq.mode for n, qq in quantizers(ref)}
+        set_mode(ref, "disabled")
+        with torch.no_grad():
+            fo = ref(x)
+            qo = q(x)
+        for n, qq in quantizers(ref):
+            qq.mode = modes[n]
+        for h in hooks:
+            h.remove()
+        rec = sum(float((got["q"][n] - got["f"][n]).pow(2).sum() / got["f"][n].pow(2).sum()) for n in names)
+        tg, _ = tgpl_loss(qo, fo, positive_masks(fo, tcfg), tcfg)
+        rec_sum += rec / len(names)
+        tgpl_sum += float(tg)
+    return rec_sum / len(samples), tgpl_sum / len(samples)
+
+
+def test_joint_rounding_beats_nearest_and_hardens_every_weight():
+    import copy
+
+    torch.manual_seed(0)
+    model = TinyCenterNet().eval()
+    samples = _sparse_samples(4)
+    q0 = _calibrated_w4(model, samples)  # max-min ranges, nearest rounding
+    qj = copy.deepcopy(q0)
+    tcfg = TGPLConfig(score_threshold=0.05)
+    cfg = JointRoundingConfig(schedule=AdaRoundConfig(iterations=120, lr=5e-2, reg_weight=1.0))
+    rep = joint_rounding(qj, samples, lambda m, s: m(s), cfg, tcfg)
+    assert rep.layers == 4 and len(rep.loss) == 120
+    assert rep.final["total"] < rep.nearest["total"]
+    ref = copy.deepcopy(q0)  # float reference: q0's modules with quantizers disabled
+    before = _independent_objective(q0, ref, samples, tcfg)
+    after = _independent_objective(qj, ref, samples, tcfg)
+    assert sum(after) < sum(before) and after[0] < 0.95 * before[0], (before, after)
+    assert sum(after) == pytest.approx(rep.final["total"], rel=1e-4)
+    for _, qq in quantizers(qj):
+        assert qq.rounding is None and qq.scale is None and qq.mode == "quantize"
+    with torch.no_grad():  # hardened: every weight is an integer multiple of its channel's step
+        for m in (qj.backbone[0], qj.backbone[3], qj.hm, qj.box):
+            s = m.weight_quantizer.amax.reshape(-1, 1, 1, 1) / 7
+            codes = m.weight / s
+            torch.testing.assert_close(codes, codes.round(), atol=1e-4, rtol=0)
+            assert float(codes.abs().max()) <= 8
+
+
+def test_lidar_ptq_joint_mode_and_grid_switches():
+    torch.manual_seed(0)
+    model = TinyCenterNet().eval()
+    samples = _sparse_samples(3, seed=1)
+    snap: dict[str, dict[str, torch.Tensor]] = {}
+
+    def on_stage(name, q):
+        snap[name] = {n: qq.amax.clone() for n, qq in quantizers(q)}
+
+    cfg = LidarPTQConfig(
+        rounding="joint",
+        grid_steps=11,
+        grid_weights=False,
+        tgpl_loss=TGPLConfig(score_threshold=0.05),
+        joint=JointRoundingConfig(schedule=AdaRoundConfig(iterations=4)),
+    )
+    # 4-bit activations: the grid moves their clips (at 8 bits it may keep max-min on this toy)
+    q, rep = run_lidar_ptq(model, samples, lambda m, s: m(s), preset("lidar_ptq", "w4a4"), cfg, on_stage)
+    assert list(snap) == ["minmax", "grid", "adaround"]  # TGPL runs inside the joint stage
+    assert rep.joint is not None and len(rep.joint.loss) == 4 and not rep.tgpl_loss
+    changed = {n for n in snap["grid"] if not torch.equal(snap["grid"][n], snap["minmax"][n])}
+    assert changed and not any(n.endswith("weight_quantizer") for n in changed)
+    assert all(qq.rounding is None and qq.scale is None for _, qq in quantizers(q))
+    # weights only: the activation ranges stay max-min
+    snap.clear()
+    w_only = dataclasses.replace(cfg, grid_weights=True, grid_activations=False, adaround=False, tgpl=False)
+    run_lidar_ptq(model, samples, lambda m, s: m(s), preset("lidar_ptq", "w4a4"), w_only, on_stage)
+    changed = {n for n in snap["grid"] if not torch.equal(snap["grid"][n], snap["minmax"][n])}
+    assert changed and all(n.endswith("weight_quantizer") for n in changed)
 
 
 @pytest.mark.parametrize("name", ["lidar_ptq.yaml", "lidar_ptq_fast.yaml"])

@@ -21,7 +21,8 @@ After optimisation :meth:`SoftRounding.finalize` writes the hard-rounded weights
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ class SoftRounding(nn.Module):
         w = weight.detach() / scale
         self.register_buffer("w_floor", torch.floor(w))
         rest = (w - self.w_floor).clamp(1e-4, 1 - 1e-4)
+        self.register_buffer("frac", rest)  # fractional part of W / s: nearest rounding is frac >= 0.5
         self.V = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
         self.hard = False
 
@@ -84,6 +86,22 @@ class SoftRounding(nn.Module):
         module.weight_quantizer.rounding = None
 
 
+@contextmanager
+def nearest_rounding(roundings: Sequence[SoftRounding]) -> Iterator[None]:
+    """Inside: every ``V`` set so that hard rounding is nearest rounding (``h >= 0.5`` exactly where
+    the fractional part is); the learned ``V`` are restored on exit."""
+    with torch.no_grad():
+        saved = [r.V.detach().clone() for r in roundings]
+        for r in roundings:
+            r.V.copy_(torch.where(r.frac >= 0.5, 1.0, -1.0))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for r, v in zip(roundings, saved):
+                r.V.copy_(v)
+
+
 def attach(module: QuantModule) -> SoftRounding:
     """Attach a :class:`SoftRounding` to ``module``'s weight quantizer (calibrated, symmetric)."""
     wq = module.weight_quantizer
@@ -96,10 +114,17 @@ def attach(module: QuantModule) -> SoftRounding:
 
 
 class AdaRoundLoss:
-    """Reconstruction MSE + annealed rounding regulariser (see module docstring)."""
+    """Reconstruction MSE + annealed rounding regulariser (see module docstring).
 
-    def __init__(self, roundings: Sequence[SoftRounding], cfg: AdaRoundConfig) -> None:
-        self.roundings, self.cfg = list(roundings), cfg
+    ``per_layer_mean``: each rounding's regulariser is averaged over its weights instead of summed
+    (the joint optimiser of :mod:`.joint` adds up layers of very different sizes; averaged, each
+    layer's term lies in [0, 1] like its relative reconstruction error).
+    """
+
+    def __init__(
+        self, roundings: Sequence[SoftRounding], cfg: AdaRoundConfig, per_layer_mean: bool = False
+    ) -> None:
+        self.roundings, self.cfg, self.per_layer_mean = list(roundings), cfg, per_layer_mean
 
     def beta(self, it: int) -> float:
         c = self.cfg
@@ -109,13 +134,18 @@ class AdaRoundLoss:
         t = (it - start) / max(c.iterations - start, 1)
         return c.beta_end + (c.beta_start - c.beta_end) * max(0.0, 1 - t)
 
+    def regularization(self, it: int) -> torch.Tensor | None:
+        """``reg_weight * sum(1 - |2 h(V) - 1|^beta)`` at iteration ``it``; ``None`` in the warm-up."""
+        if it < int(self.cfg.warmup * self.cfg.iterations):
+            return None
+        b = self.beta(it)
+        terms = [r.regularizer(b) / (r.V.numel() if self.per_layer_mean else 1) for r in self.roundings]
+        return self.cfg.reg_weight * torch.stack(terms).sum()
+
     def __call__(self, out: torch.Tensor, target: torch.Tensor, it: int) -> tuple[torch.Tensor, float]:
         rec = (out - target).pow(2).sum(1).mean() if out.dim() > 1 else (out - target).pow(2).mean()
-        if it < int(self.cfg.warmup * self.cfg.iterations):
-            return rec, float(rec)
-        b = self.beta(it)
-        reg = sum(r.regularizer(b) for r in self.roundings)
-        return rec + self.cfg.reg_weight * reg, float(rec)
+        reg = self.regularization(it)
+        return (rec if reg is None else rec + reg), float(rec)
 
 
 def _features(x: Any) -> torch.Tensor:
@@ -146,15 +176,8 @@ def reconstruct(
             r.hard = False
         return e / len(inputs)
 
-    with torch.no_grad():  # nearest rounding: V such that h(V) >= 0.5 exactly where frac >= 0.5
-        saved = [r.V.detach().clone() for r in roundings]
-        for r in roundings:
-            frac = torch.sigmoid(r.V) * (ZETA - GAMMA) + GAMMA
-            r.V.copy_(torch.where(frac >= 0.5, 1.0, -1.0))
-    before = rec_error(hard=True)
-    with torch.no_grad():
-        for r, v in zip(roundings, saved):
-            r.V.copy_(v)
+    with nearest_rounding(roundings):
+        before = rec_error(hard=True)
 
     loss_fn = AdaRoundLoss(roundings, cfg)
     opt = torch.optim.Adam([r.V for r in roundings], lr=cfg.lr)
@@ -236,9 +259,7 @@ def adaround_model(
 
     samples = list(samples)[: cfg.max_cached]
     if layers is None:
-        found = [(n, m) for n, m in qmodel.named_modules() if isinstance(m, QuantModule)]
-        order = _execution_order(qmodel, samples[0], run)
-        layers = sorted(found, key=lambda nm: order.get(nm[0], math.inf))
+        layers = quant_layers_in_order(qmodel, samples[0], run)
     layers = [(n, m) for n, m in layers if m.weight_quantizer.mode == "quantize"]
     if not layers:
         return {}
@@ -286,6 +307,16 @@ def adaround_model(
         del fp_out, q_in
     bar.close()
     return report
+
+
+def quant_layers_in_order(
+    model: nn.Module, sample: Any, run: Callable[[nn.Module, Any], Any]
+) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` of every :class:`QuantModule` in the order ``run(model, sample)`` executes
+    them (layers it never reaches come last)."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantModule)]
+    order = _execution_order(model, sample, run)
+    return sorted(found, key=lambda nm: order.get(nm[0], math.inf))
 
 
 def _execution_order(model: nn.Module, sample: Any, run: Callable[[nn.Module, Any], Any]) -> dict[str, int]:

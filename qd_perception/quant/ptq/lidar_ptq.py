@@ -8,14 +8,22 @@ is called after each stage so a benchmark can evaluate every step from one run.
   second pass.
 * **grid** — activations: ``r * max`` with the error over occupied positions (asymmetric
   activations keep their min, e.g. 0 after a ReLU, and search the max); weights: per-channel
-  ``r * max`` (dense).
+  ``r * max`` (dense). ``grid_weights`` / ``grid_activations`` restrict the search to one kind
+  (the other keeps its max-min range).
 * **tgpl** — the activation step sizes become learnable (LSQ) and are tuned end to end with TGPL
   (:mod:`.tgpl`) against the float model's outputs on the same samples. Which parameters TGPL
   trains on its own is not published; we train the activation ranges (weights are the rounding
   stage's business).
-* **adaround** — layer-wise AdaRound (:mod:`.adaround`): float output targets, quantized inputs.
-  The paper optimises rounding *jointly* with TGPL; here the two run in sequence (TGPL first,
-  then rounding given those ranges), far cheaper on CPU. Say so when reporting.
+* **adaround** — learned rounding, one of two ways (``rounding``):
+
+  - ``layerwise``: TGPL runs as its own stage first, then AdaRound layer by layer
+    (:mod:`.adaround`: float output targets, quantized inputs) given those ranges — TGPL and
+    rounding in sequence;
+  - ``joint`` (:mod:`.joint`, the paper's "jointly with TGPL"): no separate TGPL stage; one
+    optimiser over every layer's rounding variables and the activation step sizes, one forward
+    of the whole fake-quant model per iteration, loss = per-layer reconstruction + TGPL +
+    rounding regulariser, every ``V`` hardened at the end. Reported as the ``adaround`` stage
+    (with TGPL inside it), so ``on_stage`` sees ``minmax, grid, adaround``.
 
 Interface the model must satisfy: ``run(model, sample)`` returns a sequence of head outputs with
 ``heatmap`` logits (B, K, H, W) and ``box_code()`` (B, R, H, W) (CenterPoint's ``TaskOutput``).
@@ -28,7 +36,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -44,6 +52,7 @@ from qd_perception.quant.model import (
     set_mode,
 )
 from qd_perception.quant.ptq.adaround import AdaRoundConfig, adaround_model
+from qd_perception.quant.ptq.joint import JointReport, JointRoundingConfig, joint_rounding
 from qd_perception.quant.ptq.tgpl import TGPLConfig, positive_masks, tgpl_loss
 from qd_perception.quant.quantizer import CalibSpec
 
@@ -53,6 +62,11 @@ class LidarPTQConfig:
     grid_search: bool = True
     tgpl: bool = True
     adaround: bool = True
+    #: ``layerwise``: TGPL stage, then AdaRound layer by layer; ``joint``: one optimisation of every
+    #: layer's rounding with TGPL and the activation step sizes (:mod:`.joint`)
+    rounding: Literal["layerwise", "joint"] = "layerwise"
+    grid_weights: bool = True  # the grid stage searches the weight clips (per channel)
+    grid_activations: bool = True  # the grid stage searches the activation clips
     grid_r_min: float = 0.5
     grid_r_max: float = 1.0
     grid_steps: int = 100
@@ -60,6 +74,7 @@ class LidarPTQConfig:
     tgpl_iterations: int = 100
     tgpl_lr: float = 1e-3
     adaround_cfg: AdaRoundConfig = field(default_factory=AdaRoundConfig)
+    joint: JointRoundingConfig = field(default_factory=JointRoundingConfig)
     optim_samples: int = 16  # samples used by TGPL / AdaRound (all are used for calibration)
 
 
@@ -68,6 +83,7 @@ class PTQReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     tgpl_loss: list[float] = field(default_factory=list)
     adaround: dict[str, dict[str, float]] = field(default_factory=dict)
+    joint: JointReport | None = None
 
     @property
     def total_seconds(self) -> float:
@@ -121,7 +137,7 @@ def run_lidar_ptq(
             if wq is not None:
                 wq.calibrator.reset()
                 wq.calibrator.collect(m.weight)
-    grid_cals: list[tuple[Any, SparsityGridCalibrator]] = []
+    grid_cals: list[tuple[str, Any, SparsityGridCalibrator]] = []
     for name, q in quantizers(qmodel):
         cal = q.calibrator
         assert isinstance(cal, SparsityGridCalibrator)
@@ -133,14 +149,19 @@ def run_lidar_ptq(
             lo, hi = cal.running_range()
             q.set_range(hi, lo)
         q.mode = "quantize"
-        grid_cals.append((q, cal))
+        grid_cals.append((name, q, cal))
     report.stage_seconds["minmax"] = time.perf_counter() - t0
     if on_stage:
         on_stage("minmax", qmodel)
 
     if cfg.grid_search:
         t0 = time.perf_counter()
-        for q, cal in tqdm(grid_cals, desc="sparsity grid", leave=False):
+        searched = [
+            (q, cal)
+            for name, q, cal in grid_cals
+            if (cfg.grid_weights if name.endswith("weight_quantizer") else cfg.grid_activations)
+        ]
+        for q, cal in tqdm(searched, desc="sparsity grid", leave=False):
             if q.symmetric:
                 q.set_range(cal.compute_amax(q.bits))
             else:
@@ -149,18 +170,26 @@ def run_lidar_ptq(
         report.stage_seconds["grid"] = time.perf_counter() - t0
         if on_stage:
             on_stage("grid", qmodel)
-    for _, cal in grid_cals:
+    for _, _, cal in grid_cals:
         cal.reset()  # free the collected values
 
     opt_samples = list(samples)[: cfg.optim_samples]
-    if cfg.tgpl:
+    joint = cfg.rounding == "joint" and cfg.adaround
+    if cfg.tgpl and not joint:
         t0 = time.perf_counter()
         report.tgpl_loss = tgpl_finetune(qmodel, opt_samples, run, cfg)
         report.stage_seconds["tgpl"] = time.perf_counter() - t0
         if on_stage:
             on_stage("tgpl", qmodel)
 
-    if cfg.adaround:
+    if joint:  # TGPL (when on) runs inside the rounding stage: one stage, reported as "adaround"
+        t0 = time.perf_counter()
+        tg = cfg.tgpl_loss if cfg.tgpl else None
+        report.joint = joint_rounding(qmodel, opt_samples, run, cfg.joint, tg)
+        report.stage_seconds["adaround"] = time.perf_counter() - t0
+        if on_stage:
+            on_stage("adaround", qmodel)
+    elif cfg.adaround:
         t0 = time.perf_counter()
         report.adaround = adaround_model(qmodel, opt_samples, run, cfg.adaround_cfg)
         report.stage_seconds["adaround"] = time.perf_counter() - t0
