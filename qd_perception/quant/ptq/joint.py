@@ -63,7 +63,7 @@ class JointRoundingConfig:
     """
 
     schedule: AdaRoundConfig = field(
-        default_factory=lambda: AdaRoundConfig(iterations=300, lr=2e-2, reg_weight=1.0)
+        default_factory=lambda: AdaRoundConfig(iterations=200, lr=2e-2, reg_weight=1.0)
     )
     #: activation step sizes (when TGPL is on), *relative*: each quantizer's Adam learning rate is
     #: ``act_lr`` x its initial step size. An absolute rate would move a 0.004 step by 25 % per
@@ -258,12 +258,18 @@ def joint_rounding(
             loss.backward()
             opt.step()
             report.loss.append(float(loss.detach()))
+            if it % 10 == 0:
+                bar.set_postfix(loss=f"{report.loss[-1]:.4f}", refresh=False)
         with torch.no_grad():
             h = torch.cat([r.h().reshape(-1) for r in roundings])
             report.soft_fraction = float(((h > 0.01) & (h < 0.99)).float().mean())
         for r in roundings:
             r.hard = True
         report.final = objective.mean()
+        tqdm.write(
+            f"joint rounding: objective nearest {report.nearest['total']:.4f} -> learned "
+            f"{report.final['total']:.4f} (hard), {report.soft_fraction:.1%} of h soft before hardening"
+        )
     finally:
         for m, r in zip(layers, roundings):
             r.finalize(m)
