@@ -19,6 +19,7 @@ Two independent sources of noise in a row of ``quant_lidar_ablation.py``:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import pickle
@@ -32,6 +33,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qd_perception.eval.bootstrap import BootstrapResult, DevkitSplit, MatchedSubmission
 
 RESULTS = "results_nusc.json"
+CALIBRATORS = ("minmax", "percentile", "mse", "entropy", "uh")
+#: LiDAR-PTQ stage rows in pipeline order (``quant_lidar_ablation.py`` names), then the final model.
+STAGES = ("LiDAR-PTQ: max-min", "+ sparsity grid", "+ TGPL", "+ AdaRound", "LiDAR-PTQ")
+
+
+def row_key(name: str) -> tuple:
+    """FP32, then W8A8 calibrators, W8A8 LiDAR-PTQ stages, W4A8 stages; each ORT row after its
+    fake-quant twin; anything else last (by name)."""
+    if name == "FP32":
+        return (0,)
+    ort = name.startswith("ORT ")
+    base = name.removeprefix("ORT ")
+    bits, _, rest = base.partition(" ")
+    rest = rest.split(" (")[0]
+    group = {"INT8": 1, "W4A8": 2}.get(bits, 3)
+    if rest in CALIBRATORS:
+        pos = CALIBRATORS.index(rest)
+    elif rest in STAGES:
+        pos = 10 + STAGES.index(rest)
+    else:
+        pos = 99
+    return (group, pos, ort, name)
+
+
+def stage_steps(res: BootstrapResult) -> list[tuple[str, str, float, float, float]]:
+    """Consecutive LiDAR-PTQ stage rows of ``res`` -> (row, previous row, paired mAP difference,
+    2.5 and 97.5 percentiles over the replicates)."""
+    out = []
+    for bits in ("INT8", "W4A8"):
+        rows = [f"{bits} {s}" for s in STAGES[:4] if f"{bits} {s}" in res.reps]
+        for prev, row in itertools.pairwise(rows):
+            d = res.reps[row][:, 0] - res.reps[prev][:, 0]
+            lo, hi = np.percentile(d, [2.5, 97.5])
+            out.append((row, prev, res.full[row][0] - res.full[prev][0], float(lo), float(hi)))
+    return out
 
 
 def row_dirs(dirs: list[Path]) -> dict[str, Path]:
@@ -45,7 +81,7 @@ def row_dirs(dirs: list[Path]) -> dict[str, Path]:
         ):
             if (sub / RESULTS).exists() and (sub / "metrics.json").exists():
                 rows.setdefault(sub.name, sub)
-    return rows
+    return {n: rows[n] for n in sorted(rows, key=row_key)}
 
 
 def cached_match(split: DevkitSplit, row: Path) -> MatchedSubmission:
@@ -94,7 +130,7 @@ def subset_table(dirs: list[Path]) -> tuple[list[str], dict]:
         per_run.append(rows)
     fp32 = next(r["FP32"] for r in per_run if "FP32" in r)
     names = [n for n in per_run[0] if all(n in r for r in per_run)]
-    names = sorted(names, key=lambda n: (n != "FP32", n.startswith("W4"), n.startswith("ORT"), n))
+    names = sorted(names, key=row_key)
     out = {}
     for n in names:
         m = np.array([[r[n]["map"], r[n]["nds"]] for r in per_run])
@@ -173,11 +209,18 @@ def main() -> None:
                     f"| {n} | {m:.4f} | {nds:.4f} | {sd[0]:.4f} | {gm:+.4f} | {dsd[0]:.4f} | "
                     f"[{lo:+.4f}, {hi:+.4f}] | {gn:+.4f} | {dsd[1]:.4f} |"
                 )
+            steps = stage_steps(res)
+            if steps:
+                print("\nStage steps (paired mAP difference to the previous stage, 95 % interval):\n")
+                print("| step | Δ mAP | 95 % interval |")
+                print("|---|---|---|")
+                for row, prev, d, lo, hi in steps:
+                    print(f"| {prev} -> {row} | {d:+.4f} | [{lo:+.4f}, {hi:+.4f}] |")
             report.setdefault("bootstrap", {})[label] = {
-                "dirs": dirs,
-                "blocks": res.n_blocks,
-                "rows": rep_rows,
-            }
+                "dirs": dirs, "blocks": res.n_blocks, "rows": rep_rows,
+                "stage_steps": [dict(zip(("row", "prev", "d_map", "lo", "hi"), x, strict=True))
+                                for x in steps],
+            }  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_suffix(".tmp")
