@@ -90,7 +90,8 @@ def stage_times(det, frame) -> list[float]:
             marks.append(CLOCK())
             pillars = next(steps)
             marks.append(CLOCK())
-            bev = model.scatter(pillars, vox)
+            canvas = getattr(det, "canvas", None)  # the detector's reused canvas, where it has one
+            bev = model.scatter(pillars, vox) if canvas is None else model.scatter(pillars, vox, canvas)
         else:
             bev = model.encode(vox)
         marks.append(CLOCK())

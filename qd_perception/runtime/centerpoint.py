@@ -110,6 +110,7 @@ class TorchCenterPointDetector(CenterPointPipeline):
     def __init__(self, model: CenterPoint, score_threshold: float | None = None) -> None:
         super().__init__(model.cfg, score_threshold)
         self.model = model.eval()
+        self.canvas = model.new_canvas()
 
     @classmethod
     def from_checkpoint(
@@ -123,7 +124,7 @@ class TorchCenterPointDetector(CenterPointPipeline):
 
     def run_network(self, vox: Voxels) -> list[TaskOutput]:
         with torch.no_grad():
-            return self.model(vox)
+            return self.model(vox, self.canvas)
 
 
 class OrtCenterPointDetector(CenterPointPipeline):
@@ -154,6 +155,7 @@ class OrtCenterPointDetector(CenterPointPipeline):
         # Host-side parts (voxelisation, feature augmentation, scatter, spconv) use the torch module;
         # for the pillar variant it holds no weights that the ONNX graphs also hold.
         self.model: CenterPoint = build_model("centerpoint", cfg).eval()
+        self.canvas = self.model.new_canvas()
         self.pfn_points = None
         if cfg.variant == "pillar":
             self.pfn = ort.InferenceSession(str(export_dir / EXPORT_PFN), opts, providers=providers)
@@ -224,7 +226,7 @@ class OrtCenterPointDetector(CenterPointPipeline):
                 # ONNX Runtime reads numpy buffers as dense C-order: never hand it a strided view.
                 feats = np.ascontiguousarray(self.model.pillar_inputs(vox).numpy())
                 pillars = torch.from_numpy(self.pfn.run(None, {"pillar_points": feats})[0])
-            bev = self.model.scatter(pillars, vox)
+            bev = self.model.scatter(pillars, vox, self.canvas)
         else:
             with torch.no_grad():
                 bev = self.model.encode(vox)

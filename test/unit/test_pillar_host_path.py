@@ -15,6 +15,7 @@ from test_centerpoint_targets import TINY
 
 from qd_perception.models.build import build_model, config_from_dict
 from qd_perception.models.centerpoint.vfe import (
+    BevCanvas,
     augment_pillar_features,
     pillar_point_features,
     scatter_to_bev,
@@ -166,3 +167,14 @@ def test_preprocess_drops_bad_points_scales_intensity_and_leaves_the_input_alone
     assert torch.equal(vox.points, ref.points) and torch.equal(vox.coords, ref.coords)
     assert torch.equal(vox.num_points, ref.num_points) and torch.equal(vox.voxels, ref.voxels)
     assert 0 < float(vox.points[:, 3].max()) <= 1.0  # intensity 0..255 -> 0..1
+
+
+def test_reused_canvas_equals_a_fresh_scatter_sweep_after_sweep():
+    canvas, rng = BevCanvas(6, 7), np.random.default_rng(0)
+    for batch, n in ((1, 20), (1, 5), (2, 12), (2, 0), (1, 30)):
+        cells = rng.choice(6 * 7 * batch, n, replace=False)
+        b, yx = cells // 42, cells % 42
+        coords = torch.from_numpy(np.stack([b, 0 * b, yx // 7, yx % 7], 1).astype(np.int32))
+        feats = torch.from_numpy(rng.normal(size=(n, 3)).astype(np.float32))
+        got = canvas.scatter(feats, coords, batch)
+        assert torch.equal(got, scatter_to_bev(feats, coords, batch, 6, 7))  # old cells cleared

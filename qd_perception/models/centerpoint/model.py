@@ -20,6 +20,7 @@ from qd_perception.models.centerpoint.config import CenterPointConfig
 from qd_perception.models.centerpoint.head import CenterHead, TaskOutput, flatten_outputs
 from qd_perception.models.centerpoint.vfe import (
     PILLAR_EXTRA_FEATURES,
+    BevCanvas,
     PillarFeatureNet,
     augment_pillar_features,
     mean_vfe,
@@ -85,13 +86,23 @@ class CenterPoint(nn.Module):
             vox.points, vox.point_voxel, vox.num_points, vox.coords, self.cfg.voxelization
         )
 
-    def scatter(self, pillar_features: torch.Tensor, vox: Voxels) -> torch.Tensor:
+    def scatter(
+        self, pillar_features: torch.Tensor, vox: Voxels, canvas: BevCanvas | None = None
+    ) -> torch.Tensor:
+        """(V, C) pillar features -> (B, C, ny, nx); into ``canvas`` (reused, inference) if given."""
+        if canvas is not None:
+            return canvas.scatter(pillar_features, vox.coords, vox.batch_size)
         nx, ny, _ = self.cfg.voxelization.grid_size
         return scatter_to_bev(pillar_features, vox.coords, vox.batch_size, ny, nx)
 
+    def new_canvas(self) -> BevCanvas:
+        """A reusable BEV canvas for :meth:`forward` / :meth:`scatter` at inference (pillar)."""
+        nx, ny, _ = self.cfg.voxelization.grid_size
+        return BevCanvas(ny, nx)
+
     # -- network ---------------------------------------------------------------------------------
-    def encode(self, vox: Voxels) -> torch.Tensor:
-        """Voxels -> dense BEV features (B, C, H', W')."""
+    def encode(self, vox: Voxels, canvas: BevCanvas | None = None) -> torch.Tensor:
+        """Voxels -> dense BEV features (B, C, H', W'); ``canvas``: see :class:`BevCanvas`."""
         if self.pfn is not None:
             if self.pfn.supports_points():  # inference: same result, no padded rows
                 feats = self.pfn.forward_points(
@@ -99,15 +110,15 @@ class CenterPoint(nn.Module):
                 )
             else:
                 feats = self.pfn(self.pillar_inputs(vox))
-            return self.scatter(feats, vox)
+            return self.scatter(feats, vox, canvas)
         assert self.sparse is not None
         return self.sparse(mean_vfe(vox.voxels, vox.num_points), vox.coords, vox.batch_size)
 
     def forward_dense(self, bev: torch.Tensor) -> list[TaskOutput]:
         return self.head(self.backbone(bev))
 
-    def forward(self, vox: Voxels) -> list[TaskOutput]:
-        return self.forward_dense(self.encode(vox))
+    def forward(self, vox: Voxels, canvas: BevCanvas | None = None) -> list[TaskOutput]:
+        return self.forward_dense(self.encode(vox, canvas))
 
 
 class DenseGraph(nn.Module):

@@ -108,8 +108,13 @@ class PFNLayer(nn.Module):
         return torch.cat([x, x_max.expand_as(x)], dim=-1)
 
     def point_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, F) -> (N, width): the per-point part (linear, norm, ReLU); eval-mode statistics."""
-        return self.relu(self.norm(self.linear(x)))
+        """(N, F) -> (N, width): the per-point part (linear, norm, ReLU) with eval-mode statistics,
+        BatchNorm folded into the linear: one (N, width) tensor instead of three (at 50k points
+        each is a fresh 6 MB buffer whose page faults cost more than the arithmetic)."""
+        norm = self.norm
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        return torch.addmm(shift, x, (self.linear.weight * scale[:, None]).T).relu_()
 
 
 class PillarFeatureNet(nn.Module):
@@ -180,3 +185,33 @@ def scatter_to_bev(
     # full-canvas copy to permute it afterwards.
     canvas.transpose(1, 2).index_put_((b, idx), features)
     return canvas.view(batch_size, c, ny, nx)
+
+
+class BevCanvas:
+    """A BEV canvas reused from sweep to sweep at inference: :meth:`scatter` clears only the cells
+    the previous call wrote instead of allocating and zeroing (B, C, ny, nx) again (8 MB for the
+    CPU preset; a fresh buffer that size also page-faults on first touch).
+
+    The returned tensor is the canvas itself: valid until the next :meth:`scatter`, so consume it
+    (run the dense network) before scattering the next sweep. Not for autograd or threads.
+    """
+
+    def __init__(self, ny: int, nx: int) -> None:
+        self.ny, self.nx = ny, nx
+        self._canvas: torch.Tensor | None = None
+        self._written: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def scatter(self, features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Same contract and result as :func:`scatter_to_bev`."""
+        c = features.shape[1]
+        shape = (batch_size, c, self.ny * self.nx)
+        canvas = self._canvas
+        if canvas is None or canvas.shape != shape or canvas.dtype != features.dtype:
+            canvas = self._canvas = features.new_zeros(shape)
+        elif self._written is not None:
+            canvas.transpose(1, 2)[self._written] = 0
+        b = coords[:, 0].long()
+        idx = coords[:, 2].long() * self.nx + coords[:, 3].long()
+        canvas.transpose(1, 2).index_put_((b, idx), features)
+        self._written = (b, idx)
+        return canvas.view(batch_size, c, self.ny, self.nx)
