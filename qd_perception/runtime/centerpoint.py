@@ -4,6 +4,12 @@ Both run the same :class:`CenterPointPipeline`: points from the :class:`Frame` (
 sweep) -> voxelisation (torch) -> network -> the same decode + NMS. They differ only in who runs
 the network: torch modules, or the exported ONNX graphs (pillar: PFN graph, scatter in torch,
 dense graph; voxel: spconv encoder in torch, dense graph in ONNX Runtime).
+
+Pillar host path (both backends): the PFN runs on the K real points of a sweep, not on V x M
+padded rows (torch: ``PillarFeatureNet.forward_points``; ORT: ``pfn.onnx`` cut before its max,
+:func:`pointwise_pfn_graph`), the max per pillar is a scatter on the host, and the BEV canvas is
+reused from sweep to sweep (:class:`BevCanvas`). Results equal the padded path to float rounding
+(``test_pillar_host_path.py``).
 """
 
 from __future__ import annotations

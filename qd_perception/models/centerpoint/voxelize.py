@@ -4,6 +4,10 @@ Points ``(P, C)`` with ``[x, y, z, ...]`` in the ego frame are binned into the g
 :class:`VoxelizationConfig`. Each non-empty voxel keeps at most ``max_points_per_voxel`` points
 (first ones in input order); at most ``max_voxels`` voxels are kept (first in raster order, or a
 random subset when a generator is given, as training pipelines do).
+
+:class:`Voxels` stores the kept points once, unpadded and grouped by voxel; the padded (V, M, C)
+tensor is derived on demand. Inference never builds it (pillar PFN on the points themselves), so
+voxelisation costs one stable sort of int32 cell keys and one gather of the kept points.
 """
 
 from __future__ import annotations
