@@ -119,7 +119,8 @@ def bootstrap_group(
 
 
 def subset_table(dirs: list[Path]) -> tuple[list[str], dict]:
-    """Rows present in every subset dir -> per-run (mAP, NDS) and gaps to that run's FP32."""
+    """Rows present in every subset dir -> per-run (mAP, NDS) and gaps to that run's FP32 (a run
+    without an FP32 row uses the first run's)."""
     per_run = []
     for d in dirs:
         rows = {
@@ -128,13 +129,14 @@ def subset_table(dirs: list[Path]) -> tuple[list[str], dict]:
             if (p / "metrics.json").exists()
         }
         per_run.append(rows)
-    fp32 = next(r["FP32"] for r in per_run if "FP32" in r)
+    first = next(r["FP32"] for r in per_run if "FP32" in r)
+    fp32 = np.array([[r.get("FP32", first)["map"], r.get("FP32", first)["nds"]] for r in per_run])
     names = [n for n in per_run[0] if all(n in r for r in per_run)]
     names = sorted(names, key=row_key)
     out = {}
     for n in names:
         m = np.array([[r[n]["map"], r[n]["nds"]] for r in per_run])
-        out[n] = {"runs": m.tolist(), "gap": (m - [fp32["map"], fp32["nds"]]).tolist()}
+        out[n] = {"runs": m.tolist(), "gap": (m - fp32).tolist()}  # each run against its own FP32
     return names, out
 
 
