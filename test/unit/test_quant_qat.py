@@ -15,6 +15,7 @@ import yaml
 from test_centerpoint_model import tiny_frame  # test/unit is on sys.path (pytest rootdir import)
 from test_centerpoint_targets import TINY
 
+from qd_perception.classes import CLASS_NAMES
 from qd_perception.models.build import build_model, config_from_dict
 from qd_perception.models.centerpoint.loss import centerpoint_loss
 from qd_perception.quant.lidar import quantize_centerpoint
@@ -29,6 +30,9 @@ from qd_perception.quant.qat_lidar import (
 from qd_perception.train.lidar import recalibrate_batchnorm, train_step
 from qd_perception.train.lidar_data import LidarDataset, collate
 
+# one task group: 6 head branches instead of 36 (ONNX export time dominates the CLI test)
+TINY1 = {**TINY, "head": {**TINY["head"], "tasks": [list(CLASS_NAMES)]}, "decode": {"circle_radius_m": [1.0]}}
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
@@ -42,7 +46,7 @@ def one_torch_thread():
 def trained():
     """A tiny pillar model briefly trained in float on two labelled scenes."""
     torch.manual_seed(0)
-    cfg = config_from_dict("centerpoint", TINY)
+    cfg = config_from_dict("centerpoint", TINY1)
     model = build_model("centerpoint", cfg)
     frames = [tiny_frame(0), tiny_frame(1)]
     batch = collate([LidarDataset(frames, cfg)[i] for i in range(2)])
@@ -123,7 +127,7 @@ def test_quantize_lidar_qat_cli_writes_an_ort_artefact(tmp_path, trained, capsys
     from qd_perception.sim.generate import GenerateConfig, generate
 
     model, _, _ = trained
-    d = copy.deepcopy(TINY)
+    d = copy.deepcopy(TINY1)
     d["nsweeps"] = 1
     ckpt = tmp_path / "cp.pt"
     torch.save({"arch": "centerpoint", "config": d, "model": model.state_dict()}, ckpt)
