@@ -343,6 +343,60 @@ def replay(bags: list[Path], params: Path, out: Path, rate: float, env: dict[str
     return json.loads((out / "metrics.json").read_text())
 
 
+def stage_profile(calib_dir: Path, params: Params, repeats: int, threads: int) -> dict[str, Any]:
+    """Both detectors the node runs, built from the same parameter files' detector settings, timed
+    per stage on the car's calibration frames (5-sweep clouds), interleaved frame by frame so that
+    they share the machine's load. ``threads``: torch and ONNX Runtime intra-op threads (0: their
+    defaults, as in the node)."""
+    import numpy as np
+    import torch
+
+    from qd_perception.config import from_dict
+    from qd_perception.data.calib_store import CalibrationSet
+    from qd_perception.ros.node_config import DetectorNodeConfig
+    from qd_perception.ros.params import nest
+    from qd_perception.runtime.factory import build_detector
+
+    if threads:
+        torch.set_num_threads(threads)
+    dets = {}
+    for key, path in (("fp32", params.fp32), ("int8", params.int8)):
+        flat = yaml.safe_load(path.read_text())[DETECTOR]["ros__parameters"]
+        node_cfg = from_dict(DetectorNodeConfig, nest(flat, DetectorNodeConfig))
+        det = build_detector(node_cfg.detector)
+        if threads and hasattr(det, "dense"):  # ONNX Runtime sessions: rebuilt with the thread count
+            det = type(det)(params.artefact, node_cfg.detector.score_threshold, threads=threads)
+        dets[key] = det
+    cs = CalibrationSet(calib_dir)
+    frames = [cs[i] for i in range(len(cs))]
+    times: dict[str, dict[str, list[float]]] = {
+        k: {"pre": [], "net": [], "post": [], "total": []} for k in dets
+    }
+    for d in dets.values():
+        d.detect(frames[0])  # first call: lazy initialisation
+    for _ in range(repeats):
+        for f in frames:
+            for k, d in dets.items():
+                t = time.perf_counter()
+                d.detect(f)
+                total = (time.perf_counter() - t) * 1e3
+                tm = d.last_timing
+                for name, v in (
+                    ("pre", tm.preprocess_ms),
+                    ("net", tm.inference_ms),
+                    ("post", tm.postprocess_ms),
+                ):
+                    times[k][name].append(v)
+                times[k]["total"].append(total)
+    return {
+        "threads": threads,
+        "frames": len(frames) * repeats,
+        "points_median": float(np.median([len(f.points) for f in frames])),
+        "median_ms": {k: {n: float(np.median(v)) for n, v in t.items()} for k, t in times.items()},
+        "load_avg": os.getloadavg(),
+    }
+
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -386,6 +440,20 @@ def markdown_rows(summary: dict[str, Any]) -> str:
     f, q = summary["replays"]["fp32"], summary["replays"]["int8"]
     rows.append(f"| INT8 - FP32 | {q['nds'] - f['nds']:+.4f} | {q['map'] - f['map']:+.4f} | "
                 f"{q['streaming_nds'] - f['streaming_nds']:+.4f} | | | |")  # fmt: skip
+    for prof in summary.get("stage_profile", []):
+        m = prof["median_ms"]
+        rows += [
+            "",
+            f"Per stage, median ms over {prof['frames']} calibration frames "
+            f"(~{prof['points_median']:.0f} points), "
+            f"threads {prof['threads'] or 'default'}, load {prof['load_avg'][0]:.1f}:",
+            "",
+            "| backend | voxelize + pillar inputs | network | decode + NMS | total |",
+            "|---|---|---|---|---|",
+        ]
+        for k, lab in (("fp32", "FP32 torch"), ("int8", "INT8 ORT")):
+            r = m[k]
+            rows.append(f"| {lab} | {r['pre']:.0f} | {r['net']:.0f} | {r['post']:.0f} | {r['total']:.0f} |")
     c = summary["calibration"]
     b = c["recorder_before_ptq"]
     rows += [
@@ -475,13 +543,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup-timeout", type=float, default=120.0)
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: 20 + pid % 80)")
     p.add_argument("--fresh", action="store_true", help="redo the scenes and the calibration")
+    p.add_argument(
+        "--profile-threads",
+        type=int,
+        nargs="*",
+        default=[0, 1],
+        help="after the replays, time both detectors per stage on the calibration frames with these "
+        "thread counts (0 = defaults, as in the node); none: skip",
+    )
+    p.add_argument(
+        "--profile-only", action="store_true", help="only redo the stage profile of a finished run"
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     domain = args.domain_id if args.domain_id is not None else 20 + os.getpid() % 80
     os.environ["ROS_DOMAIN_ID"] = str(domain)
     os.environ["ROS_LOCALHOST_ONLY"] = "1"
@@ -493,6 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     env = ros_env()
     env["PYTHONUNBUFFERED"] = "1"
     t0 = time.monotonic()
+    if args.profile_only:
+        summary = json.loads((out / "summary.json").read_text())
+        params = Params(**{k: Path(v) for k, v in summary["params"].items()})
+        summary["stage_profile"] = profiles(params, args)
+        return report(summary, out)
     say(f"ptq closed loop -> {out} (ROS_DOMAIN_ID {domain}, loopback only)")
     bags_a = simulate(out / "sim_a", args.seed_a, args.scenes_a, args.samples_a, args.fresh, env)
     bags_b = simulate(out / "sim_b", args.seed_b, args.scenes_b, args.samples_b, args.fresh, env)
@@ -525,6 +609,20 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": {"until_artefact": t_cal, "total": time.monotonic() - t0},
         "load_avg": os.getloadavg(),
     }
+    atomic_json(out / "summary.json", summary)
+    summary["stage_profile"] = profiles(params, args)
+    return report(summary, out)
+
+
+def profiles(params: Params, args: argparse.Namespace) -> list[dict[str, Any]]:
+    out = []
+    for th in args.profile_threads:
+        say(f"profile: FP32 torch vs INT8 ORT per stage, threads {th or 'default'}")
+        out.append(stage_profile(params.calib_dir, params, repeats=1, threads=th))
+    return out
+
+
+def report(summary: dict[str, Any], out: Path) -> int:
     atomic_json(out / "summary.json", summary)
     rows = markdown_rows(summary)
     (out / "rows.md").write_text(rows)
