@@ -233,6 +233,6 @@ def test_calibration_recorder_param_file_matches_its_schema():
     cfg = from_dict(CalibrationRecorderConfig, nest(flat, CalibrationRecorderConfig))
     assert cfg == CalibrationRecorderConfig()
     argv = ptq_argv(CalibrationRecorderConfig(out_dir="/c", ptq_model="/m.pt"))
-    assert argv[:3] == ["qd-perception", "quantize", "lidar"] and "/c" in argv and "/m.pt" in argv
+    assert argv[3:5] == ["quantize", "lidar"] and "/c" in argv and "/m.pt" in argv  # after {python} -m
     with pytest.raises(ValueError, match="min_frames"):
         CalibrationRecorderConfig(min_frames=500)
