@@ -13,6 +13,9 @@ FP32 graph as QOperator / QDQ with U8S8 / U8U8), each with its median over the s
 
     nice -n 10 .venv/bin/python benchmarks/quant_latency.py --ckpt weights/centerpoint_pillar_cpu.pt \
         --frames 20 --threads 1 --variants --keep /tmp/speed/artefacts
+
+``--op-profile`` prints ONNX Runtime's profiler summary (kernel time per op type) of the INT8 dense
+graph over the same canvases.
 """
 
 from __future__ import annotations
@@ -106,6 +109,34 @@ def ort_variants(
     return times
 
 
+def ort_op_profile(graph: Path, feeds: list[dict], threads: int) -> list[tuple[str, int, float]]:
+    """ONNX Runtime's own profiler on ``graph``: (op type, nodes, share of kernel time) rows."""
+    import collections
+    import json
+
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.enable_profiling = True
+    o.profile_file_prefix = str(Path(tempfile.gettempdir()) / "qd_ort_profile")
+    sess = ort.InferenceSession(str(graph), o, providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        sess.run(None, feed)
+    path = Path(sess.end_profiling())
+    events = json.loads(path.read_text())
+    path.unlink()
+    dur: collections.Counter = collections.Counter()
+    nodes: dict[str, set] = collections.defaultdict(set)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            dur[op] += e["dur"]
+            nodes[op].add(e["name"])
+    total = sum(dur.values()) or 1
+    return [(op, len(nodes[op]), d / total) for op, d in dur.most_common()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", type=Path, default=None, help="trained checkpoint (default: random init)")
@@ -125,6 +156,9 @@ def main() -> None:
     )
     ap.add_argument("--variants", action="store_true", help="also time ORT settings on the dense graph")
     ap.add_argument("--keep", type=Path, default=None, help="keep the FP32 export and INT8 artefact here")
+    ap.add_argument(
+        "--op-profile", action="store_true", help="ORT's kernel time per op type, INT8 dense graph"
+    )
     args = ap.parse_args()
     clock = time.perf_counter if args.clock == "wall" else time.process_time
 
@@ -182,6 +216,7 @@ def main() -> None:
                     times[name].append(t_network)
                     dense_times[name].append(dt)
                     e2e[name].append(t_detect)
+        op_rows = ort_op_profile(q_dir / "dense.onnx", feeds, args.threads) if args.op_profile else []
         variants = (
             ort_variants(fp_dir, q_dir, feeds, args.warmup, args.threads, clock) if args.variants else {}
         )
@@ -224,6 +259,12 @@ def main() -> None:
             same_clock = args.clock == "wall" or "(wall clock)" not in name
             ratio = f"{dbase / np.median(v):.2f}x" if same_clock else "-"
             print(f"| {name} | {np.median(v):.1f} ({np.percentile(v, 90):.1f}) | {ratio} |")
+    if op_rows:
+        print("\nORT profiler, INT8 dense graph (share of kernel time):\n")
+        print("| op type | nodes | share |")
+        print("|---|---|---|")
+        for op, n, share in op_rows:
+            print(f"| {op} | {n} | {100 * share:.1f}% |")
     print("\n| model | size (MiB) | vs FP32 |")
     print("|---|---|---|")
     for name, s in (
