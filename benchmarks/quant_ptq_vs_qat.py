@@ -23,6 +23,7 @@ a run can be split and resumed part by part):
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -102,7 +103,7 @@ def main() -> None:
     bits_list = [b for b in args.bits.split(",") if b]
     res = load_results(args.results)
 
-    if parts & {"ptq", "qat"}:
+    if parts & {"ptq", "qat", "fp32step"}:
         cfg, model, ckpt = load_checkpoint(args.ckpt)
         res["checkpoint"] = {
             "path": str(args.ckpt),
@@ -111,7 +112,7 @@ def main() -> None:
             "train_seconds": ckpt.get("train_seconds"),
             "train_data": ckpt.get("data"),
         }
-        res.setdefault("runs", []).append({"parts": sorted(parts & {"ptq", "qat"}), **code_state()})
+        res.setdefault("runs", []).append({"parts": sorted(parts - {"report"}), **code_state()})
         reader = NuScenesReader(args.data, args.version, args.split, nsweeps=cfg.nsweeps, load_images=False)
         frames = calibration_frames(
             args.train, cfg.nsweeps, args.calib_frames, args.version, args.train_split
@@ -135,7 +136,11 @@ def main() -> None:
         ptq_cfg = load_ptq_config(args.ptq_config)
         for bits in bits_list:
             for method in [x for x in args.ptq_methods.split(",") if x]:
-                done = next((r for r in res["ptq"] if r["bits"] == bits and r["method"] == method), None)
+                conf = str(args.ptq_config) if method == "lidar_ptq" else None
+                done = next(
+                    (r for r in res["ptq"] if (r["bits"], r["method"], r["config"]) == (bits, method, conf)),
+                    None,
+                )
                 if done is not None and "cpu_seconds" in done:
                     continue
                 la = loadavg()
@@ -153,7 +158,7 @@ def main() -> None:
                     {
                         "bits": bits,
                         "method": method,
-                        "config": str(args.ptq_config) if method == "lidar_ptq" else None,
+                        "config": conf,
                         "seconds": r.seconds,
                         "cpu_seconds": cpu,
                         "stage_seconds": r.report.stage_seconds if r.report else None,
@@ -227,6 +232,28 @@ def main() -> None:
             entry["step_seconds_mean"] = r.train_seconds / max(r.steps, 1)
             save_results(args.results, res)
 
+    if "fp32step" in parts:
+        # FP32 training cost on the same CPU measure: the checkpoint only kept its wall time
+        from qd_perception.train.lidar import train_step
+        from qd_perception.train.lidar_data import AugmentConfig, LidarDataset, collate
+
+        train_reader = NuScenesReader(
+            args.train, args.version, args.train_split, nsweeps=cfg.nsweeps, load_images=False
+        )
+        ds = LidarDataset(train_reader, cfg, AugmentConfig())
+        fp = copy.deepcopy(model)
+        opt = torch.optim.AdamW(fp.parameters(), lr=1e-6)
+        cpu = []
+        for i in range(7):
+            batch = collate([ds[2 * i], ds[2 * i + 1]])
+            c0 = time.process_time()
+            train_step(fp, batch, opt)
+            cpu.append(time.process_time() - c0)
+        res["fp32_step_cpu_seconds"] = sum(cpu[1:]) / len(cpu[1:])  # first step warms up
+        res["fp32_train_steps"] = ckpt.get("step")
+        print(f"FP32 training step: {res['fp32_step_cpu_seconds']:.2f} CPU s (batch 2)")
+        save_results(args.results, res)
+
     if "report" in parts:
         report(res, bits_list, args.png)
 
@@ -234,6 +261,11 @@ def main() -> None:
 def first_reach(points: list[dict], target: float) -> dict | None:
     """First QAT evaluation whose mAP is at least ``target``."""
     return next((p for p in sorted(points, key=lambda p: p["step"]) if p["map"] >= target), None)
+
+
+def label(r: dict) -> str:
+    """PTQ row name: the method, and the LiDAR-PTQ config it ran with."""
+    return r["method"] if not r.get("config") else f"{r['method']} ({Path(r['config']).stem})"
 
 
 def _secs(d: dict) -> str:
@@ -248,7 +280,13 @@ def report(res: dict, bits_list: list[str], png: Path | None) -> None:
     if fp:
         print(
             f"\nFP32 {ck.get('name')}: mAP {fp['map']:.4f} NDS {fp['nds']:.4f}; FP32 training "
-            f"{ck.get('train_seconds', 0):.0f} s wall ({ck.get('epochs')} epochs on {ck.get('train_data')})\n"
+            f"{ck.get('train_seconds', 0):.0f} s wall ({ck.get('epochs')} epochs on {ck.get('train_data')})"
+        )
+    if res.get("fp32_step_cpu_seconds"):
+        n = res.get("fp32_train_steps") or 0
+        print(
+            f"FP32 training step {res['fp32_step_cpu_seconds']:.2f} CPU s -> {n} steps "
+            f"~{n * res['fp32_step_cpu_seconds']:.0f} CPU s\n"
         )
     print(
         "| bits | PTQ method | PTQ CPU s (wall s) | mAP | NDS | QAT CPU s (wall s) to reach this mAP "
@@ -275,7 +313,7 @@ def report(res: dict, bits_list: list[str], png: Path | None) -> None:
                     reach = f"{_secs(hit)} at step {hit['step']}"
                     ratio = f"{hc / base:.2f}x"
             print(
-                f"| {bits} | {r['method']} | {_secs(r)} | {r['map']:.4f} | {r['nds']:.4f} "
+                f"| {bits} | {label(r)} | {_secs(r)} | {r['map']:.4f} | {r['nds']:.4f} "
                 f"| {reach} | {ratio} | {whole} | {wratio} |"
             )
     for bits in bits_list:
@@ -310,7 +348,7 @@ def plot(res: dict, bits_list: list[str], png: Path) -> None:
         return d.get("cpu_seconds") or d["seconds"]
 
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
-    markers = {"minmax": "o", "lidar_ptq": "s"}
+    markers = {"minmax": "o", "lidar_ptq (lidar_ptq_fast)": "s", "lidar_ptq (lidar_ptq)": "D"}
     for i, bits in enumerate(bits_list):
         c = f"C{i}"
         q = res["qat"].get(bits)
@@ -319,14 +357,17 @@ def plot(res: dict, bits_list: list[str], png: Path) -> None:
             ax.plot([cpu(p) for p in pts], [p["map"] for p in pts], "-^", color=c, label=f"QAT {bits}")
         for r in [r for r in res["ptq"] if r["bits"] == bits]:
             ax.plot(
-                cpu(r), r["map"], markers.get(r["method"], "x"), color=c, ms=10, mfc="none", mew=2,
-                label=f"PTQ {bits} {r['method']}",
+                cpu(r), r["map"], markers.get(label(r), "x"), color=c, ms=10, mfc="none", mew=2,
+                label=f"PTQ {bits} {label(r)}",
             )  # fmt: skip
     if res.get("fp32"):
         ax.axhline(res["fp32"]["map"], color="k", ls="--", lw=1, label="FP32")
     ck = res.get("checkpoint", {})
-    if ck.get("train_seconds"):
-        ax.axvline(ck["train_seconds"], color="gray", ls=":", lw=1, label="FP32 training (wall)")
+    if res.get("fp32_step_cpu_seconds") and res.get("fp32_train_steps"):
+        est = res["fp32_step_cpu_seconds"] * res["fp32_train_steps"]
+        ax.axvline(
+            est, color="gray", ls=":", lw=1, label=f"FP32 training, {res['fp32_train_steps']} steps (est.)"
+        )
     ax.set_xscale("log")
     ax.set_xlabel("CPU seconds, 1 thread (QAT: min-max init + training steps, evaluations excluded)")
     ax.set_ylabel("mAP (synthetic val, nuscenes-devkit)")
