@@ -103,6 +103,15 @@ def make_node(node_name: str, default_detector: str) -> Any:
             self.use_cameras = "cameras" in modalities
             if not (self.use_lidar or self.use_cameras):
                 raise ConfigError(f"detector {cfg.detector.name!r} needs no input I know of")
+            # A multi-sweep model fed another sweep count sees the wrong point density and
+            # time-lag range: its accuracy drops silently, so refuse to start instead.
+            want = getattr(self.detector, "nsweeps", None)
+            if self.use_lidar and want is not None and want != cfg.sweeps.max_sweeps:
+                raise ConfigError(
+                    f"sweeps.max_sweeps is {cfg.sweeps.max_sweeps} but the {cfg.detector.name} model "
+                    f"{cfg.detector.model_path!r} was trained on {want} merged sweeps; "
+                    f"set sweeps.max_sweeps: {want}"
+                )
             for cam in cfg.cameras if self.use_cameras else ():
                 self.rig.camera(cam)  # unknown camera names fail here, clearly
             required = ([LIDAR] if self.use_lidar else []) + (list(cfg.cameras) if self.use_cameras else [])

@@ -157,6 +157,7 @@ class OrtBEVDetector(BEVDetectorBase):
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see DetectorConfig
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         if ONNX_CONFIG_KEY not in meta:

@@ -84,6 +84,11 @@ class CenterPointPipeline:
         self.cfg = cfg
         self.last_timing = Timing()
 
+    @property
+    def nsweeps(self) -> int:
+        """Lidar sweeps the model expects merged into one frame (the time-lag channel's range)."""
+        return int(self.cfg.nsweeps)
+
     def preprocess(self, frame: Frame) -> Voxels:
         raise NotImplementedError
 
@@ -156,6 +161,8 @@ class OrtCenterPointDetector(CenterPointPipeline):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+            # An idle pool that busy-waits steals the cores other nodes were given.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = providers or ["CPUExecutionProvider"]
         self.dense = ort.InferenceSession(str(export_dir / EXPORT_DENSE), opts, providers=providers)
         # Host-side parts (voxelisation, feature augmentation, scatter, spconv) use the torch module;

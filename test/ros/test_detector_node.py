@@ -418,6 +418,18 @@ def test_configuration_errors_exit_clearly(tmp_path):
         (["--params-file", str(bad_params)], "unknown parameter(s) ['sync.slop_ms']"),
         (["-p", "sync.queue_size:=many"], "sync.queue_size: expected an integer"),
         (["-p", "detector.name:=yolo"], "unknown detector 'yolo'"),
+        (  # the shipped pillar model reads 5 merged sweeps: 1 would silently change its input
+            [
+                *("-p", "detector.name:=centerpoint", "-p", "detector.threads:=1"),
+                *(
+                    "-p",
+                    "detector.model_path:=weights/centerpoint_pillar_cpu.pt",
+                    "-p",
+                    "sweeps.max_sweeps:=1",
+                ),
+            ],
+            "sweeps.max_sweeps is 1 but the centerpoint model",
+        ),
     ):
         proc = NodeProcess.module("qd_perception.ros.nodes.lidar_detector", ros_args, tmp_path / "e.log")
         t0 = time.monotonic()

@@ -167,6 +167,28 @@ def test_export_parity_torch_vs_onnxruntime(variant, trained_pillar, tmp_path):
     np.testing.assert_array_equal(da.labels, db.labels)
 
 
+def test_factory_gives_the_detector_its_thread_share(trained_pillar, tmp_path):
+    """``detector.threads`` reaches torch and both ORT sessions (spinning off), same outputs."""
+    export(copy.deepcopy(trained_pillar[0]), tmp_path)
+    before = torch.get_num_threads()
+    try:
+        det = build_detector(
+            DetectorConfig(name="centerpoint", model_path=str(tmp_path), backend="onnxruntime", threads=1)
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for sess in (det.dense, det.pfn):
+        opts = sess.get_session_options()
+        assert opts.intra_op_num_threads == 1
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    frame = tiny_frame(3)
+    ref = OrtCenterPointDetector(tmp_path).outputs(frame)
+    assert _max_diff(ref, det.outputs(frame)) < 1e-5
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        DetectorConfig(threads=-1)
+
+
 def test_trained_model_finds_the_scene_objects(trained_pillar):
     """After a few steps on one scene, the car and the bus are among the top detections."""
     model, _, _ = trained_pillar
