@@ -373,7 +373,7 @@ def plot(res: dict, bits_list: list[str], png: Path) -> None:
     ax.set_ylabel("mAP (synthetic val, nuscenes-devkit)")
     ax.set_title(f"CenterPoint {ck.get('name', '')}: PTQ vs QAT cost")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_name(f".{png.stem}.tmp.png")
