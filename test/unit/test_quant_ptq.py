@@ -255,7 +255,7 @@ def test_lidar_ptq_joint_mode_and_grid_switches():
     assert changed and all(n.endswith("weight_quantizer") for n in changed)
 
 
-@pytest.mark.parametrize("name", ["lidar_ptq.yaml", "lidar_ptq_fast.yaml"])
+@pytest.mark.parametrize("name", ["lidar_ptq.yaml", "lidar_ptq_layerwise.yaml", "lidar_ptq_fast.yaml"])
 def test_shipped_ptq_configs_load(name):
     from pathlib import Path
 
