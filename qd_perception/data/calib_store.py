@@ -45,6 +45,8 @@ from qd_perception.data.types import CameraInput, Detections, Frame
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
+#: How the calibration node gathered the set (sweeps merged, point layout): see the recorder.
+LAYOUT_NAME = "recorder.json"
 FRAMES_DIR = "frames"
 INDEX_VERSION = 1
 

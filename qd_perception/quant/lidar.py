@@ -55,6 +55,7 @@ def calibration_frames(
     if not path.exists():
         raise FileNotFoundError(f"calibration data not found: {path}")
     if (path / INDEX_NAME).exists():
+        check_recorded_sweeps(path, nsweeps)
         cs = CalibrationSet(path)
         n = len(cs) if not max_frames else min(max_frames, len(cs))
         frames = [cs[i] for i in range(n)]
@@ -69,6 +70,28 @@ def calibration_frames(
     if not frames:
         raise ValueError(f"{path}: no frame with lidar points to calibrate on")
     return frames
+
+
+def check_recorded_sweeps(path: Path, nsweeps: int) -> None:
+    """Refuse a calibration node's set whose frames merge another number of sweeps than the
+    model reads: calibrating on the wrong point density gives ranges that do not fit the model's
+    real input (sets without the node's ``recorder.json`` are not checked)."""
+    import json
+
+    from qd_perception.data.calib_store import LAYOUT_NAME
+
+    layout = path / LAYOUT_NAME
+    if not layout.exists():
+        return
+    try:
+        recorded = json.loads(layout.read_text()).get("max_sweeps")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{layout}: unreadable ({e})") from e
+    if recorded is not None and int(recorded) != nsweeps:
+        raise ValueError(
+            f"{path} was recorded with {recorded} merged sweeps per frame but the model reads {nsweeps}: "
+            f"record it again with the calibration node's sweeps.max_sweeps: {nsweeps}"
+        )
 
 
 def run_centerpoint(model: nn.Module, vox: Any) -> list[Any]:

@@ -78,6 +78,23 @@ def test_quantize_lidar_cli_writes_an_artefact_the_ort_detector_loads(tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+def test_calibration_set_with_another_sweep_count_is_refused(tmp_path):
+    import json
+
+    from qd_perception.data.calib_store import LAYOUT_NAME, CalibrationStore, CalibStoreConfig
+    from qd_perception.quant.lidar import calibration_frames
+
+    cfg, _, _ = _tiny_checkpoint(tmp_path)
+    store = CalibrationStore(tmp_path / "calib", CalibStoreConfig(capacity=2, store_images=False))
+    f = example_frame(cfg, 2000, seed=0)
+    store.offer(dataclasses.replace(f, token="t0", timestamp_us=0))
+    assert len(calibration_frames(tmp_path / "calib", cfg.nsweeps)) == 1  # no layout file: not checked
+    (tmp_path / "calib" / LAYOUT_NAME).write_text(json.dumps({"max_sweeps": 1}))
+    with pytest.raises(ValueError, match=r"recorded with 1 merged sweeps per frame but the model reads 5"):
+        calibration_frames(tmp_path / "calib", 5)
+    assert len(calibration_frames(tmp_path / "calib", 1)) == 1
+
+
 def test_tensorrt_backend_reports_why_it_cannot_run(tmp_path):
     from qd_perception.runtime import trt
 

@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from qd_perception.config import ConfigError
-from qd_perception.data.calib_store import CalibStoreConfig
+from qd_perception.data.calib_store import LAYOUT_NAME, CalibStoreConfig
 from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inputs
 from qd_perception.ros.node_config import DEFAULT_CAMERAS
 from qd_perception.runtime.sweeps import SweepConfig
@@ -71,7 +71,7 @@ ODOM = "odom"
 #: Columns of every stored frame's points (what SweepAccumulator.add returns, ego frame).
 POINT_FEATURES: tuple[str, ...] = ("x", "y", "z", "intensity", "time_lag")
 #: The set's input layout, beside index.json (checked when a set is resumed).
-LAYOUT_FILE = "recorder.json"
+LAYOUT_FILE = LAYOUT_NAME  # recorder.json, read back by `quantize lidar`
 #: The FP32 model the default trigger quantizes: the shipped pillar CenterPoint (5 sweeps).
 DEFAULT_PTQ_MODEL = "weights/centerpoint_pillar_cpu.pt"
 
