@@ -224,6 +224,25 @@ def test_joint_rounding_beats_nearest_and_hardens_every_weight():
             assert float(codes.abs().max()) <= 8
 
 
+def test_joint_rounding_keeps_nearest_when_the_learned_rounding_is_worse():
+    import copy
+
+    torch.manual_seed(0)
+    samples = _sparse_samples(3, seed=2)
+    q0 = _calibrated_w4(TinyCenterNet().eval(), samples)
+    # a wild step size flips roundings at random: the hardened result scores worse than nearest
+    wild = JointRoundingConfig(schedule=AdaRoundConfig(iterations=3, lr=5.0, warmup=0.0))
+    q1 = copy.deepcopy(q0)
+    rep = joint_rounding(q1, samples, lambda m, s: m(s), wild, None)
+    assert rep.kept == "nearest" and rep.final["total"] <= rep.nearest["total"] + 1e-6
+    with torch.no_grad():  # the weights are exactly the nearest-rounded ones
+        for a, b in ((q0.backbone[0], q1.backbone[0]), (q0.hm, q1.hm)):
+            torch.testing.assert_close(a.weight_quantizer(a.weight), b.weight, atol=1e-6, rtol=0)
+    q2 = copy.deepcopy(q0)
+    off = dataclasses.replace(wild, keep_better=False)
+    assert joint_rounding(q2, samples, lambda m, s: m(s), off, None).kept == "learned"
+
+
 def test_lidar_ptq_joint_mode_and_grid_switches():
     torch.manual_seed(0)
     model = TinyCenterNet().eval()
