@@ -17,6 +17,9 @@ class QuantConfig:
     ``weight``/``act``: the weight and activation quantizers of every wrapped layer.
     ``quantize_outputs``: also quantize each layer's output (ORT flavour: lets ONNX Runtime fuse
     QLinearConv; TensorRT does its own output placement).
+    ``quantize_bias``: convs add their bias on the int32 grid ``s_in * s_w`` (what ONNX Runtime's
+    QLinearConv computes; the TensorRT preset leaves the bias float), so fake-quant matches the ORT
+    artefact.
     ``skip``: ``fnmatch`` patterns of module names left in float (e.g. the heatmap output conv).
     ``stages``: module-name prefix -> stage name; the longest matching prefix wins. Used to
     enable quantization stage by stage (QD-BEV progressive QAT) with ``set_quant_state``.
@@ -25,6 +28,7 @@ class QuantConfig:
     weight: QuantSpec = field(default_factory=lambda: QuantSpec(bits=8, per_channel=True))
     act: QuantSpec = field(default_factory=QuantSpec)
     quantize_outputs: bool = False
+    quantize_bias: bool = False
     skip: tuple[str, ...] = ()
     stages: dict[str, str] = field(default_factory=dict)
 
@@ -63,4 +67,5 @@ def preset(method: str, bits: str = "w8a8", target: Target = "ort", reduce_range
     if target == "ort" and reduce_range and wbits == 8:
         wbits = 7
     weight = QuantSpec(bits=wbits, per_channel=True, calib=CalibSpec(method="max"))
-    return QuantConfig(weight=weight, act=act, quantize_outputs=target == "ort")
+    ort = target == "ort"
+    return QuantConfig(weight=weight, act=act, quantize_outputs=ort, quantize_bias=ort)

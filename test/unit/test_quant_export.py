@@ -80,6 +80,31 @@ def test_ort_flavour_matches_torch_and_fuses_qlinearconv(tmp_path, bits):
     assert err.mean() <= 0.1 * step
 
 
+@pytest.mark.parametrize("bits", ["w7a8", "w4a8"])
+def test_ort_int32_bias_makes_fake_quant_equal_the_runtime(tmp_path, bits):
+    """QLinearConv adds the bias on the int32 grid s_in * s_w: the ORT preset's fake-quant does
+    too, so torch and ORT agree exactly; with a float bias they drift (measured on the trained
+    pillar CenterPoint at W4A8: 1.6 heatmap logits, 0.10 with the int32 bias)."""
+    errors = {}
+    for quantize_bias in (True, False):
+        q, x = _quantized(bits, asym_acts=True)
+        convs = [m for m in q.modules() if isinstance(m, nn.Conv2d)]
+        assert all(m.quantize_bias for m in convs)  # the preset's setting reached every conv
+        for m in convs:
+            m.quantize_bias = quantize_bias
+        if quantize_bias:
+            with torch.no_grad():
+                k = convs[0]._bias() / convs[0].bias_scale()
+            assert torch.allclose(k, k.round(), atol=1e-3)  # on the integer grid
+        path = export_onnx(q, (x,), tmp_path / f"m{quantize_bias}.onnx", "ort", input_names=["x"])
+        with torch.no_grad():
+            want = q(x).numpy()
+        step = float(q[2].output_quantizer.amax - q[2].output_quantizer.amin) / 255
+        errors[quantize_bias] = np.abs(_ort_run(path, x) - want) / step
+    assert errors[True].max() <= 1.0 + 1e-4 and errors[True].mean() <= 0.01
+    assert errors[False].mean() > 5 * max(errors[True].mean(), 1e-3)
+
+
 def test_trt_flavour_has_qdq_on_inputs_and_weights_only(tmp_path):
     q, x = _quantized("w8a8", asym_acts=False)
     path = export_onnx(q, (x,), tmp_path / "t.onnx", "trt", input_names=["x"])
