@@ -36,6 +36,8 @@ RESULTS = "results_nusc.json"
 CALIBRATORS = ("minmax", "percentile", "mse", "entropy", "uh")
 #: LiDAR-PTQ stage rows in pipeline order (``quant_lidar_ablation.py`` names), then the final model.
 STAGES = ("LiDAR-PTQ: max-min", "+ sparsity grid", "+ TGPL", "+ AdaRound", "LiDAR-PTQ")
+#: final LiDAR-PTQ row of a --ptq-final-only run -> the same model's row in a stage-by-stage run.
+FINAL_ALIASES = {"INT8 LiDAR-PTQ": "INT8 + AdaRound", "W4A8 LiDAR-PTQ": "W4A8 + AdaRound"}
 
 
 def row_key(name: str) -> tuple:
@@ -129,6 +131,11 @@ def subset_table(dirs: list[Path]) -> tuple[list[str], dict]:
             if (p / "metrics.json").exists()
         }
         per_run.append(rows)
+    for final, last_stage in FINAL_ALIASES.items():  # a staged run's last stage is its final model
+        if any(final in r for r in per_run):
+            for r in per_run:
+                if final not in r and last_stage in r:
+                    r[final] = r[last_stage]
     first = next(r["FP32"] for r in per_run if "FP32" in r)
     fp32 = np.array([[r.get("FP32", first)["map"], r.get("FP32", first)["nds"]] for r in per_run])
     names = [n for n in per_run[0] if all(n in r for r in per_run)]
