@@ -101,6 +101,68 @@ def quantizers(model: nn.Module) -> Iterator[tuple[str, TensorQuantizer]]:
             yield name, m
 
 
+def chained_quantizers(model: nn.Module, run: Callable[[], object]) -> dict[int, TensorQuantizer]:
+    """Activation quantizers fed *directly* by another quantizer's output, found by running
+    ``run()`` once (no gradient): ``id(consumer) -> producer``. In the ORT graph such a pair (a
+    layer's output Q/DQ, then the next layer's input Q/DQ) quantizes one tensor twice; with equal
+    ranges the second is an identity ORT removes, with different ranges a second rounding."""
+    acts = [q for n, q in quantizers(model) if not n.endswith("weight_quantizer") and q.mode == "quantize"]
+    produced: dict[int, TensorQuantizer] = {}
+    keep: list[torch.Tensor] = []  # keep outputs alive so their ids are not reused in the pass
+    links: dict[int, TensorQuantizer] = {}
+
+    def hook(q: TensorQuantizer):
+        def f(_m, args, y):
+            src = produced.get(id(args[0])) if args else None
+            if src is not None and src is not q:
+                links[id(q)] = src
+            if isinstance(y, torch.Tensor):
+                produced[id(y)] = q
+                keep.append(y)
+
+        return f
+
+    handles = [q.register_forward_hook(hook(q)) for q in acts]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return links
+
+
+def learnable_activation_steps(model: nn.Module, run: Callable[[], object]) -> list[nn.Parameter]:
+    """Make the step of every quantizing activation quantizer learnable (LSQ) and return the
+    parameters. A quantizer fed directly by another one with the same grid (see
+    :func:`chained_quantizers`) *shares* its producer's step, so optimising the steps (TGPL,
+    joint rounding) cannot split one deployed tensor into two roundings."""
+    links = chained_quantizers(model, run)
+    acts = [q for n, q in quantizers(model) if not n.endswith("weight_quantizer") and q.mode == "quantize"]
+    params: list[nn.Parameter] = []
+    tied: list[tuple[TensorQuantizer, TensorQuantizer]] = []
+    for q in acts:
+        src = links.get(id(q))
+        same_grid = (
+            src is not None
+            and (src.bits, src.symmetric, src.axis) == (q.bits, q.symmetric, q.axis)
+            and torch.allclose(src.amax, q.amax, rtol=1e-6)
+            and (q.symmetric or torch.allclose(src.amin, q.amin, rtol=1e-6, atol=1e-12))
+        )
+        if same_grid:
+            tied.append((q, src))
+        else:
+            params.append(q.enable_lsq())
+    for q, src in tied:
+        while id(src) in links and src.scale is None:  # a chain: share the root's step
+            src = links[id(src)]
+        if src.scale is None:
+            params.append(q.enable_lsq())
+            continue
+        q.scale, q._lsq_zp, q.lsq_active = src.scale, src._lsq_zp, True
+    return params
+
+
 def set_mode(model: nn.Module, mode: Mode, weights: bool = True, activations: bool = True) -> None:
     """Set the mode of all weight and/or activation quantizers."""
     for name, q in quantizers(model):

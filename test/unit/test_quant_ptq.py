@@ -288,3 +288,31 @@ def test_shipped_ptq_configs_load(name):
         from qd_perception.config import from_dict
 
         from_dict(LidarPTQConfig, {"grid_stpes": 3})
+
+
+def test_learned_steps_are_shared_where_one_tensor_meets_two_quantizers():
+    """ORT preset: a ReLU's output quantizer feeds the next conv's input quantizer directly; if
+    TGPL learned two steps there the deployed graph would round that tensor twice."""
+    from qd_perception.quant.model import chained_quantizers, learnable_activation_steps
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1)
+    ).eval()
+    q = quantize_model(net, preset("minmax", "w8a8", "ort"))
+    xs = [torch.randn(1, 4, 12, 12) for _ in range(3)]
+    calibrate(q, lambda: [q(x) for x in xs])
+    links = chained_quantizers(q, lambda: q(xs[0]))
+    assert len(links) == 2  # relu-1 output -> conv-2 input, relu-2 output -> conv-3 input
+    acts = [m for n, m in quantizers(q) if not n.endswith("weight_quantizer") and m.mode == "quantize"]
+    params = learnable_activation_steps(q, lambda: q(xs[0]))
+    assert len(params) == len(acts) - 2 and len({id(p) for p in params}) == len(params)
+    with torch.no_grad():
+        for p in params:
+            p.mul_(1.3)  # what an optimiser step would do
+    for m in acts:
+        m.freeze_lsq()
+    by_id = {id(m): m for m in acts}
+    for consumer_id, producer in links.items():
+        assert torch.equal(by_id[consumer_id].amax, producer.amax)
+        assert torch.equal(by_id[consumer_id].amin, producer.amin)

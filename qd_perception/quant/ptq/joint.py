@@ -212,7 +212,7 @@ def joint_rounding(
     learned step sizes are the activation ranges. ``samples`` are model inputs; one is drawn per
     iteration. Returns the objective with nearest vs learned rounding (both hard) and the losses.
     """
-    from qd_perception.quant.model import quantizers
+    from qd_perception.quant.model import learnable_activation_steps, quantizers
 
     samples = list(samples)
     if not samples:
@@ -228,11 +228,7 @@ def joint_rounding(
     layers = [m for _, m in named]
     act_params: list[nn.Parameter] = []
     if tgpl_cfg is not None:
-        act_params = [
-            q.enable_lsq()
-            for n, q in quantizers(qmodel)
-            if not n.endswith("weight_quantizer") and q.mode == "quantize"
-        ]
+        act_params = learnable_activation_steps(qmodel, lambda: run(qmodel, samples[0]))
     roundings: list[SoftRounding] = []
     for p in qmodel.parameters():
         p.requires_grad_(False)

@@ -46,6 +46,7 @@ from qd_perception.quant.calib import SparsityGridCalibrator
 from qd_perception.quant.config import QuantConfig
 from qd_perception.quant.model import (
     fold_bn,
+    learnable_activation_steps,
     quant_modules,
     quantize_model,
     quantizers,
@@ -214,11 +215,7 @@ def tgpl_finetune(qmodel: nn.Module, samples: Sequence[Any], run: Run, cfg: Lida
     """Tune the activation step sizes with TGPL; returns the loss per iteration."""
     fp = float_outputs(qmodel, samples, run)
     masks = [positive_masks(o, cfg.tgpl_loss) for o in fp]
-    params = [
-        q.enable_lsq()
-        for n, q in quantizers(qmodel)
-        if not n.endswith("weight_quantizer") and q.mode == "quantize"
-    ]
+    params = learnable_activation_steps(qmodel, lambda: run(qmodel, samples[0]))
     for p in qmodel.parameters():
         p.requires_grad_(False)
     for p in params:
