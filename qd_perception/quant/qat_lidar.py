@@ -30,10 +30,11 @@ from torch import nn
 from tqdm import tqdm
 
 from qd_perception.data.types import Frame
-from qd_perception.models.centerpoint.loss import LossOutput, centerpoint_loss
+from qd_perception.models.centerpoint.loss import LossOutput
 from qd_perception.quant.config import Target
 from qd_perception.quant.lidar import QuantizeResult, quantize_centerpoint
 from qd_perception.quant.model import quantizers
+from qd_perception.train.lidar import train_step
 from qd_perception.train.lidar_data import AugmentConfig, LidarBatch, LidarDataset, collate, gt_arrays
 
 
@@ -137,13 +138,6 @@ def check_labelled(frames: Sequence[Frame], probe: int = 8) -> None:
         )
 
 
-def freeze_batchnorm(model: nn.Module) -> None:
-    """Put every remaining BatchNorm in eval mode (running statistics, as in the exported graph)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def qat_step(
     model: nn.Module,
     batch: LidarBatch,
@@ -151,17 +145,8 @@ def qat_step(
     generator: torch.Generator | None = None,
     grad_clip: float = 35.0,
 ) -> LossOutput:
-    """One QAT step. Like ``train.lidar.train_step`` but with BatchNorm frozen (see module doc)."""
-    model.train()
-    freeze_batchnorm(model)
-    vox = model.preprocess(batch.points, generator)
-    loss = centerpoint_loss(model(vox), batch.targets, model.cfg.loss)
-    optimizer.zero_grad(set_to_none=True)
-    loss.total.backward()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    return loss
+    """One QAT step: ``train.lidar.train_step`` with BatchNorm frozen (see module doc)."""
+    return train_step(model, batch, optimizer, generator, grad_clip, frozen_batchnorm=True)
 
 
 def qat_centerpoint(

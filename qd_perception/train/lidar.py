@@ -39,15 +39,26 @@ class TrainState:
     train_seconds: float = 0.0
 
 
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Put every BatchNorm in eval mode (running statistics, as in an exported graph)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def train_step(
     model: CenterPoint,
     batch: LidarBatch,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator | None = None,
     grad_clip: float = 35.0,
+    frozen_batchnorm: bool = False,
 ) -> LossOutput:
-    """One optimisation step on a batch; returns the loss terms (before the step)."""
+    """One optimisation step on a batch; returns the loss terms (before the step).
+    ``frozen_batchnorm``: BatchNorm layers use their running statistics (QAT fine-tuning)."""
     model.train()
+    if frozen_batchnorm:
+        freeze_batchnorm(model)
     vox = model.preprocess(batch.points, generator)
     loss = centerpoint_loss(model(vox), batch.targets, model.cfg.loss)
     optimizer.zero_grad(set_to_none=True)

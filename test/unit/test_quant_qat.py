@@ -24,10 +24,9 @@ from qd_perception.quant.qat_lidar import (
     QATConfig,
     QATProgress,
     check_labelled,
-    freeze_batchnorm,
     qat_centerpoint,
 )
-from qd_perception.train.lidar import recalibrate_batchnorm, train_step
+from qd_perception.train.lidar import freeze_batchnorm, recalibrate_batchnorm, train_step
 from qd_perception.train.lidar_data import LidarDataset, collate
 
 # one task group: 6 head branches instead of 36 (ONNX export time dominates the CLI test)
