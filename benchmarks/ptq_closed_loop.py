@@ -58,6 +58,15 @@ STATUS_TOPIC = f"/{RECORDER}/status"
 TRIGGER = f"/{RECORDER}/run_ptq"
 
 
+def _ptq_command(extra: list[str]) -> list[str]:
+    """The calibration recorder's default ``ptq_command`` with ``extra`` arguments before ``--out``."""
+    from qd_perception.ros.nodes.calibration_recorder import CalibrationRecorderConfig
+
+    cmd = list(CalibrationRecorderConfig().ptq_command)
+    at = cmd.index("--out")
+    return cmd[:at] + extra + cmd[at:]
+
+
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -112,29 +121,10 @@ def write_params(out: Path, args: argparse.Namespace) -> Params:
         "min_frames": args.min_frames,
         # FP32 CenterPoint takes ~0.3 s per sweep here: wait for its detections (object mix).
         "detections_wait_s": 3.0,
-        "ptq_command": [
-            "{python}",
-            "-m",
-            "qd_perception.cli",
-            "quantize",
-            "lidar",
-            "--model",
-            "{model}",
-            "--calib",
-            "{calib_dir}",
-            "--method",
-            "lidar_ptq",
-            "--bits",
-            "w8a8",
-            "--config",
-            str(args.ptq_config.resolve()),
-            "--threads",
-            str(args.threads),
-            "--max-frames",
-            "0",
-            "--out",
-            "{calib_dir}/lidar_int8",
-        ],
+        # the node's default command, with this run's LiDAR-PTQ config, threads and all frames
+        "ptq_command": _ptq_command(
+            ["--config", str(args.ptq_config.resolve()), "--threads", str(args.threads), "--max-frames", "0"]
+        ),
     }
     if args.model:
         rec["ptq_model"] = str(args.model.resolve())
