@@ -97,6 +97,9 @@ def test_collects_triggers_and_resumes(tmp_path):
         # odometry subscription matched cannot be merged with its history (fewer frames: flaky)
         for topic in (LIDAR_T, ODOM_T, DET_T):
             assert d.wait_for_subscribers(topic, timeout=60), (topic, node.output())
+        # matching is seen per side: our publisher may see the node's subscription before the
+        # node's side has matched our publisher, and the first messages are then lost
+        d.spin(1.0)
         assert d.spin_until(client.service_is_ready, 20), node.output()
 
         def trigger():
