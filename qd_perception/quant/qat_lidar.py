@@ -34,8 +34,8 @@ from qd_perception.models.centerpoint.loss import LossOutput
 from qd_perception.quant.config import Target
 from qd_perception.quant.lidar import QuantizeResult, quantize_centerpoint
 from qd_perception.quant.model import quantizers
-from qd_perception.train.lidar import train_step
-from qd_perception.train.lidar_data import AugmentConfig, LidarBatch, LidarDataset, collate, gt_arrays
+from qd_perception.train.lidar import epoch_loader, train_step
+from qd_perception.train.lidar_data import AugmentConfig, LidarBatch, LidarDataset, gt_arrays
 
 
 @dataclass(frozen=True)
@@ -209,14 +209,7 @@ def qat_centerpoint(
     step, epoch = 0, 0
     bar = tqdm(total=total, desc=f"QAT {bits}", unit="step")
     while step < total:
-        dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            collate_fn=collate,
-            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
-        )
+        loader = epoch_loader(dataset, epoch, cfg.batch_size, cfg.seed)
         for batch in loader:
             t0, c0 = time.perf_counter(), time.process_time()
             loss = qat_step(qmodel, batch, optimizer, gen, cfg.grad_clip)

@@ -135,6 +135,23 @@ def plot_loss(path: Path, state: TrainState, title: str) -> None:
     os.replace(tmp, path)
 
 
+def epoch_loader(
+    dataset: LidarDataset, epoch: int, batch_size: int, seed: int, workers: int = 0
+) -> torch.utils.data.DataLoader:
+    """The shuffled batches of one epoch (augmentation and order seeded by ``seed`` and ``epoch``,
+    so a resumed run sees the same epochs)."""
+    dataset.set_epoch(epoch)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed * 1000 + epoch),
+        drop_last=False,
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="config/models/<name>.model.yaml (not needed to resume)")
     parser.add_argument(
@@ -238,16 +255,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     png = out.with_suffix(".loss.png")
     for epoch in range(state.epoch, args.epochs):
-        dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=args.batch_size,
-            shuffle=True,
-            collate_fn=collate,
-            num_workers=args.workers,
-            generator=torch.Generator().manual_seed(args.seed * 1000 + epoch),
-            drop_last=False,
-        )
+        loader = epoch_loader(dataset, epoch, args.batch_size, args.seed, args.workers)
         t0 = time.perf_counter()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
