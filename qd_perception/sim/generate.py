@@ -58,6 +58,9 @@ class GenerateConfig:
     # replay; rendering the 12 Hz cameras dominates the generation time)
     bag_cameras: Literal["all", "keyframes", "none"] = "all"
     camera_sweeps: bool = False  # store camera frames between keyframes in sweeps/
+    # lidar between keyframes: every sweep at the rig's rate, or none (camera training sets: the
+    # keyframe sweep still gives the devkit its point counts and the depth targets their points)
+    lidar_sweeps: Literal["all", "keyframes"] = "all"
     val_fraction: float = 0.2  # last scenes go to val (at least one)
     workers: int = 2
     jpeg_quality: int = 90
@@ -69,6 +72,10 @@ class GenerateConfig:
             raise ValueError(f"need at least 1 scene and 1 sample, got {self.scenes} x {self.samples}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.lidar_sweeps not in ("all", "keyframes"):
+            raise ValueError(f"lidar_sweeps must be all or keyframes, got {self.lidar_sweeps!r}")
+        if self.lidar_sweeps == "keyframes" and self.bag:
+            raise ValueError("lidar_sweeps=keyframes writes no bag (a bag replays the lidar at its rate)")
         if self.bag_cameras not in ("all", "keyframes", "none"):
             raise ValueError(f"bag_cameras must be all, keyframes or none, got {self.bag_cameras!r}")
         if min(self.resolution) < 8:
@@ -94,7 +101,9 @@ def split_scenes(n: int, val_fraction: float) -> tuple[list[str], list[str]]:
     return names[: n - n_val], names[n - n_val :]
 
 
-def make_schedule(source: SceneSource, samples: int, all_cameras: bool, odom_rate_hz: float) -> Schedule:
+def make_schedule(
+    source: SceneSource, samples: int, all_cameras: bool, odom_rate_hz: float, lidar_sweeps: bool = True
+) -> Schedule:
     rig = source.rig
     t0, t_end = source.start_us, source.end_us
     keyframes = tuple(t0 + k * KEYFRAME_PERIOD_US for k in range(samples))
@@ -103,7 +112,7 @@ def make_schedule(source: SceneSource, samples: int, all_cameras: bool, odom_rat
     lidar_period = round(1e6 / rig.lidar.rate_hz)
     if KEYFRAME_PERIOD_US % lidar_period:
         raise ValueError(f"lidar rate {rig.lidar.rate_hz} Hz does not divide the 2 Hz keyframe rate")
-    lidar = tuple(range(t0, t_end, lidar_period))
+    lidar = tuple(range(t0, t_end, lidar_period)) if lidar_sweeps else keyframes
     step = 1e6 / rig.camera_rate_hz
     cams: list[int] = []
     for k in keyframes:
@@ -134,7 +143,9 @@ def write_scene(
     """Render and write one scene (sensor files, bag); returns its records."""
     name = scene_name(index)
     all_cameras = cfg.camera_sweeps or (cfg.bag and cfg.bag_cameras == "all")
-    sched = make_schedule(source, cfg.samples, all_cameras, cfg.odom_rate_hz)
+    sched = make_schedule(
+        source, cfg.samples, all_cameras, cfg.odom_rate_hz, lidar_sweeps=cfg.lidar_sweeps == "all"
+    )
     nus = NuScenesSceneWriter(
         out, seed=cfg.seed, scene_name=name, description=source.description, rig=source.rig,
         resolution=source.resolution, keyframe_times=sched.keyframes, jpeg_quality=cfg.jpeg_quality,

@@ -74,7 +74,7 @@ def train_step(model, optimizer, dataset, index: int, tcfg: TrainConfig):
     """One optimisation step on sample ``index`` (with its history). Returns the LossBreakdown."""
     import torch
 
-    from qd_perception.models.bevformer.losses import set_loss
+    from qd_perception.models.bevformer.losses import detection_loss
     from qd_perception.train.bev_data import collate, ego_motion
 
     cur = dataset[index]
@@ -97,7 +97,7 @@ def train_step(model, optimizer, dataset, index: int, tcfg: TrainConfig):
     model.train()
     batch = collate([cur])
     out = model(batch.images, batch.intrinsics, batch.cam2ego, prev_bev, prev_valid, prev_from_cur)
-    loss = set_loss(out.cls_logits, out.box_codes, batch.targets, model.cfg.loss)
+    loss = detection_loss(out, batch.targets, model.cfg.loss)
     optimizer.zero_grad(set_to_none=True)
     loss.total.backward()
     if tcfg.grad_clip > 0:

@@ -95,3 +95,11 @@ def set_loss(
         if layer == L - 1:
             last_cls, last_box = float(lc.detach()), float(lb.detach())
     return LossBreakdown(total, last_cls, last_box)
+
+
+def detection_loss(outputs, targets: list[Targets], cfg: LossConfig, extra=None) -> LossBreakdown:
+    """The training loss of a forward pass (``BEVFormerOutputs``), the one entry point every
+    training loop (FP32 training, QAT, distillation) calls, so auxiliary heads added to the model
+    are trained the same way everywhere. ``extra`` carries per-batch targets an auxiliary loss
+    needs beyond the boxes (e.g. projected lidar depth), None when there are none."""
+    return set_loss(outputs.cls_logits, outputs.box_codes, targets, cfg)
