@@ -34,10 +34,13 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget (0 = none); training stops cleanly and saves
     checkpoint_minutes: float = 5.0
     seed: int = 0
+    batch_size: int = 1  # per step; on a CPU batch 1 is the fastest per sample (docs/benchmarks.md)
+    augment: bool = True  # BEV rotation/flip + photometric jitter (train/bev_data.AugmentConfig)
+    snapshot_minutes: float = 0.0  # keep a copy of the weights every N training minutes (0 = none)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.queue_length < 1:
-            raise ConfigError("epochs and queue_length must be >= 1")
+        if self.epochs < 1 or self.queue_length < 1 or self.batch_size < 1:
+            raise ConfigError("epochs, queue_length and batch_size must be >= 1")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +59,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, default=d.max_minutes)
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--no-augment", action="store_true", help="no BEV / photometric augmentation")
+    p.add_argument("--snapshot-minutes", type=float, default=d.snapshot_minutes,
+                   help="keep the weights every N training minutes in <out>.snapshots/")  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes (0: in the training process)"
+    )
+    p.add_argument("--cache-dir", default="", help="image cache root (default ~/.cache/qd_perception/bev)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint at --out")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
@@ -70,34 +81,38 @@ def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) ->
     return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def train_step(model, optimizer, dataset, index: int, tcfg: TrainConfig):
-    """One optimisation step on sample ``index`` (with its history). Returns the LossBreakdown."""
+def encode_history(model, tb):
+    """BEV of the history frames of a :class:`~qd_perception.train.bev_data.TemporalBatch`,
+    oldest first, without gradients (eval mode, as BEVFormer). Returns (prev_bev, prev_valid,
+    prev_from_cur) for the current frame, all None without history."""
+    import torch
+
+    if not tb.history:
+        return None, None, None
+    was_training = model.training
+    model.eval()
+    prev_bev = None
+    with torch.no_grad():
+        for k, hb in enumerate(tb.history):
+            kw = {}
+            if prev_bev is not None:
+                kw = dict(prev_bev=prev_bev, prev_valid=tb.valid[k - 1], prev_from_cur=tb.motion[k - 1])
+            prev_bev = model.encode(hb.images, hb.intrinsics, hb.cam2ego, **kw).bev
+    model.train(was_training)
+    return prev_bev, tb.valid[-1], tb.motion[-1]
+
+
+def train_step(model, optimizer, tb, tcfg: TrainConfig):
+    """One optimisation step on a ``TemporalBatch``. Returns the LossBreakdown."""
     import torch
 
     from qd_perception.models.bevformer.losses import detection_loss
-    from qd_perception.train.bev_data import collate, ego_motion
 
-    cur = dataset[index]
-    history = dataset.history(index, tcfg.queue_length)
-    prev_bev = prev_valid = prev_from_cur = None
-    if history:
-        model.eval()
-        with torch.no_grad():
-            last = None
-            for s in history:
-                b = collate([s])
-                kw = {}
-                if last is not None:
-                    kw = dict(prev_bev=prev_bev, prev_valid=torch.ones(1),
-                              prev_from_cur=torch.from_numpy(ego_motion(last, s))[None])  # fmt: skip
-                prev_bev = model.encode(b.images, b.intrinsics, b.cam2ego, **kw).bev
-                last = s
-        prev_valid = torch.ones(1)
-        prev_from_cur = torch.from_numpy(ego_motion(history[-1], cur))[None]
+    prev_bev, prev_valid, prev_from_cur = encode_history(model, tb)
     model.train()
-    batch = collate([cur])
-    out = model(batch.images, batch.intrinsics, batch.cam2ego, prev_bev, prev_valid, prev_from_cur)
-    loss = detection_loss(out, batch.targets, model.cfg.loss)
+    b = tb.current
+    out = model(b.images, b.intrinsics, b.cam2ego, prev_bev, prev_valid, prev_from_cur)
+    loss = detection_loss(out, b.targets, model.cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.total.backward()
     if tcfg.grad_clip > 0:
@@ -133,15 +148,32 @@ def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
+def default_cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qd_perception" / "bev"
+
+
+def open_cached_dataset(dataroot: str, version: str, split: str, cfg, cache_root: str | Path = ""):
+    """The split's keyframes at the network resolution from the image cache, built on first use
+    (JPEG decoding and resizing happen once per data set, not once per step)."""
+    from qd_perception.data.nuscenes import NuScenesReader
+    from qd_perception.train.bev_data import CachedBEVDataset, dataset_key
+
+    root = Path(cache_root) if cache_root else default_cache_root()
+    cache = root / dataset_key(dataroot, version, split, cfg)
+    if (cache / "meta.npz").is_file():
+        return CachedBEVDataset(cache, cfg)
+    reader = NuScenesReader(dataroot, version, split, nsweeps=0, load_images=True)
+    return CachedBEVDataset.build(reader, cfg, cache)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from qd_perception.data.nuscenes import NuScenesReader
     from qd_perception.models.bevformer.checkpoint import read_checkpoint, save_checkpoint
     from qd_perception.models.bevformer.config import load_model_config
     from qd_perception.models.bevformer.model import BEVFormer
-    from qd_perception.train.bev_data import BEVDataset
+    from qd_perception.train.bev_data import NO_AUGMENT, AugmentConfig, TemporalSamples, collate_temporal
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,13 +181,14 @@ def run(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         queue_length=args.queue_length, warmup_steps=args.warmup_steps, max_minutes=args.max_minutes,
-        checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
+        checkpoint_minutes=args.checkpoint_minutes, seed=args.seed, batch_size=args.batch_size,
+        augment=not args.no_augment, snapshot_minutes=args.snapshot_minutes,
     )  # fmt: skip
     out = Path(args.out)
     torch.manual_seed(tcfg.seed)
     model = BEVFormer(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    state = {"epoch": 0, "position": 0, "step": 0, "history": [], "elapsed_s": 0.0}
+    state = {"epoch": 0, "position": 0, "step": 0, "history": [], "elapsed_s": 0.0, "samples": 0}
     if out.exists() and not args.restart:
         ckpt = read_checkpoint(out)
         if ckpt["model_config"] != to_dict(cfg):
@@ -164,43 +197,71 @@ def run(args: argparse.Namespace) -> int:
         optimizer.load_state_dict(ckpt["optimizer"])
         tcfg = from_dict(TrainConfig, {**ckpt["train_config"], "epochs": tcfg.epochs,
                                        "max_minutes": tcfg.max_minutes})  # fmt: skip
-        state = ckpt["state"]
+        state = {"samples": state["step"], **ckpt["state"]}
         print(f"resuming {out}: epoch {state['epoch']} position {state['position']} step {state['step']}")
     if state["epoch"] >= tcfg.epochs:
         print(f"{out} already trained for {state['epoch']} epochs")
         return 0
 
-    reader = NuScenesReader(args.data, args.version, args.split, nsweeps=0, load_images=True)
-    dataset = BEVDataset(reader, cfg)
-    n = len(dataset)
-    total = tcfg.epochs * n
+    base = open_cached_dataset(args.data, args.version, args.split, cfg, args.cache_dir)
+    samples = TemporalSamples(
+        base, tcfg.queue_length, AugmentConfig() if tcfg.augment else NO_AUGMENT, tcfg.seed
+    )
+    n = len(samples)
+    bs = tcfg.batch_size
+    total = tcfg.epochs * math.ceil(n / bs)
     png = out.with_suffix(".loss.png")
+    snap_dir = out.with_suffix(".snapshots")
 
     def save() -> None:
         save_checkpoint(
             out, model, optimizer=optimizer.state_dict(), train_config=to_dict(tcfg), state=state,
             data={"dataroot": str(args.data), "version": args.version, "split": args.split, "samples": n},
         )  # fmt: skip
-        plot_loss_curve(state["history"], png, f"BEVFormer-{cfg.name} training ({n} samples)")
+        plot_loss_curve(state["history"], png, f"BEVFormer-{cfg.name} training ({n} samples, batch {bs})")
 
     start = time.monotonic() - state["elapsed_s"]
     last_save = time.monotonic()
+    next_snap = (
+        (math.floor(state["elapsed_s"] / 60 / tcfg.snapshot_minutes) + 1) * tcfg.snapshot_minutes
+        if tcfg.snapshot_minutes
+        else math.inf
+    )
     stop = False
     bar = tqdm(total=total, initial=state["step"], unit="step", desc=f"train bev-{cfg.name}")
     while state["epoch"] < tcfg.epochs and not stop:
         order = np.random.default_rng(tcfg.seed + state["epoch"]).permutation(n)
-        while state["position"] < n:
+        samples.epoch = state["epoch"]
+        loader = torch.utils.data.DataLoader(
+            samples, batch_size=bs, sampler=order[state["position"] :].tolist(), collate_fn=collate_temporal,
+            num_workers=args.workers, persistent_workers=False, prefetch_factor=2 if args.workers else None,
+        )  # fmt: skip
+        for tb in loader:
             for g in optimizer.param_groups:
                 frac = state["elapsed_s"] / (60 * tcfg.max_minutes) if tcfg.max_minutes else 0.0
                 g["lr"] = tcfg.lr * lr_factor(state["step"], total, tcfg.warmup_steps, frac)
-            loss = train_step(model, optimizer, dataset, int(order[state["position"]]), tcfg)
-            state["history"].append([state["step"], float(loss.total), loss.cls, loss.bbox])
-            state["position"] += 1
+            loss = train_step(model, optimizer, tb, tcfg)
+            state["history"].append(
+                [
+                    state["step"],
+                    float(loss.total.detach()),
+                    loss.cls,
+                    loss.bbox,
+                    loss.dense_heatmap,
+                    loss.dense_reg,
+                ]
+            )
+            state["position"] += len(tb.current.targets)
+            state["samples"] += len(tb.current.targets)
             state["step"] += 1
             bar.update(1)
-            bar.set_postfix(epoch=state["epoch"], loss=f"{float(loss.total):.3f}")
+            bar.set_postfix(epoch=state["epoch"], loss=f"{float(loss.total.detach()):.3f}")
             now = time.monotonic()
             state["elapsed_s"] = now - start
+            if state["elapsed_s"] / 60 >= next_snap:
+                snap_dir.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(snap_dir / f"min{next_snap:06.1f}.pt", model, state={**state, "history": []})
+                next_snap += tcfg.snapshot_minutes
             if tcfg.max_minutes and state["elapsed_s"] > 60 * tcfg.max_minutes:
                 print(f"\nwall-clock budget of {tcfg.max_minutes} min reached; saving")
                 stop = True
@@ -216,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     save()
     print(
-        f"saved {out} (epoch {state['epoch']}, {state['step']} steps, "
+        f"saved {out} (epoch {state['epoch']}, {state['step']} steps, {state['samples']} samples, "
         f"{state['elapsed_s'] / 60:.1f} min); {png}"
     )
     return 0

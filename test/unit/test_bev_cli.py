@@ -52,6 +52,10 @@ def test_train_resume_export_eval(tmp_path):
         str(ckpt),
         "--warmup-steps",
         "1",
+        "--batch-size",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
     ]
     assert main([*common, "--epochs", "1"]) == 0
     first = torch.load(ckpt, weights_only=False)

@@ -17,7 +17,7 @@ from qd_perception.models.bevformer.config import LossConfig
 from qd_perception.models.bevformer.losses import Targets, hungarian_match, set_loss
 from qd_perception.runtime.bev import OrtBEVDetector, TorchBEVDetector
 from qd_perception.train.bev import TrainConfig, train_step
-from qd_perception.train.bev_data import BEVDataset
+from qd_perception.train.bev_data import NO_AUGMENT, BEVDataset, TemporalSamples, collate_temporal
 from qd_perception.train.export_bev import example_frames, export_onnx, parity
 
 
@@ -121,7 +121,9 @@ def test_few_training_steps_reduce_the_loss():
     assert len(ds.history(1, 2)) == 1 and ds.history(0, 2) == []
     tcfg = TrainConfig(queue_length=2, lr=2e-3)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)
-    losses = [float(train_step(model, opt, ds, 1, tcfg).total) for _ in range(25)]
+    tb = collate_temporal([TemporalSamples(ds, 2, NO_AUGMENT)[1]])
+    assert len(tb.history) == 1 and float(tb.valid[0][0]) == 1.0
+    losses = [float(train_step(model, opt, tb, tcfg).total) for _ in range(25)]
     assert np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
 
@@ -154,9 +156,13 @@ def test_runtime_temporal_state_resets_on_scene_change_and_clock_jump():
         det.detect(bad)
 
 
-def test_export_parity_torch_vs_onnxruntime(tmp_path):
+TWO_STAGE = {"enabled": True, "two_stage": True, "hidden": 16}
+
+
+@pytest.mark.parametrize("dense_head", [{}, TWO_STAGE], ids=["learned_queries", "two_stage"])
+def test_export_parity_torch_vs_onnxruntime(tmp_path, dense_head):
     torch.manual_seed(0)
-    cfg = tiny_config(score_threshold=0.0)
+    cfg = tiny_config(score_threshold=0.0, dense_head=dense_head)
     model = BEVFormer(cfg).eval()
     path = export_onnx(model, tmp_path / "bevformer.onnx")
     diffs = parity(model, path, n_frames=2)
@@ -196,3 +202,125 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     png = tmp_path / "loss.png"
     plot_loss_curve([[i, 10.0 / (i + 1), 1.0, 2.0] for i in range(60)], png, "test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- dense head, two-stage decoder, training data pipeline ---------------------------------------
+
+
+def test_dense_targets_put_the_peak_and_code_at_the_box_centre():
+    from qd_perception.models.bevformer.dense_head import cell_codes_to_metric, dense_targets
+
+    cfg = tiny_config(dense_head=TWO_STAGE)  # 16 x 16 cells of 6.4 m over +-51.2 m
+    boxes = np.array([[10.0, -3.0, 0.9, 4.5, 1.9, 1.6, 0.4, 2.0, -1.0]], np.float32)
+    hm, codes, mask = dense_targets(boxes, np.array([0]), cfg)
+    ix, iy = int((10.0 + 51.2) // 6.4), int((-3.0 + 51.2) // 6.4)
+    cell = iy * cfg.bev_w + ix
+    assert hm[0, iy, ix] == 1.0 and hm[0].max() == 1.0 and hm[1:].max() == 0.0
+    assert mask.sum() == 1 and mask[cell]
+    metric = cell_codes_to_metric(torch.from_numpy(codes[cell]), torch.tensor(cell), cfg).numpy()
+    assert np.allclose(metric, encode_boxes(torch.from_numpy(boxes))[0].numpy(), atol=1e-5)
+
+
+def test_two_stage_queries_start_at_the_heatmap_peaks():
+    """With zero-initialised residual branches, the decoder's output at a peak is the dense
+    head's own class logits and box: the two-stage decoder starts as the dense detector."""
+    from qd_perception.models.bevformer.dense_head import cell_codes_to_metric
+
+    torch.manual_seed(0)
+    cfg = tiny_config(dense_head=TWO_STAGE)
+    model = BEVFormer(cfg).eval()
+    f = example_frames(cfg, 1)[0]
+    det = TorchBEVDetector(model)
+    x = det.prepare(f)
+    with torch.no_grad():
+        out = model(
+            torch.from_numpy(x.images).float(), torch.from_numpy(x.intrinsics), torch.from_numpy(x.cam2ego)
+        )
+    heat = out.dense_heatmap[0].flatten(1)  # (K, H*W)
+    k, cell = divmod(int(heat.flatten().argmax()), heat.shape[1])
+    # the best peak is one of the queries; its last-layer logits equal the heatmap's at that cell
+    q = int(out.cls_logits[-1, 0, :, k].argmax())
+    assert torch.allclose(out.cls_logits[-1, 0, q], heat[:, cell], atol=1e-5)
+    metric = cell_codes_to_metric(out.dense_codes[0].flatten(1)[:, cell], torch.tensor(cell), cfg)
+    assert torch.allclose(out.box_codes[-1, 0, q, 3:], metric[3:], atol=1e-5)
+    assert torch.allclose(out.box_codes[-1, 0, q, :2], metric[:2], atol=1e-3)
+
+
+def test_dense_head_training_lowers_its_loss():
+    torch.manual_seed(0)
+    cfg = tiny_config(dense_head=TWO_STAGE)
+    model = BEVFormer(cfg)
+    ds = BEVDataset(_frames_with_gt(cfg, 2), cfg)
+    tb = collate_temporal([TemporalSamples(ds, 2, NO_AUGMENT)[1]])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = [train_step(model, opt, tb, TrainConfig(lr=2e-3)) for _ in range(20)]
+    assert losses[-1].dense_heatmap > 0 and np.isfinite([float(x.total) for x in losses]).all()
+    assert np.mean([x.dense_heatmap for x in losses[-4:]]) < 0.6 * np.mean(
+        [x.dense_heatmap for x in losses[:4]]
+    )
+
+
+def _project(cam2ego: np.ndarray, K: np.ndarray, p: np.ndarray) -> np.ndarray:
+    q = np.linalg.inv(cam2ego.astype(np.float64)) @ np.append(p, 1.0)
+    uvw = K @ q[:3]
+    return uvw[:2] / uvw[2]
+
+
+def test_bev_augmentation_moves_boxes_and_cameras_together():
+    """A box centre seen in the augmented ego frame projects to the same pixel as before (images
+    untouched), yaw and velocity turn with the frame, and the ego motion between history frames
+    stays a proper rigid motion."""
+    from qd_perception.train.bev_data import AugmentConfig, augment_sample, bev_transform, ego_motion
+
+    cfg = tiny_config()
+    ds = BEVDataset(_frames_with_gt(cfg, 2), cfg)
+    s0, s1 = ds[0], ds[1]
+    rng = np.random.default_rng(3)
+    for flip in (0.0, 1.0):
+        T = bev_transform(rng, AugmentConfig(rotate_deg=30.0, flip_y=flip, brightness=0.0, contrast=0.0))
+        a0, a1 = augment_sample(s0, T, None), augment_sample(s1, T, None)
+        assert np.array_equal(a1.images, s1.images)
+        for b, ab in zip(s1.gt_boxes, a1.gt_boxes):
+            assert np.allclose(ab[3:6], b[3:6])
+            heading = T[:3, :3] @ [np.cos(b[6]), np.sin(b[6]), 0.0]
+            assert np.isclose(np.arctan2(heading[1], heading[0]), ab[6], atol=1e-5)
+            assert np.allclose((T[:3, :3] @ [b[7], b[8], 0.0])[:2], ab[7:9], atol=1e-5)
+            cam = 0 if b[0] > 0 else 3  # front or back camera
+            uv = _project(s1.cam2ego[cam], s1.intrinsics[cam], b[:3])
+            assert np.allclose(_project(a1.cam2ego[cam], a1.intrinsics[cam], ab[:3]), uv, atol=1e-2)
+        m = ego_motion(a0, a1)
+        assert np.isclose(np.linalg.det(m[:3, :3]), 1.0, atol=1e-5)
+        # the same physical motion, expressed in the augmented frame
+        assert np.allclose(m, T @ ego_motion(s0, s1) @ np.linalg.inv(T), atol=1e-4)
+
+
+def test_image_cache_round_trip_and_temporal_batches(tmp_path):
+    from qd_perception.train.bev_data import CachedBEVDataset
+
+    cfg = tiny_config()
+    frames = _frames_with_gt(cfg, 3)
+    mem = BEVDataset(frames, cfg)
+    cached = CachedBEVDataset.build(frames, cfg, tmp_path / "cache", progress=False)
+    assert len(cached) == 3 and (tmp_path / "cache" / "meta.npz").is_file()
+    for i in range(3):
+        a, b = mem[i], cached[i]
+        assert a.token == b.token and np.array_equal(a.images, b.images)
+        assert np.allclose(a.cam2ego, b.cam2ego) and np.allclose(a.gt_boxes, b.gt_boxes)
+        assert np.array_equal(a.gt_labels, b.gt_labels)
+    # a second build finds the complete cache and reads it (no decoding)
+    again = CachedBEVDataset.build([], cfg, tmp_path / "cache", progress=False)
+    assert len(again) == 3
+    # history padded per sample: sample 0 has none, sample 2 has two previous frames
+    ts = TemporalSamples(cached, 3, NO_AUGMENT)
+    tb = collate_temporal([ts[0], ts[2]])
+    assert len(tb.history) == 2
+    assert tb.valid[0].tolist() == [0.0, 1.0] and tb.valid[1].tolist() == [0.0, 1.0]
+    assert torch.equal(tb.motion[0][0], torch.eye(4))
+    # augmentation is drawn per (seed, epoch, index): reproducible, and different per epoch
+    from qd_perception.train.bev_data import AugmentConfig
+
+    aug = TemporalSamples(cached, 2, AugmentConfig(), seed=1)
+    x1, x2 = aug[1][-1], aug[1][-1]
+    assert np.array_equal(x1.cam2ego, x2.cam2ego)
+    aug.epoch = 1
+    assert not np.array_equal(aug[1][-1].cam2ego, x1.cam2ego)

@@ -54,6 +54,21 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class DenseHeadConfig:
+    """Dense auxiliary BEV heatmap head on the encoder output (CenterPoint-style), and the
+    two-stage decoder whose queries start at its top-k peaks (BEVFormer v2 / TransFusion).
+    See ``models/bevformer/dense_head.py``."""
+
+    enabled: bool = False
+    two_stage: bool = False  # decoder queries from the heatmap peaks (needs enabled)
+    hidden: int = 64  # channels of the head's convolutions
+    heatmap_weight: float = 1.0
+    reg_weight: float = 0.25
+    min_radius: int = 1  # Gaussian radius floor, BEV cells
+    min_overlap: float = 0.1  # CornerNet radius overlap
+
+
+@dataclass(frozen=True)
 class BEVFormerConfig:
     name: str
     image_size: tuple[int, int]  # (H, W) network input, pixels
@@ -83,8 +98,11 @@ class BEVFormerConfig:
     #: previous BEV older than this (s) or from the future is dropped (clock jump)
     max_time_gap_s: float = 2.0
     loss: LossConfig = field(default_factory=LossConfig)
+    dense_head: DenseHeadConfig = field(default_factory=DenseHeadConfig)
 
     def __post_init__(self) -> None:
+        if self.dense_head.two_stage and not self.dense_head.enabled:
+            raise ConfigError("dense_head.two_stage needs dense_head.enabled: true")
         if self.embed_dims % self.num_heads:
             raise ConfigError(f"embed_dims {self.embed_dims} not divisible by num_heads {self.num_heads}")
         if self.sca_num_points % self.num_points_in_pillar:

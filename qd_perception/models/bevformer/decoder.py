@@ -89,9 +89,39 @@ class BEVDecoder(nn.Module):
             nn.init.zeros_(b[-1].bias)
         nn.init.xavier_uniform_(self.reference_points.weight)
         nn.init.zeros_(self.reference_points.bias)
+        self.two_stage = cfg.dense_head.two_stage
+        if self.two_stage:
+            # queries from heatmap peaks: positional embedding of the peak's centre, and class
+            # embedding added to its BEV feature; the branches start as the identity on the
+            # peak's own logits and code (zero residuals)
+            self.class_embed = nn.Embedding(cfg.num_classes, C)
+            self.pos_mlp = nn.Sequential(nn.Linear(3, C), nn.ReLU(inplace=True), nn.Linear(C, C))
+            for b in self.cls_branches:
+                nn.init.zeros_(b[-1].weight)
+                nn.init.zeros_(b[-1].bias)
 
-    def forward(self, bev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """bev (B, Q_bev, C) -> cls_logits (L, B, Q, K), box_codes (L, B, Q, 10)."""
+    def forward(self, bev: torch.Tensor, proposals=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """bev (B, Q_bev, C) -> cls_logits (L, B, Q, K), box_codes (L, B, Q, 10).
+
+        ``proposals`` (:class:`~qd_perception.models.bevformer.dense_head.Proposals`, two-stage
+        only): queries start at the heatmap peaks and every layer's logits and size / yaw /
+        velocity codes are residuals on the peak's own."""
+        if proposals is None:
+            return self._forward_learned(bev)
+        x, ref = proposals.content, proposals.ref
+        all_cls, all_box = [], []
+        for layer, cls_b, reg_b in zip(self.layers, self.cls_branches, self.reg_branches):
+            pos = self.pos_mlp(ref)
+            x = layer(x, pos, ref[..., :2], bev, self.bev_hw)
+            reg = reg_b(x)
+            new_ref = (reg[..., 0:3] + inverse_sigmoid(ref)).sigmoid()
+            rest = reg[..., 3:] + proposals.codes[..., 3:]
+            all_box.append(torch.cat([new_ref * self.range_size + self.range_min, rest], dim=-1))
+            all_cls.append(cls_b(x) + proposals.logits)
+            ref = new_ref.detach()
+        return torch.stack(all_cls), torch.stack(all_box)
+
+    def _forward_learned(self, bev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B = bev.shape[0]
         pos, x = self.query_embedding.weight.chunk(2, dim=-1)
         pos = pos[None].expand(B, -1, -1)

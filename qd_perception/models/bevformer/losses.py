@@ -64,6 +64,8 @@ class LossBreakdown:
     total: torch.Tensor
     cls: float  # last layer, for logging
     bbox: float
+    dense_heatmap: float = 0.0  # dense auxiliary head (0 without it)
+    dense_reg: float = 0.0
 
 
 def set_loss(
@@ -97,9 +99,24 @@ def set_loss(
     return LossBreakdown(total, last_cls, last_box)
 
 
-def detection_loss(outputs, targets: list[Targets], cfg: LossConfig, extra=None) -> LossBreakdown:
+def detection_loss(
+    outputs, targets: list[Targets], cfg: LossConfig, extra=None, model_cfg=None
+) -> LossBreakdown:
     """The training loss of a forward pass (``BEVFormerOutputs``), the one entry point every
     training loop (FP32 training, QAT, distillation) calls, so auxiliary heads added to the model
     are trained the same way everywhere. ``extra`` carries per-batch targets an auxiliary loss
-    needs beyond the boxes (e.g. projected lidar depth), None when there are none."""
-    return set_loss(outputs.cls_logits, outputs.box_codes, targets, cfg)
+    needs beyond the boxes (e.g. projected lidar depth), None when there are none. ``model_cfg``
+    (the ``BEVFormerConfig``) is needed for the dense head's loss."""
+    from qd_perception.models.bevformer.config import BEVFormerConfig
+
+    if isinstance(cfg, BEVFormerConfig):
+        model_cfg, cfg = cfg, cfg.loss
+    out = set_loss(outputs.cls_logits, outputs.box_codes, targets, cfg)
+    if outputs.dense_heatmap is None:
+        return out
+    if model_cfg is None:
+        raise ValueError("the model has a dense head: pass its BEVFormerConfig to detection_loss")
+    from qd_perception.models.bevformer.dense_head import dense_loss
+
+    d, hm, reg = dense_loss(outputs.dense_heatmap, outputs.dense_codes, targets, model_cfg)
+    return LossBreakdown(out.total + d, out.cls, out.bbox, hm, reg)

@@ -10,6 +10,7 @@ from torch import nn
 from qd_perception.models.bevformer.backbone import FPN, ResNet
 from qd_perception.models.bevformer.config import BEVFormerConfig
 from qd_perception.models.bevformer.decoder import BEVDecoder
+from qd_perception.models.bevformer.dense_head import DenseHead, make_proposals
 from qd_perception.models.bevformer.encoder import BEVEncoder
 from qd_perception.models.bevformer.geometry import align_prev_bev, project_to_cameras
 
@@ -23,6 +24,8 @@ class BEVFormerOutputs:
     bev: (B, H_bev*W_bev, C) BEV features (the next frame's ``prev_bev``).
     bev_mask: (N_cam, B, H_bev*W_bev, Z) bool, which pillar point projects into which camera.
     img_feats: per FPN level (B, N_cam, C, H_l, W_l) neck features per camera.
+    dense_heatmap: (B, K, H_bev, W_bev) logits of the dense head, None without it.
+    dense_codes: (B, 10, H_bev, W_bev) cell-relative box codes of the dense head, or None.
     """
 
     cls_logits: torch.Tensor
@@ -30,6 +33,8 @@ class BEVFormerOutputs:
     bev: torch.Tensor
     bev_mask: torch.Tensor
     img_feats: list[torch.Tensor]
+    dense_heatmap: torch.Tensor | None = None
+    dense_codes: torch.Tensor | None = None
 
 
 @dataclass
@@ -48,6 +53,8 @@ class BEVFormer(nn.Module):
         self.neck = FPN(self.backbone.selected_channels, C, cfg.num_levels)
         self.encoder = BEVEncoder(cfg)
         self.decoder = BEVDecoder(cfg)
+        # the dense auxiliary head belongs to the head stage (with the decoder) for quantization
+        self.dense_head = DenseHead(cfg) if cfg.dense_head.enabled else None
         # BEV queries, learned positional encoding (row/column halves), camera and level embeddings
         # belong to the encoder stage
         self.encoder.bev_embedding = nn.Embedding(cfg.num_bev, C)
@@ -133,8 +140,13 @@ class BEVFormer(nn.Module):
     ) -> BEVFormerOutputs:
         """See :meth:`encode` for the inputs and :class:`BEVFormerOutputs` for the outputs."""
         e = self.encode(images, intrinsics, cam2ego, prev_bev, prev_valid, prev_from_cur)
-        cls, box = self.decoder(e.bev)
-        return BEVFormerOutputs(cls, box, e.bev, e.bev_mask, e.img_feats)
+        heat = codes = proposals = None
+        if self.dense_head is not None:
+            heat, codes = self.dense_head(e.bev)
+            if self.cfg.dense_head.two_stage:
+                proposals = make_proposals(heat, codes, e.bev, self.decoder.class_embed, self.cfg)
+        cls, box = self.decoder(e.bev, proposals)
+        return BEVFormerOutputs(cls, box, e.bev, e.bev_mask, e.img_feats, heat, codes)
 
 
 class BEVFormerExportWrapper(nn.Module):
