@@ -341,6 +341,11 @@ def test_schedule_rates(world_val):
     assert len(s.odom) == 75
     only_key = gen.make_schedule(world_val, CFG.samples, all_cameras=False, odom_rate_hz=50.0)
     assert only_key.cameras == s.keyframes
+    # camera training sets: the lidar only at the keyframes (what the devkit and depth need)
+    key_lidar = gen.make_schedule(world_val, CFG.samples, False, 50.0, lidar_sweeps=False)
+    assert key_lidar.lidar == s.keyframes
+    with pytest.raises(ValueError, match="writes no bag"):
+        gen.GenerateConfig(lidar_sweeps="keyframes", bag=True)
 
 
 def test_bag_cameras_keyframes_or_none(tmp_path):
