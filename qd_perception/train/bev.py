@@ -68,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cache-dir", default="", help="image cache root (default ~/.cache/qd_perception/bev)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint at --out")
+    p.add_argument("--release", default="", help="also write the weights alone (no optimizer) here at the end")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
@@ -122,7 +123,7 @@ def train_step(model, optimizer, tb, tcfg: TrainConfig):
 
 
 def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
-    """history rows [step, total, cls, bbox] -> PNG (atomic)."""
+    """history rows [step, total, cls, bbox(, dense heatmap, dense codes)] -> PNG (atomic)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +134,10 @@ def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
     if len(h):
         k = max(1, len(h) // 50)
         kernel = np.ones(k) / k
-        for col, name in ((1, "total"), (2, "cls (last layer)"), (3, "bbox L1 (last layer)")):
+        cols = [(1, "total"), (2, "cls (last layer)"), (3, "bbox L1 (last layer)")]
+        if h.shape[1] > 5 and h[:, 4].any():
+            cols += [(4, "dense heatmap"), (5, "dense codes")]
+        for col, name in cols:
             y = np.convolve(h[:, col], kernel, mode="valid")
             ax.plot(h[k - 1 :, 0], y, label=name)
         ax.set_yscale("log")
@@ -276,6 +280,9 @@ def run(args: argparse.Namespace) -> int:
         last_save = time.monotonic()
     bar.close()
     save()
+    if args.release:
+        rel = save_checkpoint(args.release, model, state={**state, "history": []}, train_config=to_dict(tcfg))
+        print(f"release weights: {rel} ({rel.stat().st_size / 1e6:.1f} MB)")
     print(
         f"saved {out} (epoch {state['epoch']}, {state['step']} steps, {state['samples']} samples, "
         f"{state['elapsed_s'] / 60:.1f} min); {png}"
