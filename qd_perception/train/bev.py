@@ -68,7 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cache-dir", default="", help="image cache root (default ~/.cache/qd_perception/bev)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint at --out")
-    p.add_argument("--release", default="", help="also write the weights alone (no optimizer) here at the end")
+    p.add_argument(
+        "--release", default="", help="also write the weights alone (no optimizer) here at the end"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
@@ -113,7 +115,7 @@ def train_step(model, optimizer, tb, tcfg: TrainConfig):
     model.train()
     b = tb.current
     out = model(b.images, b.intrinsics, b.cam2ego, prev_bev, prev_valid, prev_from_cur)
-    loss = detection_loss(out, b.targets, model.cfg)
+    loss = detection_loss(out, b.targets, model.cfg, extra=b)
     optimizer.zero_grad(set_to_none=True)
     loss.total.backward()
     if tcfg.grad_clip > 0:
@@ -137,6 +139,8 @@ def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
         cols = [(1, "total"), (2, "cls (last layer)"), (3, "bbox L1 (last layer)")]
         if h.shape[1] > 5 and h[:, 4].any():
             cols += [(4, "dense heatmap"), (5, "dense codes")]
+        if h.shape[1] > 6 and h[:, 6].any():
+            cols += [(6, "perspective")]
         for col, name in cols:
             y = np.convolve(h[:, col], kernel, mode="valid")
             ax.plot(h[k - 1 :, 0], y, label=name)

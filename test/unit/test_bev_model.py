@@ -324,3 +324,42 @@ def test_image_cache_round_trip_and_temporal_batches(tmp_path):
     assert np.array_equal(x1.cam2ego, x2.cam2ego)
     aug.epoch = 1
     assert not np.array_equal(aug[1][-1].cam2ego, x1.cam2ego)
+
+
+def test_perspective_targets_land_on_the_projected_centre_with_its_depth():
+    from qd_perception.geometry.rig import load_rig
+    from qd_perception.models.bevformer.perspective_head import perspective_targets
+
+    cfg = tiny_config()
+    rig = load_rig()
+    K = np.stack([rig.intrinsics(n, cfg.image_size) for n in cfg.camera_names])
+    E = np.stack([rig.cam2ego(n) for n in cfg.camera_names])
+    box = np.array([[20.0, 0.5, 0.8, 4.5, 1.9, 1.6, 0.0, 0.0, 0.0]])
+    grid = (cfg.image_size[0] // 8, cfg.image_size[1] // 8)
+    hm, codes, mask = perspective_targets(box, np.array([0]), K, E, cfg.image_size, grid, cfg.num_classes)
+    front = cfg.camera_names.index("CAM_FRONT")
+    assert mask[front].sum() == 1 and hm[front, 0].max() == 1.0
+    pc = np.linalg.inv(E[front]) @ np.append(box[0, :3], 1.0)
+    u, v = (K[front] @ pc[:3])[:2] / pc[2]
+    c = int(np.flatnonzero(mask[front])[0])
+    iv, iu = divmod(c, grid[1])
+    assert np.allclose([(iu + codes[front, c, 0]) * 8, (iv + codes[front, c, 1]) * 8], [u, v], atol=1e-3)
+    assert np.isclose(np.exp(codes[front, c, 2]), pc[2])
+    back = cfg.camera_names.index("CAM_BACK")
+    assert not mask[back].any()  # behind the rear camera
+
+
+def test_perspective_supervision_trains_and_stays_out_of_inference():
+    torch.manual_seed(0)
+    cfg = tiny_config(dense_head=TWO_STAGE, perspective_head={"enabled": True, "hidden": 16})
+    model = BEVFormer(cfg)
+    ds = BEVDataset(_frames_with_gt(cfg, 2), cfg)
+    tb = collate_temporal([TemporalSamples(ds, 2, NO_AUGMENT)[1]])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = [train_step(model, opt, tb, TrainConfig(lr=2e-3)) for _ in range(12)]
+    assert losses[0].perspective > 0
+    assert losses[-1].perspective < losses[0].perspective
+    model.eval()
+    b = tb.current
+    with torch.no_grad():
+        assert model(b.images, b.intrinsics, b.cam2ego).perspective is None

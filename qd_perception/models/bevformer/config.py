@@ -69,6 +69,16 @@ class DenseHeadConfig:
 
 
 @dataclass(frozen=True)
+class PerspectiveHeadConfig:
+    """Perspective supervision (BEVFormer v2): an auxiliary per-camera centre-heatmap + depth head
+    on the first FPN level, training only. See ``models/bevformer/perspective_head.py``."""
+
+    enabled: bool = False
+    hidden: int = 64
+    weight: float = 0.5
+
+
+@dataclass(frozen=True)
 class BEVFormerConfig:
     name: str
     image_size: tuple[int, int]  # (H, W) network input, pixels
@@ -99,6 +109,7 @@ class BEVFormerConfig:
     max_time_gap_s: float = 2.0
     loss: LossConfig = field(default_factory=LossConfig)
     dense_head: DenseHeadConfig = field(default_factory=DenseHeadConfig)
+    perspective_head: PerspectiveHeadConfig = field(default_factory=PerspectiveHeadConfig)
 
     def __post_init__(self) -> None:
         if self.dense_head.two_stage and not self.dense_head.enabled:

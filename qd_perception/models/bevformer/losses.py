@@ -66,6 +66,7 @@ class LossBreakdown:
     bbox: float
     dense_heatmap: float = 0.0  # dense auxiliary head (0 without it)
     dense_reg: float = 0.0
+    perspective: float = 0.0  # perspective supervision (training only)
 
 
 def set_loss(
@@ -105,18 +106,29 @@ def detection_loss(
     """The training loss of a forward pass (``BEVFormerOutputs``), the one entry point every
     training loop (FP32 training, QAT, distillation) calls, so auxiliary heads added to the model
     are trained the same way everywhere. ``extra`` carries per-batch targets an auxiliary loss
-    needs beyond the boxes (e.g. projected lidar depth), None when there are none. ``model_cfg``
+    needs beyond the boxes: the batch itself (``train.bev_data.Batch``: intrinsics, cam2ego) for
+    the perspective head. ``model_cfg``
     (the ``BEVFormerConfig``) is needed for the dense head's loss."""
     from qd_perception.models.bevformer.config import BEVFormerConfig
 
     if isinstance(cfg, BEVFormerConfig):
         model_cfg, cfg = cfg, cfg.loss
     out = set_loss(outputs.cls_logits, outputs.box_codes, targets, cfg)
-    if outputs.dense_heatmap is None:
+    if outputs.dense_heatmap is None and outputs.perspective is None:
         return out
     if model_cfg is None:
-        raise ValueError("the model has a dense head: pass its BEVFormerConfig to detection_loss")
-    from qd_perception.models.bevformer.dense_head import dense_loss
+        raise ValueError("the model has auxiliary heads: pass its BEVFormerConfig to detection_loss")
+    total, hm, reg, persp = out.total, 0.0, 0.0, 0.0
+    if outputs.dense_heatmap is not None:
+        from qd_perception.models.bevformer.dense_head import dense_loss
 
-    d, hm, reg = dense_loss(outputs.dense_heatmap, outputs.dense_codes, targets, model_cfg)
-    return LossBreakdown(out.total + d, out.cls, out.bbox, hm, reg)
+        d, hm, reg = dense_loss(outputs.dense_heatmap, outputs.dense_codes, targets, model_cfg)
+        total = total + d
+    if outputs.perspective is not None:
+        from qd_perception.models.bevformer.perspective_head import perspective_loss
+
+        if extra is None:
+            raise ValueError("perspective supervision needs the batch (intrinsics, cam2ego) as extra")
+        p, persp = perspective_loss(*outputs.perspective, extra, model_cfg)
+        total = total + p
+    return LossBreakdown(total, out.cls, out.bbox, hm, reg, persp)

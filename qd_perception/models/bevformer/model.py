@@ -13,6 +13,7 @@ from qd_perception.models.bevformer.decoder import BEVDecoder
 from qd_perception.models.bevformer.dense_head import DenseHead, make_proposals
 from qd_perception.models.bevformer.encoder import BEVEncoder
 from qd_perception.models.bevformer.geometry import align_prev_bev, project_to_cameras
+from qd_perception.models.bevformer.perspective_head import PerspectiveHead
 
 
 @dataclass
@@ -35,6 +36,7 @@ class BEVFormerOutputs:
     img_feats: list[torch.Tensor]
     dense_heatmap: torch.Tensor | None = None
     dense_codes: torch.Tensor | None = None
+    perspective: tuple[torch.Tensor, torch.Tensor] | None = None  # training only, see PerspectiveHead
 
 
 @dataclass
@@ -55,6 +57,8 @@ class BEVFormer(nn.Module):
         self.decoder = BEVDecoder(cfg)
         # the dense auxiliary head belongs to the head stage (with the decoder) for quantization
         self.dense_head = DenseHead(cfg) if cfg.dense_head.enabled else None
+        # training-only perspective supervision on the image features (backbone/neck signal)
+        self.perspective_head = PerspectiveHead(cfg) if cfg.perspective_head.enabled else None
         # BEV queries, learned positional encoding (row/column halves), camera and level embeddings
         # belong to the encoder stage
         self.encoder.bev_embedding = nn.Embedding(cfg.num_bev, C)
@@ -146,7 +150,10 @@ class BEVFormer(nn.Module):
             if self.cfg.dense_head.two_stage:
                 proposals = make_proposals(heat, codes, e.bev, self.decoder.class_embed, self.cfg)
         cls, box = self.decoder(e.bev, proposals)
-        return BEVFormerOutputs(cls, box, e.bev, e.bev_mask, e.img_feats, heat, codes)
+        persp = None
+        if self.perspective_head is not None and self.training:
+            persp = self.perspective_head(e.img_feats[0])
+        return BEVFormerOutputs(cls, box, e.bev, e.bev_mask, e.img_feats, heat, codes, persp)
 
 
 class BEVFormerExportWrapper(nn.Module):
