@@ -74,7 +74,7 @@ def test_stage_table_covers_every_top_level_module(fp_model):
 
 
 def test_every_conv_and_linear_quantized_with_the_float_parts_as_documented(fp_model):
-    n_float = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in fp_model.modules())
+    n_float = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in fp_model.modules()) - 1  # reference points
     q = quantize_bevformer(fp_model, "w4a6")
     assert sum(isinstance(m, QuantModule) for m in q.modules()) == n_float
     assert all(n > 0 for n in stage_layer_counts(q).values())
@@ -93,11 +93,12 @@ def test_every_conv_and_linear_quantized_with_the_float_parts_as_documented(fp_m
             continue
         assert m.weight_quantizer.bits == 4 and m.weight_quantizer.axis == 0 and m.weight_quantizer.symmetric
         assert m.input_quantizer.bits == 6
-        float_out = name.endswith(("sampling_offsets", "attention_weights", "reference_points"))
+        float_out = name.endswith(("sampling_offsets", "attention_weights"))
         last_of_branch = name.startswith(("decoder.cls_branches", "decoder.reg_branches")) and name.endswith(
             str(len(q.decoder.cls_branches[0]) - 1 if "cls" in name else len(q.decoder.reg_branches[0]) - 1)
         )
         assert (m.output_quantizer is None) == (float_out or last_of_branch or name in relu_q), name
+    assert type(q.decoder.reference_points) is nn.Linear  # a constant of the graph: float
     for name, m in q.named_modules():  # LayerNorm and embeddings are never wrapped
         if isinstance(m, (nn.LayerNorm, nn.Embedding)):
             assert not hasattr(m, "quantizers"), name
@@ -152,9 +153,9 @@ def test_qat_with_vgd_trains_resumes_and_matches_the_ort_artefact(fp_model, fram
     assert saved["bits"] == "w4a6" and saved["method"] == "qd_bev"
     assert saved["fp32_model"] == "weights/bevformer_nano.pt"
     assert saved["packed_mib"] < saved["fp32_mib"] / 3  # tiny model: float LayerNorm / embeddings weigh in
-    # BEV features run through integer kernels with exact W4A6 numerics: parity to float rounding
+    # integer kernels with the exact W4A6 numerics: parity down to float rounding
     par = info["parity_max_abs_diff"]
-    assert par["bev"] < 1e-4, par
+    assert max(par.values()) < 1e-3, par
     ops = ort_optimized_op_counts(tmp_path / "bevformer.onnx")
     assert ops["QLinearConv"] == stage_layer_counts(qmodel)["backbone"] + stage_layer_counts(qmodel)["neck"]
     assert ops["QGemm"] > 0
