@@ -99,7 +99,8 @@ def fake_quant_affine(
     """Asymmetric fake quant of ``x`` on ``[lo, hi]`` (scalars, or (C,) along ``axis``); unsigned grid.
 
     ``clamp_after`` (sub-8-bit only): clamp to the ``bits`` range after the 8-bit Q/DQ instead of
-    before (same values and gradients: both clamp to integer levels of one grid). Output
+    before (same values: both clamp to integer levels of one grid; the straight-through gradient
+    also passes for inputs less than half a step outside the range, which round onto it). Output
     quantizers use it so the exported ``Op -> Q -> DQ -> Clip`` keeps ``Op -> Q`` adjacent and
     ONNX Runtime still fuses the producing layer (QLinearConv / QGemm) at a 6-bit activation grid;
     input quantizers keep the clamp before (``Clip -> Q -> DQ -> Op``) for the consuming layer.

@@ -12,7 +12,7 @@ import yaml
 from torch import nn
 
 from qd_perception.cli import main
-from qd_perception.config import from_dict
+from qd_perception.config import ConfigError, from_dict
 from qd_perception.models.bevformer import BEVFormer, BEVFormerConfig
 from qd_perception.models.bevformer.checkpoint import save_checkpoint
 from qd_perception.quant.bev import (
@@ -29,6 +29,7 @@ from qd_perception.quant.bev import (
 from qd_perception.quant.export import ort_optimized_op_counts
 from qd_perception.quant.model import quant_modules
 from qd_perception.quant.nn.modules import QuantAct, QuantModule
+from qd_perception.quant.tensor_quant import affine_params, fake_quant_affine
 from qd_perception.runtime.bev import OrtBEVDetector, load_bev_detector
 from qd_perception.sim.generate import GenerateConfig, generate
 from qd_perception.train.bev_data import BEVDataset
@@ -162,6 +163,27 @@ def test_qat_with_vgd_trains_resumes_and_matches_the_ort_artefact(fp_model, fram
     det = load_bev_detector(tmp_path)  # the artefact directory, as detector.model_path
     assert isinstance(det, OrtBEVDetector)
     assert len(det.detect(example_frames(fp_model.cfg, 1)[0])) > 0  # score threshold 0
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="not found"):
+        OrtBEVDetector(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("bits", [4, 6])
+def test_output_clamp_after_qdq_gives_the_same_values(bits):
+    x = torch.linspace(-3.0, 5.0, 401, requires_grad=True)
+    lo, hi = torch.tensor(-1.0), torch.tensor(2.5)
+    a = fake_quant_affine(x, lo, hi, bits)
+    (ga,) = torch.autograd.grad(a.sum(), x)
+    b = fake_quant_affine(x, lo, hi, bits, clamp_after=True)
+    (gb,) = torch.autograd.grad(b.sum(), x)
+    assert torch.equal(a, b)
+    assert len(torch.unique(a)) <= 2**bits
+    # gradients agree except within half a step outside the grid (those inputs round onto it)
+    step, zp = affine_params(lo, hi, bits)
+    g_lo, g_hi = -zp * step, (2**bits - 1 - zp) * step
+    near_edge = ((x < g_lo) & (x > g_lo - step / 2)) | ((x > g_hi) & (x < g_hi + step / 2))
+    assert near_edge.any()
+    assert torch.equal(ga[~near_edge], gb[~near_edge])
 
 
 def test_quantize_bev_cli_ptq_and_qat_with_val_curve(fp_model, tmp_path, capsys):
