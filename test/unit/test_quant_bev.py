@@ -26,7 +26,7 @@ from qd_perception.quant.bev import (
     stage_table,
     write_bev_artefact,
 )
-from qd_perception.quant.export import ort_optimized_op_counts
+from qd_perception.quant.export import onnx_op_counts, ort_optimized_op_counts
 from qd_perception.quant.model import quant_modules
 from qd_perception.quant.nn.modules import QuantAct, QuantModule
 from qd_perception.quant.tensor_quant import affine_params, fake_quant_affine
@@ -166,6 +166,19 @@ def test_qat_with_vgd_trains_resumes_and_matches_the_ort_artefact(fp_model, fram
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="not found"):
         OrtBEVDetector(tmp_path / "empty")
+
+
+def test_tensorrt_flavour_has_qdq_on_inputs_and_weights_only(fp_model, frames_dataset, tmp_path):
+    q = quantize_bevformer(fp_model, "w8a8", target="trt")
+    calibrate_bev(q, frames_dataset, [0])
+    cfg = BEVQATConfig(method="ptq", bits="w8a8", target="trt")
+    info = write_bev_artefact(q, fp_model, tmp_path, cfg, tmp_path / "elsewhere.pt")
+    assert "parity_max_abs_diff" not in info  # TensorRT is not installed here: no runtime to compare
+    assert info["fp32_model"] == str((tmp_path / "elsewhere.pt").resolve())  # outside the package
+    m = next(m for _, m in quant_modules(q) if isinstance(m, QuantModule))
+    assert m.weight_quantizer.bits == 8 and m.input_quantizer.symmetric
+    ops = onnx_op_counts(tmp_path / "bevformer.onnx")
+    assert ops["QuantizeLinear"] == ops["DequantizeLinear"] > 0
 
 
 @pytest.mark.parametrize("bits", [4, 6])
