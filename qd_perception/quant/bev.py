@@ -376,8 +376,10 @@ def run_qat(
     saved = None
     if state_path.exists():
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
-        if saved.get("qat_config") != to_dict(cfg):
-            raise ConfigError(f"{state_path} was written with another config; use another --out or delete it")
+        if saved.get("qat_config") != to_dict(cfg) or saved.get("model_config") != to_dict(fp_model.cfg):
+            raise ConfigError(
+                f"{state_path} was written with another config or model; use another --out or delete it"
+            )
         qmodel.load_state_dict(saved["state_dict"])
         from qd_perception.quant.model import set_mode
 
@@ -401,11 +403,14 @@ def run_qat(
     total_steps = cfg.total_epochs * per_epoch
 
     def save() -> None:
-        _save_atomic(
-            {"qat_config": to_dict(cfg), "state_dict": qmodel.state_dict(),
-             "optimizer": optimizer.state_dict(), "state": state.__dict__},
-            state_path,
-        )  # fmt: skip
+        payload = {
+            "qat_config": to_dict(cfg),
+            "model_config": to_dict(fp_model.cfg),
+            "state_dict": qmodel.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": state.__dict__,
+        }
+        _save_atomic(payload, state_path)
         plot_curves(state, cfg, out / "qat_curves.png")
 
     start = time.monotonic() - state.elapsed_s
