@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("evaluate", "evaluate a detector on a nuScenes-format data set"),
     "export": ("export", "export a model to ONNX"),
     "calibrate": ("calibrate", "build a PTQ calibration set from a data set"),
-    "quantize": ("quantize", "post-training quantization (LiDAR-PTQ and calibrators)"),
+    "quantize": ("quantize", "quantization (LiDAR-PTQ and calibrators; QD-BEV for the camera model)"),
     "replay": ("replay", "replay a rosbag2 through the real nodes and score their output"),
     "launch": ("launch", "start a node graph without the ros2 CLI (pip installs)"),
     "bench": ("bench", "run a benchmark and write its row to docs/benchmarks.md"),

@@ -14,6 +14,12 @@ same artefact, ``quant.yaml`` with ``method: qat`` and its wall time:
  The artefact is an export directory the lidar node and
 ``eval lidar`` load as ONNX Runtime INT8 (``--target ort``, default) or that ``TrtDetector``
 builds an engine from (``--target trt``).
+
+``qd-perception quantize bev``: camera BEVFormer (QD-BEV, docs/quantization.md): PTQ, standard
+or progressive QAT, progressive QAT with view-guided distillation, into an artefact
+``bev_detector`` runs through ``detector.model_path`` (backend onnxruntime):
+
+    qd-perception quantize bev --model CKPT --data DATAROOT --method qd_bev --bits w4a6 --out ARTEFACT
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ import json
 import time
 from pathlib import Path
 
-TARGETS: tuple[str, ...] = ("lidar",)
+TARGETS: tuple[str, ...] = ("lidar", "bev")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from qd_perception.quant.lidar import METHODS
 
-    sub = parser.add_subparsers(dest="target_model", metavar="lidar", required=True)
+    sub = parser.add_subparsers(dest="target_model", metavar="{lidar,bev}", required=True)
+    _add_bev_arguments(sub)
     p = sub.add_parser("lidar", help="CenterPoint (pillar or voxel)")
     p.add_argument("--model", required=True, type=Path, help="checkpoint from `train lidar`")
     p.add_argument("--calib", type=Path, default=None, help="calibration set dir or nuScenes dataroot")
@@ -59,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from qd_perception.data.nuscenes import DatasetError
 
     try:
+        if args.target_model == "bev":
+            return _run_bev(args)
         if args.method == "qat":
             return _run_qat(args)
         if args.calib is None:
@@ -67,6 +76,93 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _add_bev_arguments(sub) -> None:
+    from qd_perception.distill.vgd import COMBINES, DISTILL_KINDS
+    from qd_perception.quant.bev import BITS, METHODS, BEVQATConfig
+
+    d = BEVQATConfig()
+    p = sub.add_parser("bev", help="camera BEVFormer (QD-BEV: progressive QAT + view-guided distillation)")
+    p.add_argument("--model", required=True, type=Path, help="FP32 checkpoint from `train bev`")
+    p.add_argument("--data", required=True, type=Path, help="labelled nuScenes-format dataroot")
+    p.add_argument("--version", default="v1.0-synthetic")
+    p.add_argument("--split", default="train", help="training / calibration split")
+    p.add_argument("--method", choices=METHODS, default="qd_bev")
+    p.add_argument("--bits", choices=BITS, default="w4a6")
+    p.add_argument("--target", choices=("ort", "trt"), default="ort", help="deployment runtime")
+    p.add_argument(
+        "--out", required=True, type=Path, help="artefact directory (resumed if it holds a QAT state)"
+    )
+    p.add_argument("--calib-samples", type=int, default=d.calib_samples, help="calibration samples (0 = all)")
+    p.add_argument("--epochs-per-stage", type=int, default=d.epochs_per_stage)
+    p.add_argument("--extra-epochs", type=int, default=d.extra_epochs, help="epochs after the last stage")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="total QAT epochs (0 = 4 stages + extra)")
+    p.add_argument("--max-samples", type=int, default=d.max_samples, help="samples per epoch (0 = all)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--queue-length", type=int, default=d.queue_length)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
+    g = p.add_argument_group("distillation (default: vgd for qd_bev, none otherwise)")
+    g.add_argument("--distill", choices=DISTILL_KINDS, default=None)
+    g.add_argument("--distill-weight", type=float, default=1.0, help="lambda of detection + lambda * L")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--combine", choices=COMBINES, default="product", help="VGD: mean(L_view*L_bev) or sum")
+    g.add_argument("--distill-start-epoch", type=int, default=d.distill_start_epoch)
+    v = p.add_argument_group("validation curve")
+    v.add_argument("--val-data", type=Path, default=None, help="dataroot scored after every epoch (NDS)")
+    v.add_argument("--val-split", default="val")
+    v.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+
+
+def _run_bev(args: argparse.Namespace) -> int:
+    import torch
+
+    from qd_perception.data.nuscenes import NuScenesReader
+    from qd_perception.distill.vgd import DistillConfig
+    from qd_perception.models.bevformer.checkpoint import load_checkpoint
+    from qd_perception.quant.bev import method_config, run_qat, validator, write_bev_artefact
+    from qd_perception.train.bev_data import BEVDataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    fp = load_checkpoint(args.model)
+    kind = args.distill or ("vgd" if args.method == "qd_bev" else "none")
+    if args.method == "ptq" and kind != "none":
+        raise ValueError("--method ptq trains nothing: --distill needs qat, progressive or qd_bev")
+    cfg = method_config(
+        args.method, args.bits, target=args.target, epochs_per_stage=args.epochs_per_stage,
+        extra_epochs=args.extra_epochs, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, queue_length=args.queue_length, calib_samples=args.calib_samples,
+        max_samples=args.max_samples, distill_start_epoch=args.distill_start_epoch,
+        checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
+        distill=DistillConfig(kind=kind, temperature=args.temperature, weight=args.distill_weight,
+                              combine=args.combine),
+    )  # fmt: skip
+    reader = NuScenesReader(args.data, args.version, args.split, nsweeps=0, load_images=True)
+    dataset = BEVDataset(reader, fp.cfg)
+    validate = None
+    if args.val_data is not None:
+        validate = validator(args.val_data, args.version, args.val_split, args.out / "val")
+    print(f"{args.method} {args.bits} ({args.target}): {len(dataset)} samples of {args.data}, "
+          f"{cfg.total_epochs} epochs, distillation {kind}")  # fmt: skip
+    qmodel, state = run_qat(fp, dataset, cfg, args.out, validate)
+    extra = {
+        "data": {"dataroot": str(args.data), "version": args.version, "split": args.split},
+        "steps": state.step,
+        "train_seconds": round(state.elapsed_s, 1),
+        "final_loss": state.history[-1][2] if state.history else None,
+        "val": [{"epoch": int(e), "nds": n, "map": m} for e, n, m in state.val],
+    }
+    info = write_bev_artefact(qmodel, fp, args.out, cfg, args.model, extra)
+    print(json.dumps({k: info[k] for k in ("bits", "method", "fp32_mib", "packed_mib", "compression")}))
+    if "parity_max_abs_diff" in info:
+        print(f"torch fake-quant vs ONNX Runtime max |diff|: {info['parity_max_abs_diff']}")
+    print(f"artefact in {args.out} ({time.perf_counter() - t0:.1f} s)")
+    return 0
 
 
 def _run_qat(args: argparse.Namespace) -> int:

@@ -53,8 +53,10 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Modul
             # cost accuracy for no deployment benefit
             out_q = cfg.quantize_outputs and wrapper not in SPCONV_WRAPPERS.values()
             q = wrapper.adopt(child, cfg.weight, cfg.act, out_q, stage_of(full, cfg.stages))
-            # ORT fuses plain convs into QLinearConv (int32 bias); ConvTranspose runs in float there
-            q.quantize_bias = cfg.quantize_bias and isinstance(q, (nn.Conv1d, nn.Conv2d))
+            # ORT fuses plain convs into QLinearConv (int32 bias), and a linear with an output
+            # quantizer into QGemm (int32 bias); ConvTranspose runs in float there
+            fused = isinstance(q, (nn.Conv1d, nn.Conv2d)) or (isinstance(q, nn.Linear) and out_q)
+            q.quantize_bias = cfg.quantize_bias and fused
             setattr(module, child_name, q)
     if cfg.quantize_outputs:
         _move_output_quantizers_after_relu(model, cfg)

@@ -115,6 +115,8 @@ class TensorQuantizer(nn.Module):
         self.symmetric = self.spec.symmetric
         self.axis = axis if self.spec.per_channel else None
         self.mode: Mode = "disabled"
+        #: sub-8-bit asymmetric: clamp after the Q/DQ (output quantizers; see fake_quant_affine)
+        self.clamp_after = False
         self.calibrator: Calibrator | None = make_calibrator(self.spec.calib, self.axis)
         self.register_buffer("amax", torch.empty(0))
         self.register_buffer("amin", torch.empty(0))
@@ -206,7 +208,9 @@ class TensorQuantizer(nn.Module):
             return fake_quant_lsq(x, self.scale, self.bits, self.axis)
         if self.symmetric:
             return fake_quant_symmetric(x, self.effective_amax(), self.bits, self.axis)
-        return fake_quant_affine(x, self.amin, self.amax, self.bits, self.axis)
+        return fake_quant_affine(
+            x, self.amin, self.amax, self.bits, self.axis, getattr(self, "clamp_after", False)
+        )
 
     def set_mode(self, mode: Mode) -> None:
         if mode not in MODES:

@@ -89,15 +89,30 @@ def fake_quant_symmetric(
 
 
 def fake_quant_affine(
-    x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int = 8, axis: int | None = None
+    x: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    bits: int = 8,
+    axis: int | None = None,
+    clamp_after: bool = False,
 ) -> torch.Tensor:
-    """Asymmetric fake quant of ``x`` on ``[lo, hi]`` (scalars, or (C,) along ``axis``); unsigned grid."""
+    """Asymmetric fake quant of ``x`` on ``[lo, hi]`` (scalars, or (C,) along ``axis``); unsigned grid.
+
+    ``clamp_after`` (sub-8-bit only): clamp to the ``bits`` range after the 8-bit Q/DQ instead of
+    before (same values: both clamp to integer levels of one grid; the straight-through gradient
+    also passes for inputs less than half a step outside the range, which round onto it). Output
+    quantizers use it so the exported ``Op -> Q -> DQ -> Clip`` keeps ``Op -> Q`` adjacent and
+    ONNX Runtime still fuses the producing layer (QLinearConv / QGemm) at a 6-bit activation grid;
+    input quantizers keep the clamp before (``Clip -> Q -> DQ -> Op``) for the consuming layer.
+    """
     scale, zp = affine_params(lo.detach().to(x.dtype), hi.detach().to(x.dtype), bits)
     if bits < 8:
         qmin, qmax = qrange(bits, signed=False)
         a, b = (qmin - zp) * scale, (qmax - zp) * scale
         if axis is not None:
             a, b = _expand(a, x, axis), _expand(b, x, axis)
+        if clamp_after:
+            return torch.clamp(_fq8(x, scale, zp, axis, signed=False), a, b)
         x = torch.clamp(x, a, b)
     return _fq8(x, scale, zp, axis, signed=False)
 

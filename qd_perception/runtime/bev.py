@@ -30,6 +30,8 @@ ONNX_INPUTS: tuple[str, ...] = ("images", "intrinsics", "cam2ego", "prev_bev", "
 ONNX_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_codes", "bev")
 #: metadata key holding the model config JSON in exported ONNX files
 ONNX_CONFIG_KEY = "qd_perception.bevformer.config"
+#: the graph's file name inside an artefact directory
+ARTEFACT_ONNX = "bevformer.onnx"
 
 
 @dataclass
@@ -145,13 +147,15 @@ class TorchBEVDetector(BEVDetectorBase):
 
 
 class OrtBEVDetector(BEVDetectorBase):
-    """ONNX Runtime backend for a graph written by ``qd-perception export bev``; the model config
-    travels in the ONNX metadata."""
+    """ONNX Runtime backend for a graph written by ``qd-perception export bev`` or ``quantize bev``
+    (the ``.onnx`` file or its artefact directory); the model config travels in the ONNX metadata."""
 
     def __init__(self, path: str | Path, score_threshold: float | None = None, threads: int = 0) -> None:
         import onnxruntime as ort
 
         path = Path(path)
+        if path.is_dir():  # an artefact directory (`export bev`, `quantize bev`)
+            path = path / ARTEFACT_ONNX
         if not path.is_file():
             raise ConfigError(f"ONNX model not found: {path}")
         so = ort.SessionOptions()
@@ -178,9 +182,9 @@ class OrtBEVDetector(BEVDetectorBase):
 def load_bev_detector(
     model_path: str | Path, score_threshold: float | None = None, device: str = "cpu", threads: int = 0
 ) -> BEVDetectorBase:
-    """A checkpoint (.pt) -> torch backend; an .onnx file -> ONNX Runtime backend (``threads``
-    intra-op threads, 0 = ORT default)."""
+    """A checkpoint (.pt) -> torch backend; an .onnx file or an artefact directory -> ONNX Runtime
+    backend (``threads`` intra-op threads, 0 = ORT default)."""
     p = Path(model_path)
-    if p.suffix == ".onnx":
+    if p.suffix == ".onnx" or p.is_dir():
         return OrtBEVDetector(p, score_threshold, threads)
     return TorchBEVDetector.from_checkpoint(p, score_threshold, device)

@@ -57,6 +57,8 @@ class QuantModule:
         new.input_quantizer = TensorQuantizer(act)
         new.weight_quantizer = TensorQuantizer(weight, axis=cls.weight_axis)
         new.output_quantizer = TensorQuantizer(act) if quantize_output else None
+        if new.output_quantizer is not None:
+            new.output_quantizer.clamp_after = True  # keeps ORT's integer fusion at < 8 bits
         new.quant_stage = stage
         return new
 
@@ -130,7 +132,7 @@ class QuantConvTranspose2d(nn.ConvTranspose2d, QuantModule):
 
 class QuantLinear(nn.Linear, QuantModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._out(F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias))
+        return self._out(F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self._bias()))
 
 
 class QuantAct(nn.Module):
@@ -140,6 +142,7 @@ class QuantAct(nn.Module):
         super().__init__()
         self.module = module
         self.output_quantizer = TensorQuantizer(spec or QuantSpec())
+        self.output_quantizer.clamp_after = True  # keeps ORT's integer fusion at < 8 bits
         self.quant_stage = stage
 
     def quantizers(self) -> list[TensorQuantizer]:
