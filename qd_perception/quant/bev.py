@@ -163,37 +163,15 @@ def stage_layer_counts(qmodel: nn.Module) -> dict[str, int]:
 
 
 # ---- data ---------------------------------------------------------------------------------------
-def temporal_inputs(model: nn.Module, dataset, index: int, queue_length: int):
-    """``(prev_bev, prev_valid, prev_from_cur)`` of sample ``index``: the BEV of its history
-    (up to ``queue_length - 1`` previous keyframes of the scene) run through ``model`` without
-    gradient in eval mode, as ``train bev`` trains; all None without history."""
-    from qd_perception.train.bev_data import collate, ego_motion
-
-    history = dataset.history(index, queue_length)
-    if not history:
-        return None, None, None
-    was_training = model.training
-    model.eval()
-    prev_bev, last = None, None
-    with torch.no_grad():
-        for s in history:
-            b = collate([s])
-            kw = {}
-            if last is not None:
-                kw = dict(prev_bev=prev_bev, prev_valid=torch.ones(1),
-                          prev_from_cur=torch.from_numpy(ego_motion(last, s))[None])  # fmt: skip
-            prev_bev = model.encode(b.images, b.intrinsics, b.cam2ego, **kw).bev
-            last = s
-    model.train(was_training)
-    return prev_bev, torch.ones(1), torch.from_numpy(ego_motion(history[-1], dataset[index]))[None]
-
-
 def forward_sample(model: nn.Module, dataset, index: int, queue_length: int):
-    """``(BEVFormerOutputs, Batch)`` of sample ``index`` (batch of one) with its temporal input."""
-    from qd_perception.train.bev_data import collate
+    """``(BEVFormerOutputs, Batch)`` of sample ``index`` (batch of one) with its temporal input:
+    the history's BEV computed as ``train bev`` computes it (``train.bev.encode_history``)."""
+    from qd_perception.train.bev import encode_history
+    from qd_perception.train.bev_data import NO_AUGMENT, TemporalSamples, collate_temporal
 
-    prev = temporal_inputs(model, dataset, index, queue_length)
-    batch = collate([dataset[index]])
+    tb = collate_temporal([TemporalSamples(dataset, queue_length, NO_AUGMENT)[index]])
+    prev = encode_history(model, tb)
+    batch = tb.current
     return model(batch.images, batch.intrinsics, batch.cam2ego, *prev), batch
 
 
@@ -313,14 +291,13 @@ def qat_step(
     index: int,
     cfg: BEVQATConfig,
     distill: bool,
-    extra: Any = None,
 ) -> tuple[float, float, float]:
     """One optimisation step of the fake-quant student on sample ``index``; returns
     (total, detection, distillation or nan). The task loss is ``detection_loss`` (the one entry
     point); ``teacher`` (frozen float model) runs on the same inputs with its own history."""
     qmodel.train()
     out, batch = forward_sample(qmodel, dataset, index, cfg.queue_length)
-    det = detection_loss(out, batch.targets, qmodel.cfg.loss, extra)
+    det = detection_loss(out, batch.targets, qmodel.cfg, extra=batch)
     total = det.total
     d_val = float("nan")
     if distill and teacher is not None:
