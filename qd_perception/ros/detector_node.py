@@ -49,16 +49,8 @@ import numpy as np
 from qd_perception.config import ConfigError
 from qd_perception.data.types import CameraInput, Detections, Frame
 from qd_perception.geometry.rig import load_rig
-from qd_perception.ros.convert import (
-    ConvertError,
-    camera_info_to_K,
-    detections_to_msg,
-    image_to_rgb8,
-    ns_to_stamp,
-    odometry_to_pose,
-    pointcloud2_to_xyzi,
-    stamp_to_ns,
-)
+from qd_perception.ros.convert import detections_to_msg, ns_to_stamp
+from qd_perception.ros.frontend import SensorFrontEnd
 from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inputs
 from qd_perception.ros.markers import detections_to_markers
 from qd_perception.ros.node_config import DetectorNodeConfig
@@ -120,8 +112,13 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 required, cfg.sync, optional=optional, pivot=required[0], on_reset=self._on_reset
             )
             self.sweeps = SweepAccumulator(cfg.sweeps)
-            self.bad_input: Counter[str] = Counter()
             self._last_log: dict[str, float] = {}
+            self.frontend = SensorFrontEnd(
+                cfg.input_checks, self.lidar2ego, cfg.lidar_frame, cfg.frame_id, self._warn,
+                lambda: self.get_clock().now().nanoseconds, cfg.latency_stamp_window_s, cfg.image_size,
+                cfg.sync.reset_after_jump_s,
+            )  # fmt: skip
+            self.bad_input: Counter[str] = self.frontend.bad_input
             self.stats: Counter[str] = Counter()
             self.processing_ms: deque[float] = deque(maxlen=cfg.latency_window)
             self.latency_ms: deque[float] = deque(maxlen=cfg.latency_window)
@@ -201,14 +198,6 @@ def make_node(node_name: str, default_detector: str) -> Any:
             self.get_logger().info(f"warm-up detection took {self.warmup_ms:.0f} ms; ready")
 
         # -- arrival (executor thread) -----------------------------------------------------
-        def _drop(self, stream: str, reason: str, detail: str, stamp_ns: int | None = None) -> None:
-            self.bad_input[reason] += 1
-            when = f" at {stamp_ns / 1e9:.3f} s" if stamp_ns is not None else ""
-            self._warn(
-                reason,
-                f"dropped {stream} message{when}: {detail} [bad_input.{reason}={self.bad_input[reason]}]",
-            )
-
         def _warn(self, key: str, text: str, period_s: float = 1.0) -> None:
             """Warning throttled per ``key`` (rclpy throttles per call site: one kind would hide another)."""
             now = time.monotonic()
@@ -250,66 +239,25 @@ def make_node(node_name: str, default_detector: str) -> Any:
 
         def _on_cloud(self, msg: Any) -> None:
             t_recv = time.monotonic()
-            stamp = stamp_to_ns(msg.header.stamp)
-            try:
-                xyzi, n_bad = pointcloud2_to_xyzi(msg)
-            except ConvertError as e:
-                reason = "pointcloud_missing_field" if "no field" in str(e) else "pointcloud_malformed"
-                self._drop(LIDAR, reason, str(e), stamp)
-                return
-            if n_bad:
-                self.stats["nonfinite_points"] += n_bad
-                self._warn(
-                    "nonfinite", f"removed {n_bad} non-finite points from the cloud at {stamp / 1e9:.3f} s"
-                )
-            if len(xyzi) == 0:
-                self._drop(LIDAR, "pointcloud_empty", "no (finite) points", stamp)
-                return
-            frame = msg.header.frame_id
-            if frame == self.cfg.lidar_frame:
-                T = self.lidar2ego.astype(np.float32)
-                xyzi[:, :3] = xyzi[:, :3] @ T[:3, :3].T + T[:3, 3]
-            elif frame != self.cfg.frame_id:
-                self._drop(
-                    LIDAR,
-                    "pointcloud_frame",
-                    f"frame_id {frame!r} is neither {self.cfg.lidar_frame!r} nor {self.cfg.frame_id!r}",
-                    stamp,
-                )
-                return
-            self._offer(LIDAR, stamp, xyzi, t_recv)
+            got = self.frontend.cloud(LIDAR, msg)
+            if got is not None:
+                self._offer(LIDAR, got[0], got[1], t_recv)
 
         def _on_image(self, cam: str, msg: Any) -> None:
             t_recv = time.monotonic()
-            stamp = stamp_to_ns(msg.header.stamp)
-            try:
-                rgb = image_to_rgb8(msg)
-            except ConvertError as e:
-                reason = "image_encoding" if "encoding" in str(e) else "image_malformed"
-                self._drop(cam, reason, str(e), stamp)
-                return
-            H, W = self.cfg.image_size
-            if (H, W) != (0, 0) and rgb.shape[:2] != (H, W):
-                self._drop(
-                    cam, "image_size", f"image is {rgb.shape[1]}x{rgb.shape[0]}, expected {W}x{H}", stamp
-                )
-                return
-            self._offer(cam, stamp, rgb, t_recv)
+            got = self.frontend.image(cam, msg)
+            if got is not None:
+                self._offer(cam, got[0], got[1], t_recv)
 
         def _on_info(self, cam: str, msg: Any) -> None:
-            try:
-                self.camera_K[cam] = camera_info_to_K(msg)
-            except ConvertError as e:
-                self._drop(f"{cam}/camera_info", "camera_info", str(e))
+            got = self.frontend.camera_info(cam, msg)
+            if got is not None:
+                self.camera_K[cam] = got
 
         def _on_odom(self, msg: Any) -> None:
-            stamp = stamp_to_ns(msg.header.stamp)
-            try:
-                pose = odometry_to_pose(msg)
-            except ConvertError as e:
-                self._drop(ODOM, "odometry_malformed", str(e), stamp)
-                return
-            self.policy.add(ODOM, stamp, pose)
+            got = self.frontend.odometry(ODOM, msg)
+            if got is not None:
+                self.policy.add(ODOM, got[0], got[1])
 
         def _on_reset(self, reason: str) -> None:
             self.get_logger().warning(f"synchroniser reset: {reason}; temporal state cleared")
@@ -398,6 +346,7 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 ego_velocity=odom[1] if odom is not None else None,
             )
             dets: Detections = self.detector.detect(frame)
+            self._check_temporal_state(stamp_ns)
             stamp = ns_to_stamp(stamp_ns)
             self.pub_det.publish(detections_to_msg(dets, stamp_ns, cfg.frame_id))
             if self.pub_markers.get_subscription_count():
@@ -412,6 +361,22 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 self.latency_ms.append((now_ns - stamp_ns) / 1e6)
             else:
                 self.stats["unrelated_stamps"] += 1
+
+        def _check_temporal_state(self, stamp_ns: int) -> None:
+            """A non-finite temporal state (BEV history) would poison every later frame: drop it.
+
+            The inputs are validated on arrival, so this is the last line of defence (a model
+            that overflows on valid input); counted as ``temporal_state_resets``.
+            """
+            state = getattr(getattr(self.detector, "state", None), "bev", None)
+            if state is not None and not np.isfinite(state).all():
+                self.detector.reset()
+                self.stats["temporal_state_resets"] += 1
+                self._warn(
+                    "temporal_state",
+                    f"non-finite temporal state after the frame at {stamp_ns / 1e9:.3f} s: history reset "
+                    f"[temporal_state_resets={self.stats['temporal_state_resets']}]",
+                )
 
         # -- diagnostics -------------------------------------------------------------------
         def diagnostics(self) -> dict[str, float | int | str]:
@@ -429,8 +394,10 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 for k in ("received", "matched", "dropped", "late"):
                     out[f"sync.{name}.{k}"] = getattr(c, k)
             for k in ("frames_in", "frames_out", "skipped_no_subscribers", "dropped_busy", "detector_errors",
-                      "missing_odometry", "nonfinite_points", "stall_warnings"):  # fmt: skip
+                      "missing_odometry", "stall_warnings", "temporal_state_resets"):  # fmt: skip
                 out[k] = self.stats[k]
+            for k in ("nonfinite_points", "out_of_range_points"):
+                out[k] = self.frontend.stats[k]
             out["bad_input"] = sum(self.bad_input.values())
             for k, v in self.bad_input.items():
                 out[f"bad_input.{k}"] = v
@@ -450,7 +417,7 @@ def make_node(node_name: str, default_detector: str) -> Any:
         def _publish_diagnostics(self) -> None:
             DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
             d = self.diagnostics()
-            problems = d["bad_input"] or d["detector_errors"] or d["sync.late"]
+            problems = d["bad_input"] or d["detector_errors"] or d["sync.late"] or d["temporal_state_resets"]
             level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
             st = DiagnosticStatus(
                 level=level,
