@@ -71,10 +71,11 @@ def echo(value: Any) -> str:
 class _StampGuard:
     """Guard of all streams of one node against stamps from the future (see :class:`InputChecks`).
 
-    A stamp is expected no later than ``tol`` after the latest of: its own stream's last stamp
-    plus its median period, and the last stamp of every other stream. So one camera coming back
-    after a silence while the lidar kept streaming is accepted at once; a lone cloud 0.9 s ahead
-    of everything else is not.
+    Once a stream has three stamps, a stamp is expected no later than ``tol`` after the latest
+    of: its own last stamp plus its median period, and the last stamp of every other stream. So
+    one camera coming back after a silence while the lidar kept streaming is accepted at once, a
+    1 Hz stream is not "ahead" by its period, and a lone cloud 0.9 s ahead of everything else is
+    refused.
     """
 
     def __init__(self, checks: InputChecks, jump_s: float) -> None:
@@ -91,10 +92,11 @@ class _StampGuard:
         # original stamps against the wall clock is not): it never resynchronises
         if now_ns > 0 and abs(stamp_ns - now_ns) <= clock_window_ns and stamp_ns > now_ns + self.tol_ns:
             return f"{(stamp_ns - now_ns) / 1e9:.3f} s ahead of the node clock"
-        refs = [r[-1] for k, r in self.recent.items() if r and k != stream]
-        if mine:
-            period = int(np.median(np.diff(mine))) if len(mine) > 2 else 0
-            refs.append(mine[-1] + max(period, 0))
+        # judged once the stream has a period (3 stamps): a 1 Hz camera is not "ahead" by 1 s
+        refs = []
+        if len(mine) >= 3:
+            refs = [r[-1] for k, r in self.recent.items() if r and k != stream]
+            refs.append(mine[-1] + max(int(np.median(np.diff(mine))), 0))
         # Further ahead than the synchroniser's jump threshold is a clock jump (data starting,
         # simulator restart): accepted; if it was a lone outlier, the next real stamp is a jump
         # back and the synchroniser resets (one reset, not a blind stream).
