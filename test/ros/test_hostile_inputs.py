@@ -23,12 +23,12 @@ from test_detector_node import (
 S = 10**9
 
 
-def _publish_paced(h: Harness, topic: str, msgs: list) -> None:
+def _publish_paced(driver, topic: str, msgs: list) -> None:
     """Publish with a little spinning in between (best-effort QoS: a burst would overflow queues)."""
     for k, m in enumerate(msgs):
-        h.d.publish(topic, m)
+        driver.publish(topic, m)
         if k % 10 == 9:
-            h.d.spin(0.01)
+            driver.spin(0.01)
 
 
 def _hostile_clouds(rng: np.random.Generator, t0: int, n: int) -> list:
@@ -110,8 +110,8 @@ def test_lidar_node_survives_hundreds_of_hostile_messages(fuzz_lidar):
     rng = np.random.default_rng(16)
     clouds = _hostile_clouds(rng, h.t + S // 2, 400)
     odoms = _hostile_odometry(h.t + S // 2, 200)
-    _publish_paced(h, LIDAR_T, clouds)
-    _publish_paced(h, ODOM_T, odoms)
+    _publish_paced(h.d, LIDAR_T, clouds)
+    _publish_paced(h.d, ODOM_T, odoms)
     assert h.proc.alive(), h.proc.output()[-3000:]
     # every kind is counted under its own reason; best effort may lose a few, never invent any
     want = ["pointcloud_malformed", "pointcloud_missing_field", "pointcloud_empty", "pointcloud_frame",
@@ -205,10 +205,7 @@ def test_camera_node_not_blinded_by_one_bad_camera_info_or_odometry(driver, tmp_
             driver.publish(topic, info)
             if k % 10 == 9:
                 driver.spin(0.01)
-        for k, m in enumerate(_hostile_odometry(40 * S, 200)):
-            driver.publish("/hb/odom", m)
-            if k % 10 == 9:
-                driver.spin(0.01)
+        _publish_paced(driver, "/hb/odom", _hostile_odometry(40 * S, 200))
 
         def bad(reason: str) -> int:
             return int(diag_values(diags[-1]).get(f"bad_input.{reason}", 0)) if diags else 0
@@ -248,3 +245,48 @@ def test_corrupt_model_file_is_a_configuration_error(tmp_path, content):
     assert rc == 2, out[-2000:]
     line = [ln for ln in out.splitlines() if "configuration error" in ln]
     assert len(line) == 1 and str(bad) in line[0] and "Traceback" not in out
+
+
+def test_recorder_applies_the_detector_checks(driver, tmp_path):
+    """calibration_recorder: the cloud that killed it and clouds at ~8.8e29 m are dropped or
+    cleaned and counted; the stored set holds only plausible frames."""
+    import json
+
+    from sensor_msgs.msg import PointCloud2
+    from std_msgs.msg import String
+    from test_calibration_recorder import LIDAR_T as REC_T
+    from test_calibration_recorder import NODE as REC
+    from test_calibration_recorder import start_node
+
+    from qd_perception.data.calib_store import CalibrationSet
+
+    out_dir = tmp_path / "calib"
+    node = start_node(tmp_path, out_dir, "h", **{"sweeps.max_sweeps": 1, "use_odometry": False,
+                                                 "detections_wait_s": 0.0})  # fmt: skip
+    try:
+        status: list = driver.record(String, f"/{REC}/status")
+        driver.publisher(PointCloud2, REC_T)
+        assert driver.wait_for_subscribers(REC_T, timeout=60), node.output()
+        driver.spin(1.0)
+        rng = np.random.default_rng(3)
+        t0 = 2000 * S
+        _publish_paced(driver, REC_T, _hostile_clouds(rng, t0, 200))
+        half = car_cloud(rng)
+        half[: len(half) // 2, 0] = 8.8e29  # half the points absurd: removed, the rest kept
+        t = t0 + S
+        for k in range(4):
+            driver.publish(REC_T, cloud_msg(half if k == 0 else car_cloud(rng), t + k * S // 10))
+            driver.spin(0.1)
+
+        def last() -> dict:
+            return json.loads(status[-1].data) if status else {}
+
+        assert driver.spin_until(lambda: last().get("stored", 0) >= 3, 20), (last(), node.output()[-3000:])
+        s = last()
+        assert node.alive()
+        assert s["bad_input.pointcloud_malformed"] > 0 and s["bad_input.pointcloud_empty"] > 0, s
+        assert s["out_of_range_points"] >= len(half) // 2, s
+    finally:
+        assert node.stop() == 0, node.output()[-2000:]
+    cs = CalibrationSet(out_dir)
+    assert len(cs) >= 3 and all(np.abs(f.points[:, :3]).max() < 1000 for f in cs)
