@@ -70,6 +70,13 @@ def _percentiles(values: deque[float]) -> dict[str, float]:
     return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(a.max())}
 
 
+def temporal_state_poisoned(detector: Any) -> bool:
+    """True when ``detector`` keeps a temporal state (``detector.state.bev``, the camera BEV
+    history) that holds a non-finite value: fed back, it would poison every later frame."""
+    bev = getattr(getattr(detector, "state", None), "bev", None)
+    return bev is not None and not bool(np.isfinite(bev).all())
+
+
 def make_node(node_name: str, default_detector: str) -> Any:
     """Create the node (imports rclpy lazily so this module's docs build without ROS)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -368,8 +375,7 @@ def make_node(node_name: str, default_detector: str) -> Any:
             The inputs are validated on arrival, so this is the last line of defence (a model
             that overflows on valid input); counted as ``temporal_state_resets``.
             """
-            state = getattr(getattr(self.detector, "state", None), "bev", None)
-            if state is not None and not np.isfinite(state).all():
+            if temporal_state_poisoned(self.detector):
                 self.detector.reset()
                 self.stats["temporal_state_resets"] += 1
                 self._warn(

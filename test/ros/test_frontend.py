@@ -151,3 +151,16 @@ def test_stamp_ahead_of_node_clock_refused():
     assert fe.cloud("lidar", _cloud(pts, 1000 * S + 9 * S // 10)) is None
     assert fe.cloud("lidar", _cloud(pts, 1000 * S)) is not None
     assert fe.bad_input == {"pointcloud_stamp_future": 1}
+
+
+def test_poisoned_temporal_state_detected():
+    from types import SimpleNamespace
+
+    from qd_perception.ros.detector_node import temporal_state_poisoned
+
+    bev = np.zeros((1, 4, 2), np.float32)
+    assert not temporal_state_poisoned(SimpleNamespace(state=SimpleNamespace(bev=bev)))
+    assert not temporal_state_poisoned(SimpleNamespace(state=None))  # no history yet
+    assert not temporal_state_poisoned(object())  # a detector without temporal state
+    bev[0, 1, 0] = np.nan
+    assert temporal_state_poisoned(SimpleNamespace(state=SimpleNamespace(bev=bev)))
