@@ -47,7 +47,8 @@ class InputChecks:
         of the newest stamp of the inputs (the other streams' last, its own last + median period)
         by up to the synchroniser's ``reset_after_jump_s``, is dropped (``<kind>_stamp_future``):
         it cannot move the synchroniser's horizon. After ``future_resync`` such stamps in a row
-        the stream is taken to have jumped and is followed.
+        the stream is taken to have jumped and is followed (a stream persistently ahead of the
+        node clock, a skewed sensor clock, is from then on judged against the other inputs only).
     """
 
     max_points: int = 1_000_000
@@ -84,27 +85,35 @@ class _StampGuard:
         self.resync = checks.future_resync
         self.recent: dict[str, list[int]] = {}  # stream -> last accepted stamps, oldest first
         self.ahead: Counter[str] = Counter()  # stream -> consecutive refused stamps
+        self.skewed: set[str] = set()  # streams persistently ahead of the node clock
 
     def refuse(self, stream: str, stamp_ns: int, now_ns: int, clock_window_ns: int) -> str | None:
         """Why ``stamp_ns`` is refused, or None (then it is remembered as accepted)."""
         mine = self.recent.setdefault(stream, [])
+        why = None
         # the node clock is only a reference for stamps related to it (a bag replayed with its
-        # original stamps against the wall clock is not): it never resynchronises
-        if now_ns > 0 and abs(stamp_ns - now_ns) <= clock_window_ns and stamp_ns > now_ns + self.tol_ns:
-            return f"{(stamp_ns - now_ns) / 1e9:.3f} s ahead of the node clock"
+        # original stamps against the wall clock is not), and not for a stream that has been
+        # ahead of it persistently (a sensor clock skewed against this machine's)
+        use_clock = stream not in self.skewed and now_ns > 0 and abs(stamp_ns - now_ns) <= clock_window_ns
+        if use_clock and stamp_ns > now_ns + self.tol_ns:
+            why = f"{(stamp_ns - now_ns) / 1e9:.3f} s ahead of the node clock"
         # judged once the stream has a period (3 stamps): a 1 Hz camera is not "ahead" by 1 s
-        refs = []
-        if len(mine) >= 3:
+        elif len(mine) >= 3:
             refs = [r[-1] for k, r in self.recent.items() if r and k != stream]
-            refs.append(mine[-1] + max(int(np.median(np.diff(mine))), 0))
-        # Further ahead than the synchroniser's jump threshold is a clock jump (data starting,
-        # simulator restart): accepted; if it was a lone outlier, the next real stamp is a jump
-        # back and the synchroniser resets (one reset, not a blind stream).
-        if refs and max(refs) + self.tol_ns < stamp_ns <= max(refs) + self.jump_ns:
+            ref = max([*refs, mine[-1] + max(int(np.median(np.diff(mine))), 0)])
+            # Further ahead than the synchroniser's jump threshold is a clock jump (data starting,
+            # simulator restart): accepted; if it was a lone outlier, the next real stamp is a
+            # jump back and the synchroniser resets (one reset, not a blind stream).
+            if ref + self.tol_ns < stamp_ns <= ref + self.jump_ns:
+                why = f"{(stamp_ns - ref) / 1e9:.3f} s after the newest stamp of the inputs"
+        if why is not None:
             self.ahead[stream] += 1
             if self.ahead[stream] < self.resync:
-                return f"{(stamp_ns - max(refs)) / 1e9:.3f} s after the newest stamp of the inputs"
-            mine.clear()  # several in a row: the stream really jumped, follow it
+                return why
+            # several in a row: the stream really jumped (or its clock is skewed): follow it
+            mine.clear()
+            if "node clock" in why:
+                self.skewed.add(stream)
         self.ahead[stream] = 0
         if mine and stamp_ns < mine[-1]:
             mine.clear()  # clock moved back (bag restarted): the synchroniser resets too

@@ -151,6 +151,9 @@ def test_stamp_ahead_of_node_clock_refused():
     assert fe.cloud("lidar", _cloud(pts, 1000 * S + 9 * S // 10)) is None
     assert fe.cloud("lidar", _cloud(pts, 1000 * S)) is not None
     assert fe.bad_input == {"pointcloud_stamp_future": 1}
+    # a sensor clock 2 s ahead of this machine's: refused future_resync - 1 times, then followed
+    got = [fe.odometry("odom", _odom(1002 * S + k * S // 10)) is not None for k in range(5)]
+    assert got == [False, False, True, True, True]
 
 
 def test_poisoned_temporal_state_detected():
