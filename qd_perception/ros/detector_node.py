@@ -6,11 +6,13 @@ are subscribed (plus ``inputs`` in :class:`DetectorNodeConfig`). ``lidar_detecto
 
 Data path (executor thread -> worker thread):
 
-1. Every message is converted and validated **on arrival** (:mod:`qd_perception.ros.convert`);
-   a bad one (truncated or malformed PointCloud2, missing x/y/z, empty cloud, image of the wrong
-   size or encoding, bad odometry) is logged, counted under ``bad_input.<reason>`` and never
-   enters the synchroniser. Non-finite points are removed and counted, the frame goes on.
-   Lidar points are moved into the ego frame with the rig's ``lidar2ego``.
+1. Every message is converted and validated **on arrival** by the shared front-end
+   (:mod:`qd_perception.ros.frontend`, the same checks as ``calibration_recorder``); a bad one
+   (malformed PointCloud2, missing x/y/z, empty or oversized cloud, image of the wrong size or
+   encoding, implausible CameraInfo or Odometry, a stamp from the future) is logged (throttled
+   per reason), counted under ``bad_input.<reason>`` and never enters the synchroniser; no
+   exception of a message leaves its callback. Non-finite and out-of-range points are removed
+   and counted, the frame goes on. Lidar points are moved into the ego frame with ``lidar2ego``.
 2. The approximate-time policy (:mod:`qd_perception.sync`) forms sets; its counters (matched,
    dropped, late per input; resets on clock jumps) are published in the diagnostics.
 3. A set goes to a one-slot mailbox; the worker thread merges sweeps, runs the detector and
