@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from qd_perception.config import ConfigError
+
 #: name -> (module under qd_perception.commands, one-line help). Explicit, no registry magic.
 COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("sim", "generate a synthetic nuScenes-format data set (and rosbag2 files)"),
@@ -53,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qd-perception {name}: not available ({e})", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    return int(_module(COMMANDS[name][0]).run(args) or 0)
+    try:
+        return int(_module(COMMANDS[name][0]).run(args) or 0)
+    except ConfigError as e:  # a wrong or corrupt input file: one line naming it, no traceback
+        print(f"qd-perception {name}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

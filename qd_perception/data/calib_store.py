@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -49,6 +50,12 @@ INDEX_NAME = "index.json"
 LAYOUT_NAME = "recorder.json"
 FRAMES_DIR = "frames"
 INDEX_VERSION = 1
+#: Names of the files the store writes under frames/ (frames, and their temporary files): the
+#: only ones it ever deletes.
+_OWN_FRAME = re.compile(r"^\d{8}\.npz$|^\.\d{8}\.npz\..*\.tmp$")
+#: Largest |coordinate| (m, ego frame) of a calibration point. Calibration takes max-min ranges:
+#: one point at 1e29 m would make every activation range garbage, so such frames are refused.
+MAX_POINT_COORD_M = 1e4
 
 #: Names of the entries of :func:`scene_features`, in order (documented in the index file too).
 FEATURE_NAMES: tuple[str, ...] = (
@@ -174,8 +181,36 @@ def save_frame(path: Path, frame: Frame, store_images: bool = True, compress: bo
     _atomic_write_bytes(path, lambda fh: saver(fh, **arrays))
 
 
+def check_frame(frame: Frame) -> str:
+    """Why ``frame`` cannot be calibration data ("" when it can): non-finite points, poses or
+    intrinsics, or coordinates beyond :data:`MAX_POINT_COORD_M`."""
+    if frame.points is not None:
+        pts = np.asarray(frame.points)
+        if not np.isfinite(pts).all():
+            return "points are not all finite"
+        if pts.size and np.abs(pts[:, :3]).max() > MAX_POINT_COORD_M:
+            return (
+                f"points lie beyond {MAX_POINT_COORD_M:g} m (max |coordinate| {np.abs(pts[:, :3]).max():.3g})"
+            )
+    if not np.isfinite(np.asarray(frame.ego2global, np.float64)).all():
+        return "ego2global is not finite"
+    for c in frame.cameras:
+        if not (np.isfinite(c.intrinsics).all() and np.isfinite(c.cam2ego).all()):
+            return f"camera {c.name}: intrinsics or cam2ego not finite"
+    return ""
+
+
 def load_frame(path: Path) -> Frame:
-    """Read a frame written by :func:`save_frame`."""
+    """Read a frame written by :func:`save_frame`; a frame :func:`check_frame` refuses is a
+    ValueError naming the file (a calibration set must not calibrate on garbage)."""
+    frame = _read_frame(path)
+    why = check_frame(frame)
+    if why:
+        raise ValueError(f"calibration frame {path}: {why}; remove it (or re-record the set)")
+    return frame
+
+
+def _read_frame(path: Path) -> Frame:
     with np.load(path, allow_pickle=False) as z:
         cams: list[CameraInput] = []
         if "camera_names" in z:
@@ -258,7 +293,9 @@ class CalibrationStore:
         self._offered = 0
         self._considered = 0
         self._last_considered_us: int | None = None
+        self._invalid = 0  # frames refused by check_frame (this session)
         self._last_index_write = -1e9
+        self._check_root()
         (self.root / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -266,6 +303,23 @@ class CalibrationStore:
     def open(cls, root: str | Path, cfg: CalibStoreConfig | None = None) -> CalibrationStore:
         """Open (or create) a store, resuming from its index when one exists."""
         return cls(root, cfg)
+
+    def _check_root(self) -> None:
+        """Refuse a non-empty directory that is not a calibration set (a mistyped ``out_dir``):
+        the index is the store's marker (written when the store is created). An empty
+        ``frames/`` alone is a store that crashed before its first index write."""
+        if not self.root.exists() or (self.root / INDEX_NAME).exists():
+            return
+        if not self.root.is_dir():
+            raise ValueError(f"calibration store {self.root} is not a directory")
+        others = [p.name for p in self.root.iterdir() if not (p.name == FRAMES_DIR and p.is_dir())]
+        frames = self.root / FRAMES_DIR
+        if others or (frames.is_dir() and any(frames.iterdir())):
+            shown = sorted(others)[:5] or [FRAMES_DIR]
+            raise ValueError(
+                f"{self.root} is not empty and is not a calibration set (no {INDEX_NAME}; holds "
+                f"{shown}): refusing to write there. Choose another out_dir or an empty directory"
+            )
 
     # ---- state
     def __len__(self) -> int:
@@ -282,7 +336,12 @@ class CalibrationStore:
     @property
     def counters(self) -> dict[str, int]:
         """Offered / considered counts since creation (persisted) and current size."""
-        return {"offered": self._offered, "considered": self._considered, "stored": len(self._entries)}
+        return {
+            "offered": self._offered,
+            "considered": self._considered,
+            "stored": len(self._entries),
+            "invalid": self._invalid,
+        }
 
     def features(self) -> np.ndarray:
         """(M, F) raw scene features of the members, in member order."""
@@ -302,7 +361,12 @@ class CalibrationStore:
 
     # ---- writing
     def offer(self, frame: Frame, detections: Detections | None = None) -> OfferResult:
-        """Offer one frame; keep it if the sampling gate and the diversity rule allow."""
+        """Offer one frame; keep it if it is valid (:func:`check_frame`) and the sampling gate
+        and the diversity rule allow."""
+        why = check_frame(frame)
+        if why:
+            self._invalid += 1
+            return OfferResult(False, False, reason=f"invalid: {why}")
         self._offered += 1
         if (self._offered - 1) % self.cfg.sample_every != 0:
             return OfferResult(False, False, reason="sampling rate")
@@ -413,11 +477,16 @@ class CalibrationStore:
                     )
                 )
         # A crash between writing a frame and the index (or between the index and deleting an
-        # evicted frame) leaves files the index does not list: remove them, and temp files.
+        # evicted frame) leaves files the index does not list: remove them, and temp files;
+        # only names the store writes (anything else is not ours to delete).
         listed = {self.root / e.file for e in self._entries}
         for p in frames_dir.iterdir():
-            if p not in listed:
+            if p in listed:
+                continue
+            if p.is_file() and _OWN_FRAME.match(p.name):
                 p.unlink(missing_ok=True)
+            else:
+                log.warning("calibration store %s: %s is not the store's; left in place", self.root, p)
         for p in self.root.glob(f".{INDEX_NAME}.*.tmp"):
             p.unlink(missing_ok=True)
         if len(self._entries) > self.cfg.capacity:
@@ -430,8 +499,7 @@ class CalibrationStore:
                 second = np.sort(d, axis=1)[:, 1] if len(d) > 2 else np.zeros(len(d))
                 old = self._entries.pop(int(i if second[i] < second[j] else j))
                 (self.root / old.file).unlink(missing_ok=True)
-        if index.exists() or self._entries:
-            self._write_index()
+        self._write_index()  # also the marker of a new store (see _check_root)
 
 
 def _read_index(path: Path) -> dict:

@@ -2,8 +2,10 @@
 
 Everything reads the message buffer with ``np.frombuffer`` (zero copy) and writes with
 ``msg.data = array.tobytes()`` (assigning a numpy array to a ``uint8[]`` field goes element by
-element through Python: 246 ms for one image). Malformed input raises :class:`ConvertError`
-whose message says what is wrong; the nodes count and drop such messages.
+element through Python: 246 ms for one image). Malformed input raises a :class:`ConvertError`
+whose message says what is wrong and whose class (its ``reason``: ``malformed``,
+``missing_field``, ``encoding``, ``too_large``, ``out_of_range``) says what kind of wrong, so the
+nodes count the drop under that reason without reading the text.
 
 Frames: ``PointCloud2`` points stay in the message's frame (the nodes transform with the rig);
 ``Odometry`` -> ``parent <- child`` transform (``map <- base_link``) with the twist in the child
@@ -13,7 +15,7 @@ frame (REP-105).
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,6 +28,41 @@ NS_PER_S = 1_000_000_000
 
 class ConvertError(ValueError):
     """A message cannot be converted (truncated, inconsistent sizes, unsupported layout...)."""
+
+    reason: ClassVar[str] = "malformed"
+
+
+class MissingFieldError(ConvertError):
+    """A required field (x, y, z) is absent."""
+
+    reason = "missing_field"
+
+
+class EncodingError(ConvertError):
+    """An image encoding that is unknown or not usable here."""
+
+    reason = "encoding"
+
+
+class TooLargeError(ConvertError):
+    """More data than the configured cap (a denial-of-service guard)."""
+
+    reason = "too_large"
+
+
+class OutOfRangeError(ConvertError):
+    """Finite but implausible values (intrinsics of 1e300, a position beyond the planet)."""
+
+    reason = "out_of_range"
+
+
+#: Plausibility bounds of the message checks (SI units; generous: they catch garbage, not drift).
+MAX_FOCAL_PX = 1e5  # fx, fy, |cx|, |cy|, |skew| of a CameraInfo K
+MAX_IMAGE_SIDE = 65_535  # CameraInfo width / height
+MAX_POSITION_M = 1e7  # |odometry position| (UTM northings are < 1e7 m)
+MAX_SPEED_M_S = 500.0  # |odometry linear velocity|
+MAX_ANGULAR_RAD_S = 100.0  # |odometry angular velocity|
+QUAT_NORM_TOL = 0.1  # |norm(q) - 1|: a quaternion further off is not an orientation
 
 
 # -- stamps -----------------------------------------------------------------------------------
@@ -60,27 +97,30 @@ def pointcloud2_dtype(fields: Any, point_step: int, is_bigendian: bool) -> np.dt
             raise ConvertError(f"PointCloud2 field {f.name!r} appears twice")
         count = int(f.count)
         base = np.dtype(order + code)
-        formats.append(base if count == 1 else np.dtype((base, (count,))))
-        names.append(f.name)
-        offsets.append(int(f.offset))
         end = int(f.offset) + base.itemsize * max(count, 1)
-        if end > point_step:
+        if end > point_step:  # also bounds count before numpy sizes a sub-array with it
             raise ConvertError(
                 f"PointCloud2 field {f.name!r} ends at byte {end} beyond point_step {point_step}"
             )
+        formats.append(base if count <= 1 else np.dtype((base, (count,))))
+        names.append(f.name)
+        offsets.append(int(f.offset))
     try:
         return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
-    except ValueError as e:  # overlapping fields
+    except (ValueError, TypeError, OverflowError) as e:  # overlapping fields
         raise ConvertError(f"PointCloud2 fields overlap or are invalid: {e}") from e
 
 
-def pointcloud2_to_array(msg: Any) -> np.ndarray:
+def pointcloud2_to_array(msg: Any, max_points: int = 0) -> np.ndarray:
     """``PointCloud2`` -> (height * width,) structured array, zero copy when rows are unpadded.
 
     Validates point_step against the fields, row_step against width * point_step and the data
-    length against height * row_step.
+    length against height * row_step; ``max_points`` > 0 refuses larger clouds
+    (:class:`TooLargeError`) before anything is read.
     """
     h, w, ps, rs = int(msg.height), int(msg.width), int(msg.point_step), int(msg.row_step)
+    if max_points > 0 and h * w > max_points:
+        raise TooLargeError(f"PointCloud2 has {h} x {w} points, more than max_points {max_points}")
     if ps <= 0 and h * w > 0:
         raise ConvertError(f"PointCloud2 point_step is {ps}")
     dtype = pointcloud2_dtype(msg.fields, max(ps, 1), bool(msg.is_bigendian))
@@ -96,27 +136,31 @@ def pointcloud2_to_array(msg: Any) -> np.ndarray:
         )
     if n > h * rs:
         raise ConvertError(f"PointCloud2 data has {n} bytes, expected {h * rs}")
-    raw = np.frombuffer(buf, np.uint8)
     if rs == w * ps:
         return np.frombuffer(buf, dtype, count=h * w)
-    rows = [np.frombuffer(raw[r * rs : r * rs + w * ps].tobytes(), dtype) for r in range(h)]
-    return np.concatenate(rows)
+    # padded rows: one strided view of the (h, w * ps) payload bytes, one copy (the last row may
+    # lack its padding, the view never reaches past its points)
+    raw = np.frombuffer(buf, np.uint8)
+    rows = np.lib.stride_tricks.as_strided(raw, shape=(h, w * ps), strides=(rs, 1), writeable=False)
+    return np.ascontiguousarray(rows).view(dtype).reshape(h * w)
 
 
 def field_as_float32(cloud: np.ndarray, name: str) -> np.ndarray:
     if cloud.dtype.names is None or name not in cloud.dtype.names:
         have = list(cloud.dtype.names or ())
-        raise ConvertError(f"PointCloud2 has no field {name!r}; fields: {have}")
+        raise MissingFieldError(f"PointCloud2 has no field {name!r}; fields: {have[:8]}")
     col = cloud[name]
     if col.ndim != 1:
         raise ConvertError(f"PointCloud2 field {name!r} has count > 1")
     return col.astype(np.float32)
 
 
-def pointcloud2_to_xyzi(msg: Any, intensity_field: str = "intensity") -> tuple[np.ndarray, int]:
+def pointcloud2_to_xyzi(
+    msg: Any, intensity_field: str = "intensity", max_points: int = 0
+) -> tuple[np.ndarray, int]:
     """``PointCloud2`` -> ``(P, 4) float32 [x, y, z, intensity]`` of finite points, and how many
     non-finite points were removed. A missing intensity field gives 0 intensity."""
-    cloud = pointcloud2_to_array(msg)
+    cloud = pointcloud2_to_array(msg, max_points)
     out = np.empty((len(cloud), 4), np.float32)
     for i, k in enumerate("xyz"):
         out[:, i] = field_as_float32(cloud, k)
@@ -195,7 +239,7 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     """``Image`` -> (H, W) or (H, W, C) array in the message's encoding (zero copy if unpadded)."""
     enc = str(msg.encoding)
     if enc not in IMAGE_ENCODINGS:
-        raise ConvertError(f"unsupported image encoding {enc!r}; supported: {sorted(IMAGE_ENCODINGS)}")
+        raise EncodingError(f"unsupported image encoding {enc[:32]!r}; supported: {sorted(IMAGE_ENCODINGS)}")
     ch, code = IMAGE_ENCODINGS[enc]
     dt = np.dtype((">" if msg.is_bigendian else "<") + code)
     H, W, step = int(msg.height), int(msg.width), int(msg.step)
@@ -228,7 +272,7 @@ def image_to_rgb8(msg: Any) -> np.ndarray:
         return np.ascontiguousarray(arr[:, :, 2::-1])
     if enc in ("mono8", "8UC1"):
         return np.repeat(arr[:, :, None], 3, axis=2)
-    raise ConvertError(f"image encoding {enc!r} is not a colour image a camera detector can use")
+    raise EncodingError(f"image encoding {enc!r} is not a colour image a camera detector can use")
 
 
 def _is_big(dt: np.dtype) -> bool:
@@ -262,25 +306,55 @@ def numpy_to_image(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str)
 
 # -- CameraInfo / Odometry --------------------------------------------------------------------
 def camera_info_to_K(msg: Any) -> tuple[np.ndarray, tuple[int, int]]:
-    """``CameraInfo`` -> ((3, 3) K, (H, W)). Validates focal lengths and the image size."""
+    """``CameraInfo`` -> ((3, 3) K, (H, W)).
+
+    K must be finite, a pinhole matrix (bottom row 0 0 1, no entries below the diagonal) with
+    positive focal lengths, every entry within :data:`MAX_FOCAL_PX`; the size within
+    [1, :data:`MAX_IMAGE_SIDE`]. Anything else is refused: one K of 1e300 would otherwise reach
+    the camera model (and its temporal state) for every later frame.
+    """
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    H, W = int(msg.height), int(msg.width)
     if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] != 1.0:
-        raise ConvertError(f"CameraInfo has an invalid K {K.ravel().tolist()}")
-    return K, (int(msg.height), int(msg.width))
+        raise ConvertError(f"CameraInfo has an invalid K {np.round(K.ravel(), 3).tolist()}")
+    if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0:
+        raise ConvertError("CameraInfo K is not a pinhole matrix (non-zero entries below the diagonal)")
+    if np.abs(K[:2]).max() > MAX_FOCAL_PX:
+        raise OutOfRangeError(
+            f"CameraInfo K has entries beyond {MAX_FOCAL_PX:g} px: {K[:2].ravel().tolist()}"
+        )
+    if not (1 <= H <= MAX_IMAGE_SIDE and 1 <= W <= MAX_IMAGE_SIDE):
+        raise OutOfRangeError(f"CameraInfo image size {W}x{H} is outside [1, {MAX_IMAGE_SIDE}]")
+    return K, (H, W)
 
 
 def odometry_to_pose(msg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``Odometry`` -> ((4, 4) parent <- child pose, (3,) linear, (3,) angular velocity in child)."""
+    """``Odometry`` -> ((4, 4) parent <- child pose, (3,) linear, (3,) angular velocity in child).
+
+    Refused: non-finite values; a position beyond :data:`MAX_POSITION_M`; a quaternion whose norm
+    is not 1 within :data:`QUAT_NORM_TOL` (also one whose norm overflows); speeds beyond
+    :data:`MAX_SPEED_M_S` / :data:`MAX_ANGULAR_RAD_S`.
+    """
     p, q = msg.pose.pose.position, msg.pose.pose.orientation
     quat = np.array([q.w, q.x, q.y, q.z], dtype=np.float64)
     t = np.array([p.x, p.y, p.z], dtype=np.float64)
-    if not (np.isfinite(quat).all() and np.isfinite(t).all()) or np.linalg.norm(quat) < 1e-6:
-        raise ConvertError("Odometry pose is not finite or its quaternion is zero")
+    lin, ang = msg.twist.twist.linear, msg.twist.twist.angular
+    v = np.array([lin.x, lin.y, lin.z], dtype=np.float64)
+    w = np.array([ang.x, ang.y, ang.z], dtype=np.float64)
+    if not all(np.isfinite(a).all() for a in (quat, t, v, w)):
+        raise ConvertError("Odometry pose or twist is not finite")
+    with np.errstate(over="ignore"):
+        norm = float(np.linalg.norm(quat))
+    if not abs(norm - 1.0) <= QUAT_NORM_TOL:  # NaN / inf norm (overflow) lands here too
+        raise ConvertError(f"Odometry quaternion has norm {norm:.3g}, not 1")
+    if np.abs(t).max() > MAX_POSITION_M:
+        raise OutOfRangeError(f"Odometry position beyond {MAX_POSITION_M:g} m")
+    if np.linalg.norm(v) > MAX_SPEED_M_S or np.linalg.norm(w) > MAX_ANGULAR_RAD_S:
+        raise OutOfRangeError(f"Odometry twist beyond {MAX_SPEED_M_S:g} m/s or {MAX_ANGULAR_RAD_S:g} rad/s")
     T = np.eye(4)
     T[:3, :3] = quat_to_matrix(quat)
     T[:3, 3] = t
-    lin, ang = msg.twist.twist.linear, msg.twist.twist.angular
-    return T, np.array([lin.x, lin.y, lin.z]), np.array([ang.x, ang.y, ang.z])
+    return T, v, w
 
 
 # -- Detections -------------------------------------------------------------------------------

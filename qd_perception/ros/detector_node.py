@@ -6,11 +6,13 @@ are subscribed (plus ``inputs`` in :class:`DetectorNodeConfig`). ``lidar_detecto
 
 Data path (executor thread -> worker thread):
 
-1. Every message is converted and validated **on arrival** (:mod:`qd_perception.ros.convert`);
-   a bad one (truncated or malformed PointCloud2, missing x/y/z, empty cloud, image of the wrong
-   size or encoding, bad odometry) is logged, counted under ``bad_input.<reason>`` and never
-   enters the synchroniser. Non-finite points are removed and counted, the frame goes on.
-   Lidar points are moved into the ego frame with the rig's ``lidar2ego``.
+1. Every message is converted and validated **on arrival** by the shared front-end
+   (:mod:`qd_perception.ros.frontend`, the same checks as ``calibration_recorder``); a bad one
+   (malformed PointCloud2, missing x/y/z, empty or oversized cloud, image of the wrong size or
+   encoding, implausible CameraInfo or Odometry, a stamp from the future) is logged (throttled
+   per reason), counted under ``bad_input.<reason>`` and never enters the synchroniser; no
+   exception of a message leaves its callback. Non-finite and out-of-range points are removed
+   and counted, the frame goes on. Lidar points are moved into the ego frame with ``lidar2ego``.
 2. The approximate-time policy (:mod:`qd_perception.sync`) forms sets; its counters (matched,
    dropped, late per input; resets on clock jumps) are published in the diagnostics.
 3. A set goes to a one-slot mailbox; the worker thread merges sweeps, runs the detector and
@@ -49,16 +51,8 @@ import numpy as np
 from qd_perception.config import ConfigError
 from qd_perception.data.types import CameraInput, Detections, Frame
 from qd_perception.geometry.rig import load_rig
-from qd_perception.ros.convert import (
-    ConvertError,
-    camera_info_to_K,
-    detections_to_msg,
-    image_to_rgb8,
-    ns_to_stamp,
-    odometry_to_pose,
-    pointcloud2_to_xyzi,
-    stamp_to_ns,
-)
+from qd_perception.ros.convert import detections_to_msg, ns_to_stamp
+from qd_perception.ros.frontend import SensorFrontEnd
 from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inputs
 from qd_perception.ros.markers import detections_to_markers
 from qd_perception.ros.node_config import DetectorNodeConfig
@@ -76,6 +70,13 @@ def _percentiles(values: deque[float]) -> dict[str, float]:
     a = np.fromiter(values, float)
     p50, p95, p99 = np.percentile(a, [50, 95, 99])
     return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(a.max())}
+
+
+def temporal_state_poisoned(detector: Any) -> bool:
+    """True when ``detector`` keeps a temporal state (``detector.state.bev``, the camera BEV
+    history) that holds a non-finite value: fed back, it would poison every later frame."""
+    bev = getattr(getattr(detector, "state", None), "bev", None)
+    return bev is not None and not bool(np.isfinite(bev).all())
 
 
 def make_node(node_name: str, default_detector: str) -> Any:
@@ -120,8 +121,13 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 required, cfg.sync, optional=optional, pivot=required[0], on_reset=self._on_reset
             )
             self.sweeps = SweepAccumulator(cfg.sweeps)
-            self.bad_input: Counter[str] = Counter()
             self._last_log: dict[str, float] = {}
+            self.frontend = SensorFrontEnd(
+                cfg.input_checks, self.lidar2ego, cfg.lidar_frame, cfg.frame_id, self._warn,
+                lambda: self.get_clock().now().nanoseconds, cfg.latency_stamp_window_s, cfg.image_size,
+                cfg.sync.reset_after_jump_s,
+            )  # fmt: skip
+            self.bad_input: Counter[str] = self.frontend.bad_input
             self.stats: Counter[str] = Counter()
             self.processing_ms: deque[float] = deque(maxlen=cfg.latency_window)
             self.latency_ms: deque[float] = deque(maxlen=cfg.latency_window)
@@ -201,14 +207,6 @@ def make_node(node_name: str, default_detector: str) -> Any:
             self.get_logger().info(f"warm-up detection took {self.warmup_ms:.0f} ms; ready")
 
         # -- arrival (executor thread) -----------------------------------------------------
-        def _drop(self, stream: str, reason: str, detail: str, stamp_ns: int | None = None) -> None:
-            self.bad_input[reason] += 1
-            when = f" at {stamp_ns / 1e9:.3f} s" if stamp_ns is not None else ""
-            self._warn(
-                reason,
-                f"dropped {stream} message{when}: {detail} [bad_input.{reason}={self.bad_input[reason]}]",
-            )
-
         def _warn(self, key: str, text: str, period_s: float = 1.0) -> None:
             """Warning throttled per ``key`` (rclpy throttles per call site: one kind would hide another)."""
             now = time.monotonic()
@@ -250,66 +248,25 @@ def make_node(node_name: str, default_detector: str) -> Any:
 
         def _on_cloud(self, msg: Any) -> None:
             t_recv = time.monotonic()
-            stamp = stamp_to_ns(msg.header.stamp)
-            try:
-                xyzi, n_bad = pointcloud2_to_xyzi(msg)
-            except ConvertError as e:
-                reason = "pointcloud_missing_field" if "no field" in str(e) else "pointcloud_malformed"
-                self._drop(LIDAR, reason, str(e), stamp)
-                return
-            if n_bad:
-                self.stats["nonfinite_points"] += n_bad
-                self._warn(
-                    "nonfinite", f"removed {n_bad} non-finite points from the cloud at {stamp / 1e9:.3f} s"
-                )
-            if len(xyzi) == 0:
-                self._drop(LIDAR, "pointcloud_empty", "no (finite) points", stamp)
-                return
-            frame = msg.header.frame_id
-            if frame == self.cfg.lidar_frame:
-                T = self.lidar2ego.astype(np.float32)
-                xyzi[:, :3] = xyzi[:, :3] @ T[:3, :3].T + T[:3, 3]
-            elif frame != self.cfg.frame_id:
-                self._drop(
-                    LIDAR,
-                    "pointcloud_frame",
-                    f"frame_id {frame!r} is neither {self.cfg.lidar_frame!r} nor {self.cfg.frame_id!r}",
-                    stamp,
-                )
-                return
-            self._offer(LIDAR, stamp, xyzi, t_recv)
+            got = self.frontend.cloud(LIDAR, msg)
+            if got is not None:
+                self._offer(LIDAR, got[0], got[1], t_recv)
 
         def _on_image(self, cam: str, msg: Any) -> None:
             t_recv = time.monotonic()
-            stamp = stamp_to_ns(msg.header.stamp)
-            try:
-                rgb = image_to_rgb8(msg)
-            except ConvertError as e:
-                reason = "image_encoding" if "encoding" in str(e) else "image_malformed"
-                self._drop(cam, reason, str(e), stamp)
-                return
-            H, W = self.cfg.image_size
-            if (H, W) != (0, 0) and rgb.shape[:2] != (H, W):
-                self._drop(
-                    cam, "image_size", f"image is {rgb.shape[1]}x{rgb.shape[0]}, expected {W}x{H}", stamp
-                )
-                return
-            self._offer(cam, stamp, rgb, t_recv)
+            got = self.frontend.image(cam, msg)
+            if got is not None:
+                self._offer(cam, got[0], got[1], t_recv)
 
         def _on_info(self, cam: str, msg: Any) -> None:
-            try:
-                self.camera_K[cam] = camera_info_to_K(msg)
-            except ConvertError as e:
-                self._drop(f"{cam}/camera_info", "camera_info", str(e))
+            got = self.frontend.camera_info(cam, msg)
+            if got is not None:
+                self.camera_K[cam] = got
 
         def _on_odom(self, msg: Any) -> None:
-            stamp = stamp_to_ns(msg.header.stamp)
-            try:
-                pose = odometry_to_pose(msg)
-            except ConvertError as e:
-                self._drop(ODOM, "odometry_malformed", str(e), stamp)
-                return
-            self.policy.add(ODOM, stamp, pose)
+            got = self.frontend.odometry(ODOM, msg)
+            if got is not None:
+                self.policy.add(ODOM, got[0], got[1])
 
         def _on_reset(self, reason: str) -> None:
             self.get_logger().warning(f"synchroniser reset: {reason}; temporal state cleared")
@@ -398,6 +355,7 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 ego_velocity=odom[1] if odom is not None else None,
             )
             dets: Detections = self.detector.detect(frame)
+            self._check_temporal_state(stamp_ns)
             stamp = ns_to_stamp(stamp_ns)
             self.pub_det.publish(detections_to_msg(dets, stamp_ns, cfg.frame_id))
             if self.pub_markers.get_subscription_count():
@@ -412,6 +370,21 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 self.latency_ms.append((now_ns - stamp_ns) / 1e6)
             else:
                 self.stats["unrelated_stamps"] += 1
+
+        def _check_temporal_state(self, stamp_ns: int) -> None:
+            """A non-finite temporal state (BEV history) would poison every later frame: drop it.
+
+            The inputs are validated on arrival, so this is the last line of defence (a model
+            that overflows on valid input); counted as ``temporal_state_resets``.
+            """
+            if temporal_state_poisoned(self.detector):
+                self.detector.reset()
+                self.stats["temporal_state_resets"] += 1
+                self._warn(
+                    "temporal_state",
+                    f"non-finite temporal state after the frame at {stamp_ns / 1e9:.3f} s: history reset "
+                    f"[temporal_state_resets={self.stats['temporal_state_resets']}]",
+                )
 
         # -- diagnostics -------------------------------------------------------------------
         def diagnostics(self) -> dict[str, float | int | str]:
@@ -429,8 +402,10 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 for k in ("received", "matched", "dropped", "late"):
                     out[f"sync.{name}.{k}"] = getattr(c, k)
             for k in ("frames_in", "frames_out", "skipped_no_subscribers", "dropped_busy", "detector_errors",
-                      "missing_odometry", "nonfinite_points", "stall_warnings"):  # fmt: skip
+                      "missing_odometry", "stall_warnings", "temporal_state_resets"):  # fmt: skip
                 out[k] = self.stats[k]
+            for k in ("nonfinite_points", "out_of_range_points"):
+                out[k] = self.frontend.stats[k]
             out["bad_input"] = sum(self.bad_input.values())
             for k, v in self.bad_input.items():
                 out[f"bad_input.{k}"] = v
@@ -450,7 +425,7 @@ def make_node(node_name: str, default_detector: str) -> Any:
         def _publish_diagnostics(self) -> None:
             DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
             d = self.diagnostics()
-            problems = d["bad_input"] or d["detector_errors"] or d["sync.late"]
+            problems = d["bad_input"] or d["detector_errors"] or d["sync.late"] or d["temporal_state_resets"]
             level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
             st = DiagnosticStatus(
                 level=level,

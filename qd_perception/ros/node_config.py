@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qd_perception.ros.frontend import InputChecks
 from qd_perception.runtime.factory import DetectorConfig
 from qd_perception.runtime.sweeps import SweepConfig
 from qd_perception.sync.approximate_time import SyncConfig
@@ -40,6 +41,7 @@ DEFAULT_CAMERAS: tuple[str, ...] = (
 class DetectorNodeConfig:
     """Parameters of ``lidar_detector`` and ``bev_detector``.
 
+    input_checks: limits of the message checks (:class:`~qd_perception.ros.frontend.InputChecks`).
     inputs: modalities to synchronise in addition to the detector's own ("lidar", "cameras"),
         e.g. to run a lidar detector only on frames where all cameras are present.
     cameras: rig camera names (topics use the lower-case name).
@@ -59,6 +61,7 @@ class DetectorNodeConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     sync: SyncConfig = field(default_factory=lambda: SyncConfig(slop_s=0.05, queue_size=10))
     sweeps: SweepConfig = field(default_factory=SweepConfig)
+    input_checks: InputChecks = field(default_factory=InputChecks)
     rig: str = "nuscenes_like"
     inputs: tuple[str, ...] = ()
     cameras: tuple[str, ...] = DEFAULT_CAMERAS

@@ -111,6 +111,8 @@ def declare_config(node: Any, cls: type[T], prefix: str = "", base: T | None = N
 
     Raises :class:`ConfigError` for parameter overrides (``--params-file``, ``-p``) that name no
     field of ``cls`` (typos would otherwise be silently ignored) and for invalid values.
+    The config is read once, at start-up: every parameter is declared read-only, so a runtime
+    ``set_parameters`` is refused (instead of reporting success and changing nothing).
     """
     from rcl_interfaces.msg import ParameterDescriptor
 
@@ -123,7 +125,9 @@ def declare_config(node: Any, cls: type[T], prefix: str = "", base: T | None = N
             f"node {node.get_name()!r}: unknown parameter(s) {unknown}; declared: {sorted(defaults)}"
         )
     for name, default in defaults.items():
-        desc = ParameterDescriptor(name=prefix + name, dynamic_typing=True, description=_describe(cls, name))
+        desc = ParameterDescriptor(
+            name=prefix + name, dynamic_typing=True, read_only=True, description=_describe(cls, name)
+        )
         if isinstance(default, list) and not default:
             # An empty list has no ROS type: declare it typed (a string array) instead.
             from rclpy.parameter import Parameter

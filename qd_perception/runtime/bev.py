@@ -20,6 +20,7 @@ import numpy as np
 from qd_perception.classes import CLASS_NAMES, attribute_for
 from qd_perception.config import ConfigError, from_dict
 from qd_perception.data.types import Detections, Frame, Timing
+from qd_perception.model_files import ort_session
 from qd_perception.models.bevformer.coder import decode_predictions
 from qd_perception.models.bevformer.config import BEVFormerConfig
 from qd_perception.models.bevformer.geometry import relative_ego_motion
@@ -156,13 +157,11 @@ class OrtBEVDetector(BEVDetectorBase):
         path = Path(path)
         if path.is_dir():  # an artefact directory (`export bev`, `quantize bev`)
             path = path / ARTEFACT_ONNX
-        if not path.is_file():
-            raise ConfigError(f"ONNX model not found: {path}")
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see DetectorConfig
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, so)
         meta = self.session.get_modelmeta().custom_metadata_map
         if ONNX_CONFIG_KEY not in meta:
             raise ConfigError(

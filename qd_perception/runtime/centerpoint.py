@@ -25,6 +25,7 @@ import torch
 
 from qd_perception.config import ConfigError, to_dict
 from qd_perception.data.types import Detections, Frame, Timing
+from qd_perception.model_files import load_torch_file, ort_session
 from qd_perception.models.build import build_model, config_from_dict, load_model_file
 from qd_perception.models.centerpoint.config import CenterPointConfig
 from qd_perception.models.centerpoint.decode import decode
@@ -48,9 +49,7 @@ def load_checkpoint(
     The checkpoint embeds the model config, so no YAML is needed beside it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = load_torch_file(path, "CenterPoint checkpoint", map_location)
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise ConfigError(f"{path}: not a qd_perception checkpoint (needs 'config' and 'model')")
     if ckpt.get("arch") != "centerpoint":
@@ -164,14 +163,14 @@ class OrtCenterPointDetector(CenterPointPipeline):
             # An idle pool that busy-waits steals the cores other nodes were given.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = providers or ["CPUExecutionProvider"]
-        self.dense = ort.InferenceSession(str(export_dir / EXPORT_DENSE), opts, providers=providers)
+        self.dense = ort_session(export_dir / EXPORT_DENSE, opts, providers)
         # Host-side parts (voxelisation, feature augmentation, scatter, spconv) use the torch module;
         # for the pillar variant it holds no weights that the ONNX graphs also hold.
         self.model: CenterPoint = build_model("centerpoint", cfg).eval()
         self.canvas = self.model.new_canvas()
         self.pfn_points = None
         if cfg.variant == "pillar":
-            self.pfn = ort.InferenceSession(str(export_dir / EXPORT_PFN), opts, providers=providers)
+            self.pfn = ort_session(export_dir / EXPORT_PFN, opts, providers)
             point_graph = pointwise_pfn_graph(export_dir / EXPORT_PFN)
             if point_graph is not None:
                 self.pfn_points = ort.InferenceSession(point_graph, opts, providers=providers)
@@ -181,7 +180,7 @@ class OrtCenterPointDetector(CenterPointPipeline):
                 if not self._point_path_matches_padded():
                     self.pfn_points = None
         else:
-            state = torch.load(export_dir / EXPORT_SPARSE, map_location="cpu", weights_only=True)
+            state = load_torch_file(export_dir / EXPORT_SPARSE, "sparse encoder weights")
             self.model.sparse.load_state_dict(state)
 
     def preprocess(self, frame: Frame) -> Voxels:

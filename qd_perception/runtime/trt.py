@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from qd_perception.model_files import load_torch_file
+
 
 class TensorRTUnavailable(ImportError):
     """TensorRT (or a CUDA device) is not available on this machine."""
@@ -190,7 +192,7 @@ class TrtCenterPointDetector(_centerpoint_base()):  # type: ignore[misc]
             shapes = {"pillar_points": ((1, m, f), (v // 2, m, f), (v, m, f))}
             self.pfn = TrtEngine(cached_engine(export_dir / EXPORT_PFN, shapes=shapes, fp16=fp16))
         else:
-            state = torch.load(export_dir / EXPORT_SPARSE, map_location="cpu", weights_only=True)
+            state = load_torch_file(export_dir / EXPORT_SPARSE, "sparse encoder weights")
             self.model.sparse.load_state_dict(state)
 
     def preprocess(self, frame):

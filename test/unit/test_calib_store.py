@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -98,7 +99,7 @@ def test_sampling_rate_and_min_interval(tmp_path):
     store = CalibrationStore(tmp_path, CalibStoreConfig(capacity=100, sample_every=3))
     for i in range(10):
         store.offer(make_frame(i, "city", rng))
-    assert store.counters == {"offered": 10, "considered": 4, "stored": 4}
+    assert store.counters == {"offered": 10, "considered": 4, "stored": 4, "invalid": 0}
     store2 = CalibrationStore(tmp_path / "b", CalibStoreConfig(capacity=100, min_interval_s=0.25))
     for i in range(10):  # frames 0.1 s apart: keep every third
         store2.offer(make_frame(i, "city", rng))
@@ -152,10 +153,13 @@ def test_resume_after_restart(tmp_path):
     ids, counters = store.ids, store.counters
     # Simulate a crash that left an unlisted frame, a temp file and a vanished member.
     (tmp_path / "frames" / "99999999.npz").write_bytes(b"orphan")
-    (tmp_path / "frames" / ".x.npz.tmp").write_bytes(b"tmp")
+    (tmp_path / "frames" / ".00000099.npz.k3j_x.tmp").write_bytes(b"tmp")  # as _atomic_write_bytes names it
+    (tmp_path / "frames" / "notes.txt").write_text("not the store's")  # never deleted
     store2 = CalibrationStore.open(tmp_path, cfg)
     assert store2.ids == ids and store2.counters == counters
-    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"{i:08d}.npz" for i in sorted(ids)]
+    names = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert names == [f"{i:08d}.npz" for i in sorted(ids)] + ["notes.txt"]
+    (tmp_path / "frames" / "notes.txt").unlink()
     (tmp_path / "frames" / f"{ids[0]:08d}.npz").unlink()
     store3 = CalibrationStore.open(tmp_path, cfg)
     assert len(store3) == 4
@@ -236,3 +240,38 @@ def test_calibration_recorder_param_file_matches_its_schema():
     assert argv[3:5] == ["quantize", "lidar"] and "/c" in argv and "/m.pt" in argv  # after {python} -m
     with pytest.raises(ValueError, match="min_frames"):
         CalibrationRecorderConfig(min_frames=500)
+
+
+def test_foreign_directory_refused_and_untouched(tmp_path):
+    """A mistyped out_dir (a non-empty directory that is not a calibration set) is refused
+    before anything is written or deleted there."""
+    other = tmp_path / "dataset"
+    (other / "frames").mkdir(parents=True)
+    (other / "frames" / "00000001.npz").write_bytes(b"someone else's")
+    (other / "readme.md").write_text("x")
+    before = sorted(p.relative_to(other) for p in other.rglob("*"))
+    with pytest.raises(ValueError, match="not a calibration set"):
+        CalibrationStore.open(other)
+    assert sorted(p.relative_to(other) for p in other.rglob("*")) == before
+    # a new store in an empty (or missing) directory writes its marker at once
+    CalibrationStore.open(tmp_path / "new")
+    assert (tmp_path / "new" / "index.json").is_file()
+    assert len(CalibrationStore.open(tmp_path / "new")) == 0
+
+
+def test_invalid_frames_refused_on_offer_and_on_load(tmp_path):
+    rng = np.random.default_rng(4)
+    store = CalibrationStore(tmp_path, CalibStoreConfig(capacity=10))
+    bad = make_frame(0, "city", rng)
+    pts = bad.points.copy()
+    pts[:3, 0] = 8.8e29
+    res = store.offer(dataclasses.replace(bad, points=pts))
+    assert not res.stored and "beyond" in res.reason and store.counters["invalid"] == 1
+    pts[:3, 0] = np.nan
+    assert not store.offer(dataclasses.replace(bad, points=pts)).stored
+    assert store.offer(make_frame(1, "city", rng)).stored
+    # a poisoned file already in a set (recorded before the checks): a clear error naming it
+    path = tmp_path / "frames" / f"{store.ids[0]:08d}.npz"
+    cs.save_frame(path, dataclasses.replace(bad, points=pts))
+    with pytest.raises(ValueError, match=f"{path.name}: points are not all finite"):
+        CalibrationSet(tmp_path)[0]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from qd_perception.config import ConfigError, from_dict, to_dict
+from qd_perception.model_files import load_torch_file
 from qd_perception.models.bevformer.config import BEVFormerConfig
 from qd_perception.models.bevformer.model import BEVFormer
 
@@ -27,10 +28,9 @@ def save_checkpoint(path: str | Path, model: BEVFormer, **extra: Any) -> Path:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Checkpoint dict (tensors and plain containers only: nothing in the file is executed)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_torch_file(path, "BEVFormer checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("arch") != ARCH:
         raise ConfigError(
             f"{path} is not a {ARCH} checkpoint (arch={ckpt.get('arch') if isinstance(ckpt, dict) else None})"
@@ -43,5 +43,9 @@ def load_checkpoint(path: str | Path) -> BEVFormer:
     ckpt = read_checkpoint(path)
     cfg = from_dict(BEVFormerConfig, ckpt["model_config"], where=f"{Path(path).name}.model_config")
     model = BEVFormer(cfg)
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, RuntimeError) as e:  # weights of another shape / model: one line, not a dump
+        first = str(e).splitlines()[0][:160]
+        raise ConfigError(f"{path}: weights do not match its model_config ({first})") from None
     return model.eval()

@@ -61,6 +61,7 @@ import numpy as np
 
 from qd_perception.config import ConfigError
 from qd_perception.data.calib_store import LAYOUT_NAME, CalibStoreConfig
+from qd_perception.ros.frontend import InputChecks
 from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inputs
 from qd_perception.ros.node_config import DEFAULT_CAMERAS
 from qd_perception.runtime.sweeps import SweepConfig
@@ -83,6 +84,7 @@ class CalibrationRecorderConfig:
     out_dir: the calibration set directory (``qd-perception quantize ... --calib out_dir``).
     modalities: inputs a frame needs: "lidar" and/or "cameras" (images are stored when
         ``store.store_images``).
+    input_checks: the detector nodes' message checks (:class:`~qd_perception.ros.frontend.InputChecks`).
     detections_wait_s: how long a frame waits for the detector output with its stamp (object mix).
     sweeps: lidar sweeps merged per frame; ``max_sweeps`` must equal ``ptq_model``'s nsweeps.
     min_frames: fewest stored frames for which ``~/run_ptq`` starts the command.
@@ -105,6 +107,7 @@ class CalibrationRecorderConfig:
     lidar_frame: str = "lidar_top"
     sync: SyncConfig = field(default_factory=lambda: SyncConfig(slop_s=0.05, queue_size=10))
     sweeps: SweepConfig = field(default_factory=lambda: SweepConfig(max_sweeps=5))
+    input_checks: InputChecks = field(default_factory=InputChecks)
     use_odometry: bool = True
     detections_wait_s: float = 0.5
     min_frames: int = 16
@@ -199,13 +202,12 @@ def check_ptq_model(cfg: CalibrationRecorderConfig) -> PtqModelInputs | None:
             f"ptq_model {str(path)!r} is a directory (an export or INT8 artefact?); PTQ starts from the "
             "FP32 checkpoint written by `qd-perception train lidar` (.pt)"
         )
-    import torch
-
+    from qd_perception.model_files import load_torch_file
     from qd_perception.models.build import config_from_dict
 
     # Only the embedded config is needed (the quantize command loads the weights itself).
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch_file(path, "ptq_model")
         if not isinstance(ckpt, dict) or ckpt.get("arch") != "centerpoint" or "config" not in ckpt:
             raise ConfigError("not a CenterPoint checkpoint of `qd-perception train lidar`")
         mcfg = config_from_dict("centerpoint", ckpt["config"])
@@ -350,15 +352,8 @@ def make_node(argv_unused: Any = None) -> Any:
     from qd_perception.data.types import Frame
     from qd_perception.geometry.rig import load_rig
     from qd_perception.msg import Detection3DArray
-    from qd_perception.ros.convert import (
-        ConvertError,
-        camera_info_to_K,
-        image_to_rgb8,
-        msg_to_detections,
-        odometry_to_pose,
-        pointcloud2_to_xyzi,
-        stamp_to_ns,
-    )
+    from qd_perception.ros.convert import msg_to_detections, stamp_to_ns
+    from qd_perception.ros.frontend import SensorFrontEnd
     from qd_perception.ros.params import declare_config
     from qd_perception.runtime.sweeps import SweepAccumulator
     from qd_perception.sync.approximate_time import ApproximateTimePolicy
@@ -381,6 +376,12 @@ def make_node(argv_unused: Any = None) -> Any:
             check_and_write_layout(self.out_dir, set_layout(cfg), len(self.store))
             self.ptq = PtqRunner(self.out_dir / "ptq.log")
             self.stats: Counter[str] = Counter()
+            self._last_log: dict[str, float] = {}
+            # the detector's own input checks: the set holds only what the detector would see
+            self.frontend = SensorFrontEnd(
+                cfg.input_checks, self.lidar2ego, cfg.lidar_frame, cfg.frame_id, self._warn,
+                lambda: self.get_clock().now().nanoseconds, jump_s=cfg.sync.reset_after_jump_s,
+            )  # fmt: skip
             self.camera_K: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
             required = ([LIDAR] if self.use_lidar else []) + (list(cfg.cameras) if self.use_cameras else [])
             self.policy: ApproximateTimePolicy[Any] = ApproximateTimePolicy(
@@ -433,49 +434,32 @@ def make_node(argv_unused: Any = None) -> Any:
             )
 
         # -- inputs --------------------------------------------------------------------------
-        def _bad(self, what: str, e: Exception) -> None:
-            self.stats[f"bad_input.{what}"] += 1
-            self.get_logger().warning(f"dropped {what}: {e}", throttle_duration_sec=2.0)
+        def _warn(self, key: str, text: str, period_s: float = 2.0) -> None:
+            """Warning throttled per ``key`` (one kind of bad input must not hide another)."""
+            now = time.monotonic()
+            if now - self._last_log.get(key, -1e9) >= period_s:
+                self._last_log[key] = now
+                self.get_logger().warning(text)
 
         def _on_cloud(self, msg: Any) -> None:
-            stamp = stamp_to_ns(msg.header.stamp)
-            try:
-                xyzi, _ = pointcloud2_to_xyzi(msg)
-            except ConvertError as e:
-                self._bad("pointcloud", e)
-                return
-            if len(xyzi) == 0:
-                self._bad("pointcloud", ValueError("empty cloud"))
-                return
-            if msg.header.frame_id == self.cfg.lidar_frame:
-                T = self.lidar2ego
-                xyzi[:, :3] = xyzi[:, :3] @ T[:3, :3].T + T[:3, 3]
-            elif msg.header.frame_id != self.cfg.frame_id:
-                self._bad("pointcloud", ValueError(f"unexpected frame_id {msg.header.frame_id!r}"))
-                return
-            self._offer_sync(LIDAR, stamp, xyzi)
+            got = self.frontend.cloud(LIDAR, msg)
+            if got is not None:
+                self._offer_sync(LIDAR, got[0], got[1])
 
         def _on_image(self, cam: str, msg: Any) -> None:
-            try:
-                rgb = image_to_rgb8(msg)
-            except ConvertError as e:
-                self._bad("image", e)
-                return
-            self._offer_sync(cam, stamp_to_ns(msg.header.stamp), rgb)
+            got = self.frontend.image(cam, msg)
+            if got is not None:
+                self._offer_sync(cam, got[0], got[1])
 
         def _on_info(self, cam: str, msg: Any) -> None:
-            try:
-                self.camera_K[cam] = camera_info_to_K(msg)
-            except ConvertError as e:
-                self._bad("camera_info", e)
+            got = self.frontend.camera_info(cam, msg)
+            if got is not None:
+                self.camera_K[cam] = got
 
         def _on_odom(self, msg: Any) -> None:
-            try:
-                pose = odometry_to_pose(msg)
-            except ConvertError as e:
-                self._bad("odometry", e)
-                return
-            self.policy.add(ODOM, stamp_to_ns(msg.header.stamp), pose)
+            got = self.frontend.odometry(ODOM, msg)
+            if got is not None:
+                self.policy.add(ODOM, got[0], got[1])
 
         def _on_reset(self, reason: str) -> None:
             self.get_logger().warning(f"synchroniser reset: {reason}; sweep history cleared")
@@ -523,11 +507,13 @@ def make_node(argv_unused: Any = None) -> Any:
             )
 
         def _on_detections(self, msg: Any) -> None:
-            stamp = stamp_to_ns(msg.header.stamp)
             try:
+                stamp = stamp_to_ns(msg.header.stamp)
                 dets = msg_to_detections(msg)
-            except (ValueError, IndexError) as e:
-                self._bad("detections", e)
+            except Exception as e:  # whatever a malformed message provokes: a counted drop
+                self.frontend.drop(
+                    "detections", "detections_malformed", f"{type(e).__name__}: {str(e)[:200]}"
+                )
                 return
             with self._lock:
                 waiting = self._pending.pop(stamp, None)
@@ -616,6 +602,9 @@ def make_node(argv_unused: Any = None) -> Any:
                 "ready_for_ptq": len(self.store) >= self.cfg.min_frames,
                 **{f"store.{k}": v for k, v in self.store.counters.items()},
                 **dict(self.stats),
+                "bad_input": sum(self.frontend.bad_input.values()),
+                **{f"bad_input.{k}": v for k, v in self.frontend.bad_input.items()},
+                **dict(self.frontend.stats),
                 "pending_detections": pending,
                 "ptq": self.ptq.as_dict(),
             }
