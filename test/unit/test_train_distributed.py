@@ -110,7 +110,7 @@ def test_two_gloo_processes_equal_one_process_on_the_combined_batch(tmp_path):
         torch.testing.assert_close(r0[k], one[k], rtol=1e-5, atol=1e-5, msg=k)
 
 
-def test_checkpoints_move_between_world_sizes(tmp_path):
+def test_checkpoints_move_between_world_sizes_and_qat_runs_under_torchrun(tmp_path):
     from qd_perception.cli import main
     from qd_perception.sim.generate import GenerateConfig, generate
 
@@ -149,3 +149,14 @@ def test_checkpoints_move_between_world_sizes(tmp_path):
     # the one-cycle schedule ended where it ends, though one epoch ran on two processes
     assert three["scheduler"]["last_epoch"] == three["scheduler"]["total_steps"]
     assert not torch.equal(two["model"]["head.shared.0.weight"], three["model"]["head.shared.0.weight"])
+
+    # QAT of that checkpoint on two processes: rank 0 alone writes the artefact
+    qat = tmp_path / "qat"
+    r = torchrun(
+        "-m", "qd_perception.cli", "quantize", "lidar", "--method", "qat", "--model", str(out),
+        "--data", str(data), "--qat-steps", "2", "--max-frames", "2", "--batch-size", "1",
+        "--device", "cpu", "--out", str(qat),
+    )  # fmt: skip
+    assert r.stdout.count("distributed: world_size=2 backend=gloo device=cpu") == 1
+    info = yaml.safe_load((qat / "quant.yaml").read_text())
+    assert info["method"] == "qat" and info["qat"]["world_size"] == 2 and info["qat"]["steps"] == 2
