@@ -94,6 +94,23 @@ def test_single_process_setup_and_clear_errors(capsys):
             setup("cuda", env={}, verbose=False)
 
 
+def test_training_step_keeps_every_tensor_on_the_model_device():
+    """The meta device stands in for a GPU: a tensor created without ``device=`` in the forward,
+    the loss or the backward would be a CPU tensor and fail to mix with the meta ones."""
+    from test_centerpoint_model import tiny_frame
+
+    from qd_perception.models.centerpoint.loss import centerpoint_loss
+    from qd_perception.train.lidar_data import LidarDataset, collate
+
+    cfg = config_from_dict("centerpoint", CONFIG)
+    model = build_model("centerpoint", cfg).to("meta").train()
+    batch = collate([LidarDataset([tiny_frame(0)], cfg)[0]])
+    meta = torch.device("meta")
+    loss = centerpoint_loss(model(model.preprocess(batch.points).to(meta)), batch.targets_on(meta), cfg.loss)
+    loss.total.backward()
+    assert loss.total.device == meta and all(p.grad.device == meta for p in model.parameters())
+
+
 def test_two_gloo_processes_equal_one_process_on_the_combined_batch(tmp_path):
     # 2 processes x batch 1 x 2 accumulated micro-batches == 1 process x batch 4, step by step
     torchrun(str(WORKER), "--out", str(tmp_path / "ddp"), "--batch-size", "1", "--grad-accum", "2")
