@@ -23,7 +23,7 @@ A loop adopts it in a few lines (see ``train/lidar.py``)::
         ddp = wrap(model, dist, runtime.sync_bn, batch_size)
         stepper = Stepper(ddp, optimizer, dist, runtime.amp, grad_clip)
         for epoch in range(start, epochs):
-            loader = sharded_loader(dataset, batch_size, seed, epoch, dist, collate, runtime)
+            loader = sharded_loader(dataset, batch_size, seed, epoch, dist, collate, runtime.workers)
             for micro in accumulate(loader, runtime.grad_accum):
                 losses = stepper.step(micro, lambda m, b: loss_of(m, b))
             if dist.is_main:
