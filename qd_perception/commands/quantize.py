@@ -11,7 +11,11 @@ same artefact, ``quant.yaml`` with ``method: qat`` and its wall time:
 
     qd-perception quantize lidar --method qat --model CKPT --data DATAROOT --split train \
         --qat-epochs 1 --bits w4a8 --out ARTEFACT
- The artefact is an export directory the lidar node and
+
+QAT runs data parallel under ``torchrun`` like ``train lidar`` (``--batch-size`` per process,
+``--device``, ``--amp``, ``--grad-accum``, ``--workers``); rank 0 writes the artefact.
+
+The artefact is an export directory the lidar node and
 ``eval lidar`` load as ONNX Runtime INT8 (``--target ort``, default) or that ``TrtDetector``
 builds an engine from (``--target trt``).
 
@@ -28,12 +32,17 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qd_perception.train.distributed import Dist, Runtime
 
 TARGETS: tuple[str, ...] = ("lidar", "bev")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from qd_perception.quant.lidar import METHODS
+    from qd_perception.train.distributed import add_runtime_arguments
 
     sub = parser.add_subparsers(dest="target_model", metavar="{lidar,bev}", required=True)
     _add_bev_arguments(sub)
@@ -53,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--qat-epochs", type=float, default=1.0, help="fine-tuning epochs over --split")
     q.add_argument("--qat-steps", type=int, default=0, help="fine-tuning steps (overrides --qat-epochs)")
     q.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (cosine decay)")
-    q.add_argument("--batch-size", type=int, default=2)
+    q.add_argument("--batch-size", type=int, default=2, help="samples per process and micro-batch")
     q.add_argument("--learn-scale", action="store_true", help="also learn the step sizes (LSQ)")
+    add_runtime_arguments(q)
     p.add_argument("--out", required=True, type=Path, help="artefact directory")
 
 
@@ -69,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
         if args.target_model == "bev":
             return _run_bev(args)
         if args.method == "qat":
-            return _run_qat(args)
+            from qd_perception.train.distributed import distributed, runtime_from_args
+
+            runtime = runtime_from_args(args)
+            with distributed(runtime.device) as dist:
+                return _run_qat(args, runtime, dist)
         if args.calib is None:
             raise ValueError(f"--method {args.method} needs --calib (calibration set or dataroot)")
         return _run(args)
@@ -165,7 +179,7 @@ def _run_bev(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_qat(args: argparse.Namespace) -> int:
+def _run_qat(args: argparse.Namespace, runtime: Runtime, dist: Dist) -> int:
     import dataclasses
 
     import torch
@@ -196,15 +210,17 @@ def _run_qat(args: argparse.Namespace) -> int:
         learn_scale=args.learn_scale,
         calib_frames=len(calib),
     )
-    print(
-        f"QAT {args.bits}: min-max init on {len(calib)} frames, "
-        f"{qcfg.total_steps(len(train))} steps on {args.data}"
-    )
-    r = qat_centerpoint(model, train, calib, args.bits, args.target, qcfg)
+    steps = qcfg.total_steps(len(train), dist.world_size, runtime.grad_accum)
+    dist.log(f"QAT {args.bits}: min-max init on {len(calib)} frames, {steps} steps on {args.data}")
+    r = qat_centerpoint(model, train, calib, args.bits, args.target, qcfg, runtime=runtime, dist=dist)
+    if not dist.is_main:
+        return 0
     extra = {
         "qat": {
             **dataclasses.asdict(qcfg),
             "steps": r.steps,
+            "world_size": dist.world_size,
+            "grad_accum": runtime.grad_accum,
             "data": str(args.data),
             "split": args.split,
             "calib_seconds": round(r.calib_seconds, 2),

@@ -19,6 +19,7 @@ exports exactly like a PTQ result (``quant.yaml`` says ``method: qat``).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +35,8 @@ from qd_perception.models.centerpoint.loss import LossOutput
 from qd_perception.quant.config import Target
 from qd_perception.quant.lidar import QuantizeResult, quantize_centerpoint
 from qd_perception.quant.model import quantizers
-from qd_perception.train.lidar import epoch_loader, train_step
+from qd_perception.train.distributed import Dist, Runtime, Stepper, accumulate, steps_per_epoch, wrap
+from qd_perception.train.lidar import batch_loss, epoch_loader, train_step
 from qd_perception.train.lidar_data import AugmentConfig, LidarBatch, LidarDataset, gt_arrays
 
 
@@ -74,10 +76,12 @@ class QATConfig:
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
 
-    def total_steps(self, num_frames: int) -> int:
+    def total_steps(self, num_frames: int, world_size: int = 1, grad_accum: int = 1) -> int:
+        """Optimizer steps of the run (``batch_size`` per process, ``grad_accum`` micro-batches a step)."""
         if self.steps:
             return self.steps
-        return max(1, math.ceil(self.epochs * math.ceil(num_frames / self.batch_size)))
+        per_epoch = steps_per_epoch(num_frames, self.batch_size, world_size, grad_accum)
+        return max(1, math.ceil(self.epochs * per_epoch))
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,8 @@ def qat_step(
     generator: torch.Generator | None = None,
     grad_clip: float = 35.0,
 ) -> LossOutput:
-    """One QAT step: ``train.lidar.train_step`` with BatchNorm frozen (see module doc)."""
+    """One QAT step (one process, float32): ``train.lidar.train_step`` with BatchNorm frozen (see
+    module doc)."""
     return train_step(model, batch, optimizer, generator, grad_clip, frozen_batchnorm=True)
 
 
@@ -158,19 +163,30 @@ def qat_centerpoint(
     cfg: QATConfig | None = None,
     callback: Callable[[QATProgress, nn.Module], None] | None = None,
     every: int = 0,
+    runtime: Runtime | None = None,
+    dist: Dist | None = None,
 ) -> QATResult:
     """QAT of a float CenterPoint (``model`` is not modified).
 
     ``train_frames``: labelled frames (e.g. a ``NuScenesReader`` on the train split), ``calib_frames``:
     the frames of the min-max initialisation. ``callback(progress, qmodel)`` runs at step 0 (after
     initialisation), every ``every`` steps (0 = never) and after the last step, with ``qmodel`` in
-    eval mode; its time is not counted in the QAT wall time.
+    eval mode, on rank 0 only; its time is not counted in the QAT wall time.
+
+    ``runtime``/``dist`` (:mod:`qd_perception.train.distributed`): device, mixed precision,
+    gradient accumulation, data-loader workers and the process group of a ``torchrun`` job
+    (default: this process alone, CPU, float32). Every rank initialises the ranges on the same
+    frames (deterministic, so identical); the fine-tuning is data parallel, ``batch_size`` per
+    process. The result is on the CPU (export and the runtimes take it there).
     """
     cfg = cfg or QATConfig()
+    runtime = runtime or Runtime(device="cpu")
+    dist = dist or Dist()
     check_labelled(train_frames)
     c0 = time.process_time()
     init = quantize_centerpoint(model, calib_frames, "minmax", bits, target)
     qmodel, calib_seconds, calib_cpu = init.model, init.seconds, time.process_time() - c0
+    qmodel.to(dist.device)
     active = [q for _, q in quantizers(qmodel) if q.mode == "quantize"]
     scales = [q.enable_lsq() for q in active] if cfg.learn_scale else []
     scale_ids = {id(s) for s in scales}
@@ -180,7 +196,7 @@ def qat_centerpoint(
         groups.append({"params": scales, "lr": cfg.lr * cfg.scale_lr_ratio, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups)
 
-    total = cfg.total_steps(len(train_frames))
+    total = cfg.total_steps(len(train_frames), dist.world_size, runtime.grad_accum)
     if cfg.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=total, eta_min=cfg.lr * cfg.min_lr_ratio
@@ -188,42 +204,42 @@ def qat_centerpoint(
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     dataset = LidarDataset(train_frames, qmodel.cfg, AugmentConfig() if cfg.augment else None, seed=cfg.seed)
-    steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    per_epoch = steps_per_epoch(len(dataset), cfg.batch_size, dist.world_size, runtime.grad_accum)
+    # Each rank its own voxel-subsampling stream; rank 0's is the one-process stream.
+    gen = torch.Generator().manual_seed(cfg.seed + dist.rank)
     torch.manual_seed(cfg.seed)
+    # BatchNorm is frozen (running statistics): nothing to synchronise, no SyncBatchNorm.
+    ddp = wrap(qmodel, dist, sync_bn="off")
+    stepper = Stepper(ddp, optimizer, dist, runtime.amp, cfg.grad_clip)
+    loss_fn = functools.partial(batch_loss, generator=gen, frozen_batchnorm=True)
 
     history: list[dict] = []
     train_seconds = train_cpu = 0.0
     recent: list[float] = []
 
     def report(step: int) -> None:
-        if callback is None:
+        if callback is None or not dist.is_main:
             return
         qmodel.eval()
         loss = sum(recent) / len(recent) if recent else None
         seconds, cpu = calib_seconds + train_seconds, calib_cpu + train_cpu
-        callback(QATProgress(step, step / steps_per_epoch, seconds, train_seconds, cpu, loss), qmodel)
+        callback(QATProgress(step, step / per_epoch, seconds, train_seconds, cpu, loss), qmodel)
         recent.clear()
 
     report(0)
     step, epoch = 0, 0
-    bar = tqdm(total=total, desc=f"QAT {bits}", unit="step")
+    bar = tqdm(total=total, desc=f"QAT {bits}", unit="step", disable=not dist.is_main)
     while step < total:
-        loader = epoch_loader(dataset, epoch, cfg.batch_size, cfg.seed)
-        for batch in loader:
+        loader = epoch_loader(dataset, epoch, cfg.batch_size, cfg.seed, runtime.workers, dist)
+        for micro in accumulate(loader, runtime.grad_accum):
             t0, c0 = time.perf_counter(), time.process_time()
-            loss = qat_step(qmodel, batch, optimizer, gen, cfg.grad_clip)
+            losses = stepper.step(micro, loss_fn)
             scheduler.step()
             train_seconds += time.perf_counter() - t0
             train_cpu += time.process_time() - c0
             step += 1
-            row = {
-                "step": step,
-                "total": float(loss.total.detach()),
-                "heatmap": float(loss.heatmap.detach()),
-                "loc": float(loss.loc.detach()),
-                "lr": float(scheduler.get_last_lr()[0]),
-            }
+            terms = dist.mean_terms(losses, ("total", "heatmap", "loc"))
+            row = {"step": step, **terms, "lr": float(scheduler.get_last_lr()[0])}
             history.append(row)
             recent.append(row["total"])
             bar.update(1)
@@ -237,4 +253,5 @@ def qat_centerpoint(
     qmodel.eval()
     for q in active:
         q.freeze_lsq()  # learned step sizes -> amax/amin (export reads those); no-op without LSQ
+    qmodel.cpu()
     return QATResult(qmodel, bits, target, calib_seconds, train_seconds, step, calib_cpu, train_cpu, history)

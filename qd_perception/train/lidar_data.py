@@ -8,8 +8,9 @@ follow the same transform. GT-database sampling (copy-paste of objects) is not i
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,25 @@ class LidarBatch:
     targets: list[TaskTargets]  # batched torch tensors
     boxes: list[np.ndarray]
     labels: list[np.ndarray]
+
+    def pin_memory(self) -> LidarBatch:
+        """Page-locked copies of the tensors (``DataLoader(pin_memory=True)`` calls this)."""
+        return dataclasses.replace(
+            self,
+            points=[p.pin_memory() for p in self.points],
+            targets=map_targets(self.targets, torch.Tensor.pin_memory),
+        )
+
+    def targets_on(self, device: torch.device) -> list[TaskTargets]:
+        """The batched targets on ``device`` (the points stay: voxelisation runs on the CPU)."""
+        if device.type == "cpu":
+            return self.targets
+        return map_targets(self.targets, lambda x: x.to(device, non_blocking=True))
+
+
+def map_targets(targets: list[TaskTargets], fn: Callable[[torch.Tensor], torch.Tensor]) -> list[TaskTargets]:
+    """``fn`` applied to every tensor of batched targets."""
+    return [TaskTargets(*(fn(getattr(t, n)) for n in TaskTargets.__annotations__)) for t in targets]
 
 
 def gt_arrays(frame: Frame) -> tuple[np.ndarray, np.ndarray]:

@@ -46,10 +46,11 @@ class LossOutput:
 
 
 def centerpoint_loss(outputs: list[TaskOutput], targets: list[TaskTargets], cfg: LossConfig) -> LossOutput:
-    w = torch.tensor(cfg.code_weights)
-    hm_total = torch.zeros(())
-    loc_total = torch.zeros(())
-    per_ch = torch.zeros(len(cfg.code_weights))
+    dev = outputs[0].heatmap.device
+    w = torch.tensor(cfg.code_weights, device=dev)
+    hm_total = torch.zeros((), device=dev)
+    loc_total = torch.zeros((), device=dev)
+    per_ch = torch.zeros(len(cfg.code_weights), device=dev)
     for out, tgt in zip(outputs, targets):
         hm_total = hm_total + focal_loss(out.heatmap, tgt.heatmap)
         l1 = reg_l1_loss(out.box_code(), tgt)

@@ -54,7 +54,7 @@ def pillar_point_features(
     (K,) -> (K, C + 5), the same features as the valid rows of the padded tensor, no padding."""
     xyz = points[:, :3]
     v = len(num_points)
-    sums = torch.zeros((v, 3), dtype=points.dtype).index_add_(0, point_voxel, xyz)
+    sums = torch.zeros((v, 3), dtype=points.dtype, device=points.device).index_add_(0, point_voxel, xyz)
     mean = sums / num_points.clamp(min=1).to(points.dtype).unsqueeze(1)
     vx, vy = cfg.voxel_size[0], cfg.voxel_size[1]
     centre = torch.stack(
@@ -66,7 +66,7 @@ def pillar_point_features(
     )
     # One output buffer and index_select gathers (faster than cat of advanced-indexed temporaries)
     c = points.shape[1]
-    out = torch.empty((len(points), c + PILLAR_EXTRA_FEATURES), dtype=points.dtype)
+    out = torch.empty((len(points), c + PILLAR_EXTRA_FEATURES), dtype=points.dtype, device=points.device)
     out[:, :c] = points
     torch.sub(xyz, mean.index_select(0, point_voxel), out=out[:, c : c + 3])
     torch.sub(xyz[:, :2], centre.index_select(0, point_voxel), out=out[:, c + 3 :])
@@ -88,7 +88,7 @@ def segment_max(
     """
     v, c = len(num_points), x.shape[1]
     padded = (num_points < max_points).unsqueeze(1)
-    start = torch.where(padded, pad.expand(v, c), torch.tensor(-torch.inf, dtype=x.dtype))
+    start = torch.where(padded, pad.expand(v, c), torch.tensor(-torch.inf, dtype=x.dtype, device=x.device))
     # scatter_reduce measured ~2x faster than segment_reduce here (52k points, 6.6k pillars)
     return start.scatter_reduce(0, point_voxel.unsqueeze(1).expand(-1, c), x, "amax", include_self=True)
 

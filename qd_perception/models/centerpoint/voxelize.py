@@ -46,14 +46,21 @@ class Voxels:
     def point_rank(self) -> torch.Tensor:
         """(K,) int64 position of each point inside its voxel (0..M-1)."""
         n = self.num_points.long()
-        return torch.arange(len(self.points)) - (torch.cumsum(n, 0) - n)[self.point_voxel]
+        return torch.arange(len(self.points), device=n.device) - (torch.cumsum(n, 0) - n)[self.point_voxel]
 
     @functools.cached_property
     def voxels(self) -> torch.Tensor:
         """(V, M, C) float32 points per voxel, zero padded."""
-        v = torch.zeros((len(self.num_points), self.max_points, self.points.shape[1]), dtype=torch.float32)
+        shape = (len(self.num_points), self.max_points, self.points.shape[1])
+        v = torch.zeros(shape, dtype=torch.float32, device=self.points.device)
         v[self.point_voxel, self.point_rank] = self.points
         return v
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Voxels:
+        """The same voxels on ``device`` (voxelisation runs on the CPU; training may not)."""
+        t = functools.partial(torch.Tensor.to, device=device, non_blocking=non_blocking)
+        n, c, p, pv = (t(x) for x in (self.num_points, self.coords, self.points, self.point_voxel))
+        return Voxels(n, c, self.batch_size, p, pv, self.max_points)
 
 
 def _group(
