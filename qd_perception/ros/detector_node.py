@@ -476,43 +476,17 @@ def make_node(node_name: str, default_detector: str) -> Any:
 def main_for(node_name: str, default_detector: str, argv: list[str] | None = None) -> int:
     """Entry point of a detector node executable: returns the process exit code.
 
-    SIGINT and SIGTERM stop the node cleanly (worker joined, summary logged, exit code 0).
-    rclpy's own signal handlers are disabled so the summary can still be logged through ROS
-    before the context shuts down.
+    SIGINT and SIGTERM stop the node cleanly (worker joined, summary logged, exit code 0);
+    signals, spin loop and teardown order: :func:`qd_perception.ros.lifecycle.run_node`.
     """
-    import signal
-    import sys
+    from qd_perception.ros.lifecycle import run_node
 
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
+    def finish(node: Any) -> None:
+        node.stop()
+        d = node.diagnostics()
+        node.get_logger().info(
+            f"shutting down: {d['frames_out']} frames out of {d['sync.sets']} sets, "
+            f"{d['sync.dropped']} inputs dropped, {d['bad_input']} bad inputs"
+        )
 
-    def _stop(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    try:
-        node = make_node(node_name, default_detector)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.2)  # short waits: signals are handled between them
-    except KeyboardInterrupt:
-        pass
-    except (ConfigError, ValueError) as e:
-        print(f"[{node_name}] configuration error: {e}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        if node is not None:
-            node.stop()
-            d = node.diagnostics()
-            node.get_logger().info(
-                f"shutting down: {d['frames_out']} frames out of {d['sync.sets']} sets, "
-                f"{d['sync.dropped']} inputs dropped, {d['bad_input']} bad inputs"
-            )
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(node_name, lambda: make_node(node_name, default_detector), args=argv, finish=finish)
