@@ -52,15 +52,14 @@ from qd_perception.geometry.rig import load_rig
 from qd_perception.ros.convert import (
     ConvertError,
     camera_info_to_K,
-    detections_to_msg,
+    detections_to_cdr,
     image_to_rgb8,
-    ns_to_stamp,
     odometry_to_pose,
     pointcloud2_to_xyzi,
     stamp_to_ns,
 )
 from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inputs
-from qd_perception.ros.markers import detections_to_markers
+from qd_perception.ros.markers import detections_to_markers_cdr
 from qd_perception.ros.node_config import DetectorNodeConfig
 from qd_perception.ros.params import declare_config
 from qd_perception.runtime.factory import DetectorConfig, build_detector
@@ -191,8 +190,8 @@ def make_node(node_name: str, default_detector: str) -> Any:
             try:
                 dets = self.detector.detect(frame)
                 # the output conversions import their message modules on first use (~100 ms)
-                detections_to_msg(dets, 0, self.cfg.frame_id)
-                detections_to_markers(dets, ns_to_stamp(0), self.cfg.frame_id)
+                detections_to_cdr(dets, 0, self.cfg.frame_id)
+                detections_to_markers_cdr(dets, 0, self.cfg.frame_id)
             except Exception as e:  # a detector that rejects synthetic input still serves real data
                 self.get_logger().warning(f"warm-up detection failed ({e!r}): the first frame pays start-up")
             finally:
@@ -398,11 +397,11 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 ego_velocity=odom[1] if odom is not None else None,
             )
             dets: Detections = self.detector.detect(frame)
-            stamp = ns_to_stamp(stamp_ns)
-            self.pub_det.publish(detections_to_msg(dets, stamp_ns, cfg.frame_id))
+            # serialized CDR, published as is (ros/cdr.py: no message objects to build)
+            self.pub_det.publish(detections_to_cdr(dets, stamp_ns, cfg.frame_id))
             if self.pub_markers.get_subscription_count():
                 self.pub_markers.publish(
-                    detections_to_markers(dets, stamp, cfg.frame_id, cfg.marker_lifetime_s)
+                    detections_to_markers_cdr(dets, stamp_ns, cfg.frame_id, cfg.marker_lifetime_s)
                 )
             self.stats["frames_out"] += 1
             self.processing_ms.append((time.monotonic() - t_newest) * 1e3)
