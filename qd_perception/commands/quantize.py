@@ -41,6 +41,7 @@ TARGETS: tuple[str, ...] = ("lidar", "bev")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from qd_perception.quant.config import ORT_WEIGHTS
     from qd_perception.quant.lidar import METHODS
     from qd_perception.train.distributed import add_runtime_arguments
 
@@ -52,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=(*METHODS, "qat"), default="lidar_ptq")
     p.add_argument("--bits", default="w8a8", help="wXaY, e.g. w8a8, w4a8")
     p.add_argument("--target", choices=("ort", "trt"), default="ort", help="deployment runtime")
+    p.add_argument(
+        "--ort-weights",
+        choices=ORT_WEIGHTS,
+        default="auto",
+        help="8-bit ORT weights: 7bit (exact on every x86 CPU), 8bit (full grid, needs VNNI), "
+        "auto (8bit where this CPU has avx512_vnni / avx_vnni); recorded in quant.yaml",
+    )
     p.add_argument("--config", type=Path, default=None, help="LiDAR-PTQ YAML (config/quant/lidar_ptq.yaml)")
     p.add_argument("--max-frames", type=int, default=64, help="calibration frames used (0 = all)")
     p.add_argument("--version", default="v1.0-synthetic", help="data set version (dataroot input)")
@@ -240,6 +248,7 @@ def _run_qat(args: argparse.Namespace, runtime: Runtime, dist: Dist) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from qd_perception.quant.config import ort_reduce_range
     from qd_perception.quant.lidar import (
         calibration_frames,
         load_ptq_config,
@@ -255,8 +264,11 @@ def _run(args: argparse.Namespace) -> int:
     ptq_cfg = load_ptq_config(args.config)
     frames = calibration_frames(args.calib, cfg.nsweeps, args.max_frames, args.version, args.split)
     print(f"calibrating on {len(frames)} frames from {args.calib}")
-    result = quantize_centerpoint(model, frames, args.method, args.bits, args.target, ptq_cfg)
-    report = write_artefact(result, args.out, parity_frame=frames[0])
+    reduce_range = ort_reduce_range(args.ort_weights)
+    result = quantize_centerpoint(
+        model, frames, args.method, args.bits, args.target, ptq_cfg, reduce_range=reduce_range
+    )
+    report = write_artefact(result, args.out, parity_frame=frames[0], extra={"ort_weights": args.ort_weights})
     print(json.dumps(report["quant"], indent=2))
     print(
         f"quantized ({args.method}, {args.bits}, {args.target}) in {result.seconds:.1f} s; "

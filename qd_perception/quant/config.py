@@ -38,6 +38,35 @@ def load_quant_config(path: str | Path, key: str | None = None) -> QuantConfig:
 
 
 Target = Literal["ort", "trt"]
+#: 8-bit weights of ONNX Runtime artefacts: ``7bit`` (reduce range: exact on every x86 CPU),
+#: ``8bit`` (full grid: exact only with VNNI), ``auto`` (8-bit where this CPU has VNNI).
+OrtWeights = Literal["auto", "7bit", "8bit"]
+ORT_WEIGHTS: tuple[str, ...] = ("auto", "7bit", "8bit")
+VNNI_FLAGS: tuple[str, ...] = ("avx512_vnni", "avx_vnni")
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has 8-bit dot-product instructions (AVX512-VNNI or AVX-VNNI, from the
+    Linux ``/proc/cpuinfo`` flags or the given text). With them ONNX Runtime's U8S8 kernels
+    accumulate u8 x s8 products in int32 (VPDPBUSD); without them pairs of products are added in
+    int16 (VPMADDUBSW) and saturate on full-range 8-bit weights (``quant/export.py``).
+    False where the flags cannot be read (the safe answer: 7-bit weights)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return any(f in line.split(":", 1)[-1].split() for f in VNNI_FLAGS)
+    return False
+
+
+def ort_reduce_range(weights: OrtWeights) -> bool:
+    """``--ort-weights`` -> whether 8-bit ORT weights are stored on the 7-bit grid."""
+    if weights not in ORT_WEIGHTS:
+        raise ValueError(f"ort weights must be one of {ORT_WEIGHTS}, got {weights!r}")
+    return {"7bit": True, "8bit": False}.get(weights, not cpu_has_vnni())
 
 
 def preset(method: str, bits: str = "w8a8", target: Target = "ort", reduce_range: bool = True) -> QuantConfig:

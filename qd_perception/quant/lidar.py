@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from qd_perception.config import to_dict
 from qd_perception.data.types import Frame
-from qd_perception.quant.config import Target, preset
-from qd_perception.quant.export import int32_bias_overflows
-from qd_perception.quant.model import calibrate, fold_bn, quantize_model
+from qd_perception.quant.config import Target, cpu_has_vnni, preset
+from qd_perception.quant.export import fold_weight_quantization, int32_bias_overflows
+from qd_perception.quant.model import calibrate, fold_bn, quantize_model, quantizers
 from qd_perception.quant.nn.modules import QuantModule
 from qd_perception.quant.ptq.lidar_ptq import LidarPTQConfig, PTQReport, run_lidar_ptq
 from qd_perception.quant.size import model_size
@@ -117,8 +117,13 @@ def quantize_centerpoint(
     target: Target = "ort",
     ptq_cfg: LidarPTQConfig | None = None,
     on_stage: Callable[[str, nn.Module], None] | None = None,
+    reduce_range: bool = True,
 ) -> QuantizeResult:
-    """Quantize a float CenterPoint (not modified) with ``method`` on ``frames``."""
+    """Quantize a float CenterPoint (not modified) with ``method`` on ``frames``.
+
+    ``reduce_range`` (ORT, 8-bit weights): store them on the 7-bit grid, exact on every x86 CPU;
+    ``False`` uses all 8 bits, exact only on CPUs with VNNI (``quant.config.cpu_has_vnni``).
+    """
     from qd_perception.runtime.centerpoint import frame_points
 
     if method not in METHODS:
@@ -126,7 +131,7 @@ def quantize_centerpoint(
     t0 = time.perf_counter()
     with torch.no_grad():
         samples = [model.preprocess([frame_points(f)]) for f in tqdm(frames, desc="voxelize", leave=False)]
-    qcfg = preset(method, bits, target)
+    qcfg = preset(method, bits, target, reduce_range=reduce_range)
     if target == "ort":
         # The pillar PFN is a K=10 matmul over every point of every pillar: measured on ORT CPU,
         # its INT8 graph (QLinearMatMul + Q/DQ of the big point tensor) ran 2x slower than FP32
@@ -204,12 +209,28 @@ def write_artefact(
         "onnx_mib": round(sum(p.stat().st_size for p in out.glob("*.onnx")) / 2**20, 4),  # as stored
         "fp32_size_mib": round(size.fp32_bytes / 2**20, 4),
         "parity_max_abs_diff": report.get("parity_max_abs_diff"),
-        "notes": [
-            "weights per output channel, activations per tensor",
-            "ORT target: 8-bit weights stored as 7-bit (reduce range) to avoid int16 saturation in "
-            "ONNX Runtime's x86 U8S8 kernels without VNNI",
-        ],
+        "notes": ["weights per output channel, activations per tensor"],
     }
+    if result.target == "ort":
+        weights = [q for name, q in quantizers(result.model) if name.endswith("weight_quantizer")]
+        wbits = max((q.bits for q in weights if q.mode == "quantize"), default=0)
+        info["ort_weight_bits"] = wbits
+        info["cpu_vnni_at_quantize"] = cpu_has_vnni()
+        # int8 initializers instead of float weights + their fake-quant arithmetic (~4.5x smaller)
+        dense = out / "dense.onnx"
+        if dense.exists():
+            info["dense_onnx_folded"] = fold_weight_quantization(dense)
+            info["onnx_mib"] = round(sum(p.stat().st_size for p in out.glob("*.onnx")) / 2**20, 4)
+        if wbits == 8:
+            info["notes"].append(
+                "8-bit weights (full grid): exact on CPUs with VNNI; without VNNI ONNX Runtime's "
+                "x86 U8S8 kernels saturate in int16 (re-quantize with --ort-weights 7bit there)"
+            )
+        elif wbits == 7 and result.bits.lower().startswith("w8"):
+            info["notes"].append(
+                "8-bit weights stored as 7-bit (reduce range): no int16 saturation in ONNX Runtime's "
+                "x86 U8S8 kernels on CPUs without VNNI"
+            )
     overflows = int32_bias_overflows(result.model)
     if overflows:
         info["warnings"] = [

@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.signals import SignalHandlerOptions
+
+    from qd_perception.ros.lifecycle import StopRequest
 
     cfg = PlaybackConfig(
         rate=args.rate,
@@ -281,20 +283,21 @@ def main(argv: list[str] | None = None) -> int:
         wait_timeout_s=args.wait_timeout,
         start_delay_s=args.start_delay,
     )
-    rclpy.init()
+    # SIGINT / SIGTERM end the playback after the current message (exit code 0, stats written);
+    # why handlers only set a flag: qd_perception.ros.lifecycle.
+    stop = StopRequest.install()
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("bag_player")
     try:
         player = BagPlayer(node, args.bag, cfg)
+        stop.on_request(player.stop)
         stats = player.play()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        return 130
     except (FileNotFoundError, ValueError, ImportError, TimeoutError) as e:
         print(f"bag_player: {e}", file=sys.stderr)
         return 2
     finally:
         node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.try_shutdown()
     s = stats.summary()
     if args.stats_file:
         _atomic_json(args.stats_file, s)

@@ -358,41 +358,53 @@ def odometry_to_pose(msg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # -- Detections -------------------------------------------------------------------------------
-def detections_to_msg(dets: Detections, stamp_ns: int, frame_id: str = "base_link") -> Any:
-    """:class:`Detections` (ego frame) -> ``qd_perception/msg/Detection3DArray``."""
-    from geometry_msgs.msg import Point, Vector3
-    from std_msgs.msg import Header
+def detections_to_cdr(dets: Detections, stamp_ns: int, frame_id: str = "base_link") -> bytes:
+    """:class:`Detections` (ego frame) -> serialized ``qd_perception/msg/Detection3DArray`` (CDR,
+    for ``Publisher.publish``; :mod:`qd_perception.ros.cdr`): ~0.3 ms for 250 boxes where the
+    message objects and their serialisation took ~3 ms."""
+    import struct
 
-    from qd_perception.msg import BoundingBox3D, Detection3D, Detection3DArray
+    from qd_perception.ros.cdr import CDR_LE_HEADER, CdrWriter, pack_string
 
-    out = Detection3DArray(header=Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id))
-    # plain Python lists: indexing numpy arrays per field costs more than the messages
-    B = np.asarray(dets.boxes, dtype=np.float64).tolist()
+    n = len(dets)
+    w = CdrWriter(0)
+    w.prim("i", stamp_ns // NS_PER_S)
+    w.prim("I", stamp_ns % NS_PER_S)
+    w.string(frame_id)
+    w.seq_len(n)
+    parts, off = [CDR_LE_HEADER, bytes(w.buf)], w.offset
+    if not n:
+        return b"".join(parts)
+    # per box: center, size, yaw, velocity (x, y, z=0): 10 float64 in one row
+    B = np.asarray(dets.boxes, np.float64)
+    rows = np.ascontiguousarray(np.c_[B[:, :7], B[:, 7:9], np.zeros(n)]).tobytes()
     labels = np.asarray(dets.labels).tolist()
-    scores = np.asarray(dets.scores, np.float64).tolist()
-    attrs = dets.attributes or ("",) * len(B)
+    scores = np.asarray(dets.scores, np.float32).tobytes()
+    attrs = dets.attributes or ("",) * n
     ids = dets.instance_ids
     npts = dets.num_lidar_pts
-    items = []
-    for k in range(len(B)):
-        b = B[k]
+    u32 = struct.Struct("<I").pack
+    for k in range(n):
+        pad = -off % 8  # a Detection3D starts with a float64
         cid = int(labels[k])
-        items.append(
-            Detection3D(
-                box=BoundingBox3D(
-                    center=Point(x=b[0], y=b[1], z=b[2]), size=Vector3(x=b[3], y=b[4], z=b[5]), yaw=b[6]
-                ),
-                velocity=Vector3(x=b[7], y=b[8], z=0.0),
-                class_id=cid,
-                class_name=CLASS_NAMES[cid],
-                score=scores[k],
-                attribute=attrs[k],
-                instance_id="" if ids is None else str(ids[k]),
-                num_lidar_points=0 if npts is None else int(npts[k]),
-            )
-        )
-    out.detections = items
-    return out
+        chunk = b"\x00" * pad + rows[80 * k : 80 * k + 80] + bytes((cid,))
+        chunk += pack_string(CLASS_NAMES[cid], off + len(chunk))
+        chunk += b"\x00" * (-(off + len(chunk)) % 4) + scores[4 * k : 4 * k + 4]
+        chunk += pack_string(attrs[k], off + len(chunk))
+        chunk += pack_string("" if ids is None else str(ids[k]), off + len(chunk))
+        chunk += b"\x00" * (-(off + len(chunk)) % 4) + u32(0 if npts is None else int(npts[k]))
+        parts.append(chunk)
+        off += len(chunk)
+    return b"".join(parts)
+
+
+def detections_to_msg(dets: Detections, stamp_ns: int, frame_id: str = "base_link") -> Any:
+    """The same as a ``Detection3DArray`` message object (for in-process use)."""
+    from rclpy.serialization import deserialize_message
+
+    from qd_perception.msg import Detection3DArray
+
+    return deserialize_message(detections_to_cdr(dets, stamp_ns, frame_id), Detection3DArray)
 
 
 def msg_to_detections(msg: Any) -> Detections:

@@ -51,10 +51,10 @@ import numpy as np
 from qd_perception.config import ConfigError
 from qd_perception.data.types import CameraInput, Detections, Frame
 from qd_perception.geometry.rig import load_rig
-from qd_perception.ros.convert import detections_to_msg, ns_to_stamp
+from qd_perception.ros.convert import detections_to_cdr
 from qd_perception.ros.frontend import SensorFrontEnd
 from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inputs
-from qd_perception.ros.markers import detections_to_markers
+from qd_perception.ros.markers import detections_to_markers_cdr
 from qd_perception.ros.node_config import DetectorNodeConfig
 from qd_perception.ros.params import declare_config
 from qd_perception.runtime.factory import DetectorConfig, build_detector
@@ -197,8 +197,8 @@ def make_node(node_name: str, default_detector: str) -> Any:
             try:
                 dets = self.detector.detect(frame)
                 # the output conversions import their message modules on first use (~100 ms)
-                detections_to_msg(dets, 0, self.cfg.frame_id)
-                detections_to_markers(dets, ns_to_stamp(0), self.cfg.frame_id)
+                detections_to_cdr(dets, 0, self.cfg.frame_id)
+                detections_to_markers_cdr(dets, 0, self.cfg.frame_id)
             except Exception as e:  # a detector that rejects synthetic input still serves real data
                 self.get_logger().warning(f"warm-up detection failed ({e!r}): the first frame pays start-up")
             finally:
@@ -356,11 +356,11 @@ def make_node(node_name: str, default_detector: str) -> Any:
             )
             dets: Detections = self.detector.detect(frame)
             self._check_temporal_state(stamp_ns)
-            stamp = ns_to_stamp(stamp_ns)
-            self.pub_det.publish(detections_to_msg(dets, stamp_ns, cfg.frame_id))
+            # serialized CDR, published as is (ros/cdr.py: no message objects to build)
+            self.pub_det.publish(detections_to_cdr(dets, stamp_ns, cfg.frame_id))
             if self.pub_markers.get_subscription_count():
                 self.pub_markers.publish(
-                    detections_to_markers(dets, stamp, cfg.frame_id, cfg.marker_lifetime_s)
+                    detections_to_markers_cdr(dets, stamp_ns, cfg.frame_id, cfg.marker_lifetime_s)
                 )
             self.stats["frames_out"] += 1
             self.processing_ms.append((time.monotonic() - t_newest) * 1e3)
@@ -451,43 +451,17 @@ def make_node(node_name: str, default_detector: str) -> Any:
 def main_for(node_name: str, default_detector: str, argv: list[str] | None = None) -> int:
     """Entry point of a detector node executable: returns the process exit code.
 
-    SIGINT and SIGTERM stop the node cleanly (worker joined, summary logged, exit code 0).
-    rclpy's own signal handlers are disabled so the summary can still be logged through ROS
-    before the context shuts down.
+    SIGINT and SIGTERM stop the node cleanly (worker joined, summary logged, exit code 0);
+    signals, spin loop and teardown order: :func:`qd_perception.ros.lifecycle.run_node`.
     """
-    import signal
-    import sys
+    from qd_perception.ros.lifecycle import run_node
 
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
+    def finish(node: Any) -> None:
+        node.stop()
+        d = node.diagnostics()
+        node.get_logger().info(
+            f"shutting down: {d['frames_out']} frames out of {d['sync.sets']} sets, "
+            f"{d['sync.dropped']} inputs dropped, {d['bad_input']} bad inputs"
+        )
 
-    def _stop(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    try:
-        node = make_node(node_name, default_detector)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.2)  # short waits: signals are handled between them
-    except KeyboardInterrupt:
-        pass
-    except (ConfigError, ValueError) as e:
-        print(f"[{node_name}] configuration error: {e}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        if node is not None:
-            node.stop()
-            d = node.diagnostics()
-            node.get_logger().info(
-                f"shutting down: {d['frames_out']} frames out of {d['sync.sets']} sets, "
-                f"{d['sync.dropped']} inputs dropped, {d['bad_input']} bad inputs"
-            )
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(node_name, lambda: make_node(node_name, default_detector), args=argv, finish=finish)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -153,33 +152,31 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
 
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-    node = rclpy.create_node("recorder")
-    rec = Recorder(node, _parse_topics(args.topics))
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
-    announced = False
-    try:
-        while not stop.is_set():
-            rec.poll()
-            if rec.ready and not announced:
-                announced = True
-                node.get_logger().info(f"recording {sorted(rec.types)}")
-                if args.ready_file:
-                    args.ready_file.write_text("ready\n")
-            ex.spin_once(timeout_sec=0.05)
+    from qd_perception.ros.lifecycle import run_node
+
+    parts: dict[str, Recorder] = {}
+
+    def build() -> Any:
+        node = rclpy.create_node("recorder")
+        parts["rec"] = Recorder(node, _parse_topics(args.topics))
+        return node
+
+    def tick(node: Any) -> None:
+        rec = parts["rec"]
+        was_ready = rec.ready
+        rec.poll()
+        if rec.ready and not was_ready:
+            node.get_logger().info(f"recording {sorted(rec.types)}")
+            if args.ready_file:
+                args.ready_file.write_text("ready\n")
+
+    def finish(node: Any) -> None:
+        rec = parts["rec"]
         rec.write(args.out)
         node.get_logger().info(f"wrote {len(rec.messages)} messages {rec.counts()} to {args.out}")
-    finally:
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.shutdown()
-    return 0
+
+    return run_node("recorder", build, tick=tick, finish=finish, period_s=0.05)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,10 @@ class DetectorConfig:
     model_path: weights / ONNX / engine file ("" where the detector has none).
     model_config: ``config/models/<name>.model.yaml`` describing the model ("" = builder default).
     device: "cpu", "cuda", "cuda:1".
-    backend: torch (FP32/FP16/fake-quant), onnxruntime (INT8 Q/DQ), tensorrt.
+    backend: torch (FP32/FP16/fake-quant), onnxruntime (INT8 Q/DQ), tensorrt, or auto: from
+        ``model_path`` (``.pt`` -> torch, ``.onnx`` or a directory of them -> onnxruntime,
+        ``.engine`` / ``.plan`` -> tensorrt), so a parameter file switches between the INT8
+        artefact and the FP32 checkpoint with ``model_path`` alone.
     score_threshold: detections below it are not returned.
     threads: compute threads of the detector, 0 = the libraries' defaults (every core, and ONNX
         Runtime's pool busy-waits between runs). On a vehicle computer shared with other nodes give
@@ -41,7 +44,7 @@ class DetectorConfig:
     model_path: str = ""
     model_config: str = ""
     device: str = "cpu"
-    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    backend: Literal["torch", "onnxruntime", "tensorrt", "auto"] = "torch"
     score_threshold: float = 0.1
     threads: int = 0
 
@@ -125,7 +128,35 @@ def build_detector(cfg: DetectorConfig) -> Detector:
             if found is None:
                 raise ConfigError(f"detector {cfg.name!r}: {what} {p!r} does not exist")
             resolved[what] = str(found)
+    if cfg.backend == "auto":
+        resolved["backend"] = infer_backend(Path(resolved.get("model_path", "")))
     return builder(dataclasses.replace(cfg, **resolved))
+
+
+def infer_backend(model_path: Path) -> str:
+    """``backend: auto``: the runtime a model file (or artefact directory) is for."""
+    if str(model_path) in ("", "."):
+        return "torch"  # no model file (the classical baseline)
+    suffix = model_path.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return "torch"
+    if suffix in (".engine", ".plan"):
+        return "tensorrt"
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if model_path.is_dir():
+        import yaml
+
+        quant = model_path / "quant.yaml"  # a `quantize lidar` artefact says its runtime
+        if quant.exists() and (yaml.safe_load(quant.read_text()) or {}).get("target") == "trt":
+            return "tensorrt"
+        if any(model_path.glob("*.onnx")):
+            return "onnxruntime"
+    raise ConfigError(
+        f"backend auto: cannot tell the runtime of model_path {str(model_path)!r} "
+        "(.pt: torch; .onnx or a directory of them: onnxruntime; .engine / .plan: tensorrt); "
+        "set detector.backend"
+    )
 
 
 def resolve_package_file(p: str | Path) -> Path | None:

@@ -632,40 +632,16 @@ def make_node(argv_unused: Any = None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; SIGINT / SIGTERM stop cleanly (pending frames written, PTQ child stopped)."""
-    import signal
+    """Entry point; SIGINT / SIGTERM stop cleanly (pending frames written, PTQ child stopped).
+    Signals, spin loop and teardown order: :func:`qd_perception.ros.lifecycle.run_node`."""
+    from qd_perception.ros.lifecycle import run_node
 
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
+    def finish(node: Any) -> None:
+        node.stop()
+        node.get_logger().info(f"shutting down: {json.dumps(node.status())}")
 
-    def _stop(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    try:
-        try:
-            node = make_node()
-        except (ConfigError, ValueError) as e:
-            print(f"[{NODE_NAME}] configuration error: {e}", file=sys.stderr, flush=True)
-            return 2
-        # Two threads: the trigger service has its own callback group (see the node).
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if node is not None:
-            node.stop()
-            node.get_logger().info(f"shutting down: {json.dumps(node.status())}")
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # Two threads: the trigger service has its own callback group (see the node).
+    return run_node(NODE_NAME, make_node, args=argv, threads=2, finish=finish)
 
 
 if __name__ == "__main__":
