@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("quantize", "post-training quantization (LiDAR-PTQ and calibrators)"),
     "replay": ("replay", "replay a rosbag2 through the real nodes and score their output"),
     "launch": ("launch", "start a node graph without the ros2 CLI (pip installs)"),
-    "bench": ("bench", "run a benchmark and write its row to docs/benchmarks.md"),
+    "bench": ("bench", "run the benchmark suite and print its docs/benchmarks.md rows"),
     "demo": ("demo", "the main job: synthetic scene -> bag -> replay -> metrics"),
 }
 
