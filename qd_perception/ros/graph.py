@@ -35,8 +35,9 @@ class NodeSpec:
     module: the same program as ``python -m <module>``.
     params: parameter file relative to the package's ``config/`` ("" = none).
     remaps: (from, to) topic remaps; ``~`` is the node's private namespace.
-    detector: detector-factory name the node runs by default ("" = no detector); the node's
-        parameter file may override it (``detector.name``).
+    detector: detector-factory name the node runs when its parameter file names none ("" = no
+        detector); the shipped parameter files name theirs (``detector.name``), see
+        :func:`effective_detector`.
     arguments: extra non-ROS command-line arguments.
     """
 
@@ -68,7 +69,7 @@ LIDAR_DETECTOR = NodeSpec(
     module="qd_perception.ros.nodes.lidar_detector",
     params="lidar_detector.param.yaml",
     remaps=detector_remaps(),
-    detector="classical",
+    detector="classical",  # as lidar_detector.DEFAULT_DETECTOR; its param file names centerpoint
 )
 BEV_DETECTOR = NodeSpec(
     name="bev_detector",
