@@ -15,14 +15,6 @@ from qd_perception.models.build import build_model, config_from_dict, load_model
 from qd_perception.train.export_lidar import example_frame
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny_checkpoint(tmp_path):
     _, cfg = load_model_file("config/models/centerpoint_pillar_cpu.model.yaml")
     d = dataclasses.asdict(cfg)

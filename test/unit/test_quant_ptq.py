@@ -17,14 +17,6 @@ from qd_perception.quant.ptq.lidar_ptq import LidarPTQConfig, run_lidar_ptq
 from qd_perception.quant.ptq.tgpl import TGPLConfig, positive_masks, tgpl_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_soft_rounding_starts_at_the_float_weight_and_hardens_to_integers():
     torch.manual_seed(0)
     w = torch.randn(4, 6)
