@@ -1,4 +1,4 @@
-"""Error bars for the PTQ ablation: calibration-set spread and evaluation (val-sample) noise.
+r"""Error bars for the PTQ ablation: calibration-set spread and evaluation (val-sample) noise.
 
 Two independent sources of noise in a row of ``quant_lidar_ablation.py``:
 
@@ -10,9 +10,9 @@ Two independent sources of noise in a row of ``quant_lidar_ablation.py``:
   replicates of the val samples (:mod:`qd_perception.eval.bootstrap`, devkit matching), so the
   spread of each row's gap to FP32 is a *paired* one.
 
-    .venv/bin/python benchmarks/quant_error_bars.py --data /tmp/cp_val --split val \\
-        --subsets /tmp/stats/S0,/tmp/stats/S1,/tmp/stats/S2 \\
-        --bootstrap pillar=/tmp/stats/S0 --n-boot 500 --block 10 \\
+    .venv/bin/python benchmarks/quant_error_bars.py --data /tmp/cp_val --split val \
+        --subsets /tmp/stats/S0,/tmp/stats/S1,/tmp/stats/S2 \
+        --bootstrap pillar=/tmp/stats/S0 --n-boot 500 --block 10 \
         --png docs/images/quant_lidar_error_bars.png --json /tmp/stats/error_bars.json
 """
 

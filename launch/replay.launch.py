@@ -1,4 +1,4 @@
-"""``ros2 launch qd_perception replay.launch.py bag:=BAG [graph:=lidar|bev] [rate:=1.0] [loop:=false]``
+"""``ros2 launch qd_perception replay.launch.py bag:=BAG [graph:=lidar|bev] [rate:=1.0] [loop:=false]``.
 
 Starts a detector graph (``qd_perception.ros.graph``) and plays a rosbag2 into it with its
 original timing (``qd_perception.ros.bag_player``: raw CDR, no ``/clock`` needed because the nodes

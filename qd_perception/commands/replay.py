@@ -428,7 +428,7 @@ class BagRun:
 
 
 def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
-    """Run the replay(s) (see the module docstring); returns the metrics written to metrics.json."""
+    """Run the replays (see the module docstring); returns the metrics written to metrics.json."""
     from qd_perception.ros import graph
     from qd_perception.ros.bag_player import bag_topics
     from qd_perception.sim.rosmsgs import GT_TOPIC

@@ -155,8 +155,9 @@ def _calibrated_w4(model: nn.Module, samples) -> nn.Module:
 
 
 def _independent_objective(q: nn.Module, ref: nn.Module, samples, tcfg: TGPLConfig) -> tuple[float, float]:
-    """(mean relative layer error vs ``ref`` run in float, TGPL vs ``ref``'s float heads), computed
-    here without the joint module's machinery. (TGPL's soft-target BCE includes the targets'
+    """Mean relative layer error vs ``ref`` run in float and TGPL vs ``ref``'s float heads.
+
+    Computed here without the joint module's machinery. (TGPL's soft-target BCE includes the targets'
     entropy, a constant floor, so the reconstruction part shows the change best.)"""
     from qd_perception.quant.model import set_mode
     from qd_perception.quant.nn.modules import QuantModule
