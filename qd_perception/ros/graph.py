@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from qd_perception import paths
-from qd_perception.ros.node_config import DEFAULT_CAMERAS, camera_key
+from qd_perception.geometry.rig import DEFAULT_CAMERAS
+from qd_perception.ros.node_config import camera_key
 from qd_perception.sim.rosmsgs import LIDAR_TOPIC, ODOM_TOPIC, camera_info_topic, image_topic
 
 PACKAGE = "qd_perception"
