@@ -78,7 +78,7 @@ def main() -> None:
     from qd_perception.ros.markers import detections_to_markers
     from qd_perception.runtime.factory import DetectorConfig, build_detector
     from qd_perception.runtime.sweeps import SweepAccumulator, SweepConfig
-    from qd_perception.sim.rosmsgs import LIDAR_TOPIC, ODOM_TOPIC
+    from qd_perception.topics import LIDAR_TOPIC, ODOM_TOPIC
 
     reader = open_reader(args.bag)
     raw_clouds, odoms = [], []

@@ -162,7 +162,7 @@ def drive_and_calibrate(
     from std_srvs.srv import Trigger
 
     from qd_perception.ros.bag_player import BagPlayer, PlaybackConfig
-    from qd_perception.sim.rosmsgs import LIDAR_TOPIC, ODOM_TOPIC
+    from qd_perception.topics import LIDAR_TOPIC, ODOM_TOPIC
 
     logs.mkdir(parents=True, exist_ok=True)
     log = open(logs / "vehicle_launch.log", "wb")

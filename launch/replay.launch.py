@@ -21,7 +21,7 @@ from launch.substitutions import LaunchConfiguration
 
 from launch import LaunchDescription
 from qd_perception.ros.graph import launch_description
-from qd_perception.sim.rosmsgs import LIDAR_TOPIC
+from qd_perception.topics import LIDAR_TOPIC
 
 
 def _graph_and_player(context):

@@ -54,6 +54,14 @@ from qd_perception.classes import CLASS_NAMES
 from qd_perception.data.types import Detections
 from qd_perception.eval.latency import ReplayClock, latency_stats
 from qd_perception.eval.streaming import GroundTruthFrame, TimedOutput, evaluate_segments
+from qd_perception.topics import (
+    DETECTIONS_OUTPUT,
+    DIAGNOSTICS_OUTPUT,
+    GT_TOPIC,
+    LIDAR_TOPIC,
+    ODOM_TOPIC,
+    image_topic,
+)
 
 KEYFRAME_PERIOD_US = 500_000
 
@@ -252,8 +260,6 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def _trigger_topic(node_name: str) -> str:
     """The input topic of a detector node each of whose messages should yield one output."""
-    from qd_perception.sim.rosmsgs import LIDAR_TOPIC, image_topic
-
     return image_topic("CAM_FRONT") if node_name == "bev_detector" else LIDAR_TOPIC
 
 
@@ -373,6 +379,8 @@ def _wait_for_detectors(
     """Wait until every detector publishes its output topic. A node that exits during start-up
     (e.g. ``bev`` without a trained model) is left out with the reason from its log; the replay
     goes on with the others."""
+    from qd_perception.ros import graph
+
     pending = {s.name: s for s in specs}
     alive = []
     deadline = time.monotonic() + timeout_s
@@ -386,7 +394,7 @@ def _wait_for_detectors(
                 say(f"replay: {skipped[-1]}")
                 procs.forget(name)
                 del pending[name]
-            elif node.count_publishers(f"/{name}/output/detections") > 0:
+            elif node.count_publishers(graph.output_topic(s, DETECTIONS_OUTPUT)) > 0:
                 alive.append(s)
                 del pending[name]
         if pending and time.monotonic() > deadline:
@@ -431,7 +439,6 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
     """Run the replays (see the module docstring); returns the metrics written to metrics.json."""
     from qd_perception.ros import graph
     from qd_perception.ros.bag_player import bag_topics
-    from qd_perception.sim.rosmsgs import GT_TOPIC
 
     say = print if verbose else (lambda *a, **k: None)
     if not opts.bags:
@@ -468,7 +475,7 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
     per_det: dict[str, Any] = {}
     for s in detectors:
         block = detector_metrics(
-            s.name, f"/{s.name}/output/detections", [r.segments[s.name] for r in runs], opts.rate
+            s.name, graph.output_topic(s, DETECTIONS_OUTPUT), [r.segments[s.name] for r in runs], opts.rate
         )
         diags = [r.diagnostics[s.name] for r in runs if s.name in r.diagnostics]
         if diags:
@@ -502,7 +509,6 @@ def run_bag(opts: ReplayOptions, bag: Path, work: Path, specs: list, skipped: li
     from qd_perception.ros import graph
     from qd_perception.ros.bag_player import BagPlayer, PlaybackConfig, bag_topics
     from qd_perception.ros.recorder import read_recording
-    from qd_perception.sim.rosmsgs import GT_TOPIC, ODOM_TOPIC
 
     topics = bag_topics(bag)
     aux = [s for s in specs if not s.detector]
@@ -529,8 +535,8 @@ def run_bag(opts: ReplayOptions, bag: Path, work: Path, specs: list, skipped: li
                 node, [s for s in specs if s.detector], procs, opts.startup_timeout_s, skipped, say
             )
             triggers = {s.name: _trigger_topic(s.name) for s in detectors}
-            det_topics = {s.name: f"/{s.name}/output/detections" for s in detectors}
-            diag_topics = {s.name: f"/{s.name}/output/diagnostics" for s in detectors}
+            det_topics = {s.name: graph.output_topic(s, DETECTIONS_OUTPUT) for s in detectors}
+            diag_topics = {s.name: graph.output_topic(s, DIAGNOSTICS_OUTPUT) for s in detectors}
             rec_topics = [f"{t}=qd_perception/msg/Detection3DArray" for t in det_topics.values()]
             rec_topics += [f"{t}=diagnostic_msgs/msg/DiagnosticArray" for t in diag_topics.values()]
             procs.start(
@@ -604,7 +610,6 @@ def run_bag(opts: ReplayOptions, bag: Path, work: Path, specs: list, skipped: li
 
 def _picture(path: Path, run: BagRun, detector: str) -> None:
     from qd_perception.ros.bag_player import bag_topics
-    from qd_perception.sim.rosmsgs import LIDAR_TOPIC
 
     seg = run.segments[detector]
     picks = picture_instants(seg.gt, seg.outputs)
