@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qd_perception.eval.bootstrap import BootstrapResult, DevkitSplit, MatchedSubmission
+from qd_perception.fileio import atomic_write_bytes, atomic_write_json
 
 RESULTS = "results_nusc.json"
 CALIBRATORS = ("minmax", "percentile", "mse", "entropy", "uh")
@@ -93,9 +93,7 @@ def cached_match(split: DevkitSplit, row: Path) -> MatchedSubmission:
     if cache.exists() and cache.stat().st_mtime >= res.stat().st_mtime:
         return pickle.loads(cache.read_bytes())
     sub = split.match_submission(res)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(sub))
-    os.replace(tmp, cache)
+    atomic_write_bytes(cache, pickle.dumps(sub))
     return sub
 
 
@@ -231,10 +229,7 @@ def main() -> None:
                                 for x in steps],
             }  # fmt: skip
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, report)
         print(f"wrote {args.json}")
     if args.png and (sub_rows or boots):
         plot(args.png, sub_names, sub_rows, boots)

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qd_perception.data.nuscenes import NuScenesReader
 from qd_perception.eval.lidar import predict
 from qd_perception.eval.nuscenes_eval import evaluate
+from qd_perception.fileio import atomic_output, atomic_write_json
 from qd_perception.quant.lidar import calibration_frames, load_ptq_config, quantize_centerpoint
 from qd_perception.runtime.centerpoint import TorchCenterPointDetector, load_checkpoint
 
@@ -51,11 +52,7 @@ def load_results(path: Path) -> dict:
 
 
 def save_results(path: Path, res: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_json(path, res)
 
 
 def loadavg() -> float:
@@ -375,11 +372,9 @@ def plot(res: dict, bits_list: list[str], png: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_output(png) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, png)
     print(f"wrote {png}")
 
 

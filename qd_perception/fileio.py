@@ -9,12 +9,15 @@ over the target with :func:`os.replace` once complete; on an error the temporary
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+_serial = itertools.count()  # unique temporary names for writers in one process
 
 
 @contextmanager
@@ -23,12 +26,12 @@ def atomic_output(path: str | Path, fsync: bool = False) -> Iterator[Path]:
 
     The parent directory is created. ``fsync`` flushes the file to disk before the rename (for
     files that must survive a power loss, e.g. a calibration set recorded on the vehicle). The
-    temporary name keeps the target's suffix (``.tmp<pid>`` before it), so writers that pick a
-    format from the suffix (``torch.save``, ``np.savez``, ONNX) see the right one.
+    temporary name is unique in the machine (process id and a counter) and keeps the target's
+    suffix, so writers that pick a format from the suffix (``np.savez``, ``savefig``) see it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}-{next(_serial)}{path.suffix}")
     try:
         yield tmp
         if fsync:

@@ -38,7 +38,6 @@ for distinct played input stamps), ``dropped`` = ``frames_in - frames_out``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -54,6 +53,7 @@ from qd_perception.classes import CLASS_NAMES
 from qd_perception.data.types import Detections
 from qd_perception.eval.latency import ReplayClock, latency_stats
 from qd_perception.eval.streaming import GroundTruthFrame, TimedOutput, evaluate_segments
+from qd_perception.fileio import atomic_write_json
 from qd_perception.topics import (
     DETECTIONS_OUTPUT,
     DIAGNOSTICS_OUTPUT,
@@ -246,13 +246,6 @@ def detector_metrics(name: str, topic: str, segments: list[Segment], rate: float
             "num_gt_boxes": scores.offline.num_gt_boxes,
         }
     )
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False))
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------ processes

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
 import sys
 import threading
 import time
@@ -46,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 
 from qd_perception.eval.latency import ReplayClock
+from qd_perception.fileio import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -238,12 +237,6 @@ class BagPlayer:
         self._clock_pub.publish(msg)
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def _parse_waits(items: Sequence[str]) -> dict[str, int]:
     out = {}
     for it in items:
@@ -297,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             rclpy.shutdown()
     s = stats.summary()
     if args.stats_file:
-        _atomic_json(args.stats_file, s)
+        atomic_write_json(args.stats_file, s)
     print(
         f"bag_player: {sum(stats.published.values())} messages in {stats.wall_s:.1f} s, "
         f"lateness p99 {s['lateness_ms']['p99']:.1f} ms"
