@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from qd_perception.data.rosbag import bag_topics, open_reader
 from qd_perception.eval.latency import ReplayClock
 from qd_perception.fileio import atomic_write_json
 
@@ -108,27 +109,6 @@ def message_class(msgtype: str) -> type:
         return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
     except (ImportError, AttributeError) as e:
         raise ImportError(f"message type {msgtype} is not available in this environment: {e}") from e
-
-
-def open_reader(bag: str | Path):
-    """An opened ``rosbags`` rosbag2 reader; clear error for a missing or non-bag path."""
-    from rosbags.rosbag2 import Reader
-
-    bag = Path(bag)
-    if not (bag / "metadata.yaml").exists():
-        raise FileNotFoundError(f"{bag} is not a rosbag2 directory (no metadata.yaml)")
-    reader = Reader(bag)
-    reader.open()
-    return reader
-
-
-def bag_topics(bag: str | Path) -> dict[str, tuple[str, int]]:
-    """topic -> (message type, message count) of a bag."""
-    reader = open_reader(bag)
-    try:
-        return {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
-    finally:
-        reader.close()
 
 
 def _qos(kind: str, depth: int):
