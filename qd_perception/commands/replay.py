@@ -78,8 +78,8 @@ def _trigger_topic(node_name: str) -> str:
 
 def ros_env() -> dict[str, str]:
     """Environment for the node processes: loopback-only DDS and the large shared-memory Fast DDS
-    profile unless the caller chose otherwise (see ENVIRONMENT.md: the default segment loses
-    large frames)."""
+    profile unless the caller chose otherwise (Fast DDS's default shared-memory
+    segment is too small for a 6-camera frame and loses them)."""
     from qd_perception.paths import config_dir
 
     env = dict(os.environ)
