@@ -16,7 +16,7 @@ measures that tree's path. Frames: ``--data`` (nuScenes-format split, ``nsweeps`
 synthetic sweeps of ``--points`` points (``export_lidar.example_frame``).
 
     nice -n 10 .venv/bin/python benchmarks/centerpoint_latency.py --ckpt weights/centerpoint_pillar_cpu.pt \
-        --int8 /tmp/speed/int8 --data /tmp/cp_val --frames 20 --threads 1
+        --int8 .cache/bench/speed/int8 --data .cache/bench/cp_val --frames 20 --threads 1
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ quantize lidar dir>`` for ORT FP32 / INT8).
 
 ::
 
-    .venv/bin/python -m qd_perception.cli sim --out /tmp/rf/sim --scenes 1 --samples 8 --seed 5 --bag
-    nice -n 10 .venv/bin/python benchmarks/lidar_path_profile.py --bag /tmp/rf/sim/bags/<scene>
-    nice -n 10 .venv/bin/python benchmarks/lidar_path_profile.py --bag /tmp/rf/sim/bags/<scene> \
+    .venv/bin/python -m qd_perception.cli sim --out .cache/bench/rf/sim --scenes 1 --samples 8 --seed 5 --bag
+    nice -n 10 .venv/bin/python benchmarks/lidar_path_profile.py --bag .cache/bench/rf/sim/bags/<scene>
+    nice -n 10 .venv/bin/python benchmarks/lidar_path_profile.py --bag .cache/bench/rf/sim/bags/<scene> \
         --detector centerpoint --model weights/centerpoint_pillar_cpu.pt --sweeps 5 --threads 1
 """
 

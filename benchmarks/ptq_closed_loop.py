@@ -2,7 +2,7 @@
 
 ::
 
-    nice -n 10 .venv/bin/python benchmarks/ptq_closed_loop.py --out /tmp/loop/run
+    nice -n 10 .venv/bin/python benchmarks/ptq_closed_loop.py --out .cache/bench/loop/run
 
 What a user does on a car, step by step, with the simulator standing in for the sensors:
 

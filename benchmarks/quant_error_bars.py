@@ -10,10 +10,10 @@ Two independent sources of noise in a row of ``quant_lidar_ablation.py``:
   replicates of the val samples (:mod:`qd_perception.eval.bootstrap`, devkit matching), so the
   spread of each row's gap to FP32 is a *paired* one.
 
-    .venv/bin/python benchmarks/quant_error_bars.py --data /tmp/cp_val --split val \
-        --subsets /tmp/stats/S0,/tmp/stats/S1,/tmp/stats/S2 \
-        --bootstrap pillar=/tmp/stats/S0 --n-boot 500 --block 10 \
-        --png docs/images/quant_lidar_error_bars.png --json /tmp/stats/error_bars.json
+    .venv/bin/python benchmarks/quant_error_bars.py --data .cache/bench/cp_val --split val \
+        --subsets .cache/bench/stats/S0,.cache/bench/stats/S1,.cache/bench/stats/S2 \
+        --bootstrap pillar=.cache/bench/stats/S0 --n-boot 500 --block 10 \
+        --png docs/images/quant_lidar_error_bars.png --json .cache/bench/stats/error_bars.json
 """
 
 from __future__ import annotations
