@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds.xml"))
     os.environ.setdefault("ROS_LOG_DIR", str(out / "logs" / "ros"))
-    from qd_perception.commands.replay import ros_env
+    from qd_perception.ros.processes import ros_env
 
     env = ros_env()
     env["PYTHONUNBUFFERED"] = "1"

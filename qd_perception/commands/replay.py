@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -59,6 +57,7 @@ from qd_perception.eval.replay import (
     timed_outputs,
 )
 from qd_perception.fileio import atomic_write_json
+from qd_perception.ros.processes import Processes, ros_env
 from qd_perception.topics import (
     DETECTIONS_OUTPUT,
     DIAGNOSTICS_OUTPUT,
@@ -74,78 +73,6 @@ from qd_perception.topics import (
 def _trigger_topic(node_name: str) -> str:
     """The input topic of a detector node each of whose messages should yield one output."""
     return image_topic("CAM_FRONT") if node_name == "bev_detector" else LIDAR_TOPIC
-
-
-def ros_env() -> dict[str, str]:
-    """Environment for the node processes: loopback-only DDS and the large shared-memory Fast DDS
-    profile unless the caller chose otherwise (Fast DDS's default shared-memory
-    segment is too small for a 6-camera frame and loses them)."""
-    from qd_perception.paths import config_dir
-
-    env = dict(os.environ)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env.setdefault("ROS_LOCALHOST_ONLY", "1")
-    profile = config_dir() / "fastdds.xml"
-    if profile.exists():
-        env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
-    # The children must import this checkout's package first (source tree or installed).
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-class Processes:
-    """Child processes started here, stopped by PID (SIGINT, then SIGKILL after ``timeout_s``)."""
-
-    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
-        self.log_dir = log_dir
-        self.env = env
-        self.procs: list[tuple[str, subprocess.Popen, Any]] = []
-        log_dir.mkdir(parents=True, exist_ok=True)
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "wb")  # closed in stop_all
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.procs.append((name, p, log))
-        return p
-
-    def forget(self, name: str) -> None:
-        """Drop a process that already exited (its log stays)."""
-        for entry in [e for e in self.procs if e[0] == name]:
-            entry[2].close()
-            self.procs.remove(entry)
-
-    def check_alive(self) -> None:
-        for name, p, _ in self.procs:
-            if p.poll() is not None:
-                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{name} exited early with code {p.returncode}:\n{tail}")
-
-    def stop(self, name: str, timeout_s: float = 10.0) -> int | None:
-        for n, p, log in self.procs:
-            if n == name:
-                rc = _stop_process(p, timeout_s)
-                log.close()
-                return rc
-        raise KeyError(name)
-
-    def stop_all(self, timeout_s: float = 10.0) -> dict[str, int | None]:
-        out = {}
-        for name, p, log in reversed(self.procs):
-            out[name] = _stop_process(p, timeout_s)
-            log.close()
-        return out
-
-
-def _stop_process(p: subprocess.Popen, timeout_s: float) -> int | None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-    return p.returncode
 
 
 def _wait_for(pred, timeout_s: float, what: str, procs: Processes) -> None:
