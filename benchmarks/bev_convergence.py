@@ -24,8 +24,8 @@ def evaluate(model: Path, data: str, threads: int) -> dict:
     out = model.with_suffix(".eval")
     metrics = out / "metrics.json"
     if not metrics.is_file():
-        cmd = [sys.executable, "-m", "qd_perception.cli", "eval", "bev", "--model", str(model), "--data", data,
-               "--out", str(out), "--pictures", "0", "--threads", str(threads)]  # fmt: skip
+        cmd = [sys.executable, "-m", "qd_perception.cli", "eval", "bev", "--model", str(model),
+               "--data", data, "--out", str(out), "--pictures", "0", "--threads", str(threads)]  # fmt: skip
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(metrics.read_text())
 

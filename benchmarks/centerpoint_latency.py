@@ -1,4 +1,4 @@
-"""CenterPoint latency per sweep, stage by stage: torch FP32 vs ONNX Runtime FP32 (vs ORT INT8).
+r"""CenterPoint latency per sweep, stage by stage: torch FP32 vs ONNX Runtime FP32 (vs ORT INT8).
 
 Runs each backend on the same frames, round-robin (so that they share the machine's load), after
 ``--warmup`` frames, on one thread by default, and prints markdown tables for docs/benchmarks.md:
@@ -15,8 +15,8 @@ when the detector has it, else the padded one), so the same script, copied into 
 measures that tree's path. Frames: ``--data`` (nuScenes-format split, ``nsweeps`` of the model) or
 synthetic sweeps of ``--points`` points (``export_lidar.example_frame``).
 
-    nice -n 10 .venv/bin/python benchmarks/centerpoint_latency.py --ckpt weights/centerpoint_pillar_cpu.pt \\
-        --int8 /tmp/speed/int8 --data /tmp/cp_val --frames 20 --threads 1
+    nice -n 10 .venv/bin/python benchmarks/centerpoint_latency.py --ckpt weights/centerpoint_pillar_cpu.pt \
+        --int8 .cache/bench/speed/int8 --data .cache/bench/cp_val --frames 20 --threads 1
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The classical lidar baseline (``detector.name: classical``) scored with the nuScenes devkit.
+r"""The classical lidar baseline (``detector.name: classical``) scored with the nuScenes devkit.
 
 Runs :class:`~qd_perception.models.classical.ClassicalDetector` on every keyframe of a split of a
 nuScenes-format data set (synthetic or real), in time order per scene (velocity comes from the
 previous keyframe), scores with :func:`qd_perception.eval.nuscenes_eval.evaluate` and prints a
 markdown row for docs/benchmarks.md. Generate the data first, e.g.::
 
-    .venv/bin/python -m qd_perception.cli sim --out .cache/bench/classical_sim --scenes 3 \\
+    .venv/bin/python -m qd_perception.cli sim --out .cache/bench/classical_sim --scenes 3 \
         --samples 10 --seed 11 --val-fraction 0.99
     nice -n 10 .venv/bin/python benchmarks/classical_baseline.py --data .cache/bench/classical_sim
 """

@@ -17,9 +17,9 @@ quantize lidar dir>`` for ORT FP32 / INT8).
 
 ::
 
-    .venv/bin/python -m qd_perception.cli sim --out /tmp/rf/sim --scenes 1 --samples 8 --seed 5 --bag
-    nice -n 10 .venv/bin/python benchmarks/lidar_path_profile.py --bag /tmp/rf/sim/bags/<scene>
-    nice -n 10 .venv/bin/python benchmarks/lidar_path_profile.py --bag /tmp/rf/sim/bags/<scene> \
+    .venv/bin/python -m qd_perception.cli sim --out .cache/bench/rf/sim --scenes 1 --samples 8 --seed 5 --bag
+    nice -n 10 .venv/bin/python benchmarks/lidar_path_profile.py --bag .cache/bench/rf/sim/bags/<scene>
+    nice -n 10 .venv/bin/python benchmarks/lidar_path_profile.py --bag .cache/bench/rf/sim/bags/<scene> \
         --detector centerpoint --model weights/centerpoint_pillar_cpu.pt --sweeps 5 --threads 1
 """
 
@@ -78,7 +78,7 @@ def main() -> None:
     from qd_perception.ros.markers import detections_to_markers_cdr
     from qd_perception.runtime.factory import DetectorConfig, build_detector
     from qd_perception.runtime.sweeps import SweepAccumulator, SweepConfig
-    from qd_perception.sim.rosmsgs import LIDAR_TOPIC, ODOM_TOPIC
+    from qd_perception.topics import LIDAR_TOPIC, ODOM_TOPIC
 
     reader = open_reader(args.bag)
     raw_clouds, odoms = [], []

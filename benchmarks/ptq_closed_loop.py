@@ -2,7 +2,7 @@
 
 ::
 
-    nice -n 10 .venv/bin/python benchmarks/ptq_closed_loop.py --out /tmp/loop/run
+    nice -n 10 .venv/bin/python benchmarks/ptq_closed_loop.py --out .cache/bench/loop/run
 
 What a user does on a car, step by step, with the simulator standing in for the sensors:
 
@@ -51,6 +51,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from qd_perception.fileio import atomic_write_json  # noqa: E402
 
 RECORDER = "calibration_recorder"
 DETECTOR = "lidar_detector"
@@ -162,7 +164,7 @@ def drive_and_calibrate(
     from std_srvs.srv import Trigger
 
     from qd_perception.ros.bag_player import BagPlayer, PlaybackConfig
-    from qd_perception.sim.rosmsgs import LIDAR_TOPIC, ODOM_TOPIC
+    from qd_perception.topics import LIDAR_TOPIC, ODOM_TOPIC
 
     logs.mkdir(parents=True, exist_ok=True)
     log = open(logs / "vehicle_launch.log", "wb")
@@ -501,12 +503,6 @@ def picture(summary: dict[str, Any], path: Path) -> None:
     save_figure(fig, path, dpi=90)
 
 
-def atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------ CLI
 
 
@@ -557,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds.xml"))
     os.environ.setdefault("ROS_LOG_DIR", str(out / "logs" / "ros"))
-    from qd_perception.commands.replay import ros_env
+    from qd_perception.ros.processes import ros_env
 
     env = ros_env()
     env["PYTHONUNBUFFERED"] = "1"
@@ -578,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.rmtree(params.calib_dir, ignore_errors=True)
         calib = drive_and_calibrate(bags_a, params, args, out / "logs", env)
-        atomic_json(done, calib)
+        atomic_write_json(done, calib)
     t_cal = time.monotonic() - t0
     fp32 = replay(
         bags_b, params.fp32, out / "replay_fp32", args.rate_b, env, out / "logs" / "replay_fp32.log"
@@ -599,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": {"until_artefact": t_cal, "total": time.monotonic() - t0},
         "load_avg": os.getloadavg(),
     }
-    atomic_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)
     summary["stage_profile"] = profiles(params, args)
     return report(summary, out)
 
@@ -613,7 +609,7 @@ def profiles(params: Params, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def report(summary: dict[str, Any], out: Path) -> int:
-    atomic_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)
     rows = markdown_rows(summary)
     (out / "rows.md").write_text(rows)
     picture(summary, out / "ptq_loop.png")

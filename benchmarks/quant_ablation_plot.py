@@ -1,10 +1,11 @@
-"""Bar chart of mAP per PTQ variant from the logs of several ``quant_lidar_ablation.py`` runs.
+r"""Bar chart of mAP per PTQ variant from the logs of several ``quant_lidar_ablation.py`` runs.
 
 The ablation is split over parallel runs (calibrators / LiDAR-PTQ W8A8 / W4A8, per checkpoint);
 each prints ``<name>: mAP <x> NDS <y>`` per row. This collects those rows, one panel per model:
 
     .venv/bin/python benchmarks/quant_ablation_plot.py --png docs/images/quant_lidar_ablation.png \
-        pillar=/tmp/abl/A.log,/tmp/abl/B.log,/tmp/abl/C.log voxel=/tmp/abl/D.log,/tmp/abl/E.log
+        pillar=.cache/bench/abl/A.log,.cache/bench/abl/B.log,.cache/bench/abl/C.log \
+        voxel=.cache/bench/abl/D.log,.cache/bench/abl/E.log
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Error bars for the PTQ ablation: calibration-set spread and evaluation (val-sample) noise.
+r"""Error bars for the PTQ ablation: calibration-set spread and evaluation (val-sample) noise.
 
 Two independent sources of noise in a row of ``quant_lidar_ablation.py``:
 
@@ -10,10 +10,10 @@ Two independent sources of noise in a row of ``quant_lidar_ablation.py``:
   replicates of the val samples (:mod:`qd_perception.eval.bootstrap`, devkit matching), so the
   spread of each row's gap to FP32 is a *paired* one.
 
-    .venv/bin/python benchmarks/quant_error_bars.py --data /tmp/cp_val --split val \\
-        --subsets /tmp/stats/S0,/tmp/stats/S1,/tmp/stats/S2 \\
-        --bootstrap pillar=/tmp/stats/S0 --n-boot 500 --block 10 \\
-        --png docs/images/quant_lidar_error_bars.png --json /tmp/stats/error_bars.json
+    .venv/bin/python benchmarks/quant_error_bars.py --data .cache/bench/cp_val --split val \
+        --subsets .cache/bench/stats/S0,.cache/bench/stats/S1,.cache/bench/stats/S2 \
+        --bootstrap pillar=.cache/bench/stats/S0 --n-boot 500 --block 10 \
+        --png docs/images/quant_lidar_error_bars.png --json .cache/bench/stats/error_bars.json
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qd_perception.eval.bootstrap import BootstrapResult, DevkitSplit, MatchedSubmission
+from qd_perception.fileio import atomic_write_bytes, atomic_write_json
 
 RESULTS = "results_nusc.json"
 CALIBRATORS = ("minmax", "percentile", "mse", "entropy", "uh")
@@ -93,9 +93,7 @@ def cached_match(split: DevkitSplit, row: Path) -> MatchedSubmission:
     if cache.exists() and cache.stat().st_mtime >= res.stat().st_mtime:
         return pickle.loads(cache.read_bytes())
     sub = split.match_submission(res)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(sub))
-    os.replace(tmp, cache)
+    atomic_write_bytes(cache, pickle.dumps(sub))
     return sub
 
 
@@ -231,10 +229,7 @@ def main() -> None:
                                 for x in steps],
             }  # fmt: skip
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, report)
         print(f"wrote {args.json}")
     if args.png and (sub_rows or boots):
         plot(args.png, sub_names, sub_rows, boots)

@@ -12,7 +12,7 @@ intra-op threads (``--threads``). Prints markdown rows for docs/benchmarks.md.
 FP32 graph as QOperator / QDQ with U8S8 / U8U8), each with its median over the same BEV canvases.
 
     nice -n 10 .venv/bin/python benchmarks/quant_latency.py --ckpt weights/centerpoint_pillar_cpu.pt \
-        --frames 20 --threads 1 --variants --keep /tmp/speed/artefacts
+        --frames 20 --threads 1 --variants --keep .cache/bench/speed/artefacts
 
 ``--op-profile`` prints ONNX Runtime's profiler summary (kernel time per op type) of the INT8 dense
 graph over the same canvases.

@@ -14,7 +14,7 @@ calibration split (blocks of ``--calib-frames`` are disjoint), ``--work DIR`` ke
 ``--fp32-from DIR`` reuses an earlier FP32 scoring of the same checkpoint instead of re-running it.
 
     nice -n 10 .venv/bin/python benchmarks/quant_lidar_ablation.py --ckpt weights/centerpoint_pillar_cpu.pt \
-        --data /tmp/cp_val --calib-split train --split val --config config/quant/lidar_ptq.yaml \
+        --data .cache/bench/cp_val --calib-split train --split val --config config/quant/lidar_ptq.yaml \
         --png docs/images/quant_lidar_ablation.png
 """
 

@@ -16,8 +16,8 @@ a run can be split and resumed part by part):
   the ratio) and the PNG (mAP vs wall seconds: QAT curves, PTQ points, FP32 line).
 
     nice -n 10 .venv/bin/python benchmarks/quant_ptq_vs_qat.py --ckpt weights/centerpoint_pillar_cpu.pt \
-        --data /tmp/cp_val --split val --train /tmp/cp_data --train-split train \
-        --results /tmp/qat/ptq_vs_qat.json --png docs/images/quant_ptq_vs_qat.png --threads 1
+        --data .cache/bench/cp_val --split val --train .cache/bench/cp_data --train-split train \
+        --results .cache/bench/qat/ptq_vs_qat.json --png docs/images/quant_ptq_vs_qat.png --threads 1
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qd_perception.data.nuscenes import NuScenesReader
 from qd_perception.eval.lidar import predict
 from qd_perception.eval.nuscenes_eval import evaluate
+from qd_perception.fileio import atomic_output, atomic_write_json
 from qd_perception.quant.lidar import calibration_frames, load_ptq_config, quantize_centerpoint
 from qd_perception.runtime.centerpoint import TorchCenterPointDetector, load_checkpoint
 
@@ -51,11 +52,7 @@ def load_results(path: Path) -> dict:
 
 
 def save_results(path: Path, res: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_json(path, res)
 
 
 def loadavg() -> float:
@@ -79,9 +76,9 @@ def code_state() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", type=Path, default=Path("weights/centerpoint_pillar_cpu.pt"))
-    ap.add_argument("--data", type=Path, default=Path("/tmp/cp_val"), help="evaluation dataroot")
+    ap.add_argument("--data", type=Path, default=Path(".cache/bench/cp_val"), help="evaluation dataroot")
     ap.add_argument("--split", default="val")
-    ap.add_argument("--train", type=Path, default=Path("/tmp/cp_data"), help="labelled train dataroot")
+    ap.add_argument("--train", type=Path, default=Path(".cache/bench/cp_data"), help="labelled train data")
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--version", default="v1.0-synthetic")
     ap.add_argument("--calib-frames", type=int, default=32)
@@ -94,7 +91,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--learn-scale", action="store_true", help="LSQ step sizes during QAT")
     ap.add_argument("--parts", default="ptq,qat,report")
-    ap.add_argument("--results", type=Path, default=Path("/tmp/qat/ptq_vs_qat.json"))
+    ap.add_argument("--results", type=Path, default=Path(".cache/bench/qat/ptq_vs_qat.json"))
     ap.add_argument("--png", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -375,11 +372,9 @@ def plot(res: dict, bits_list: list[str], png: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_output(png) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, png)
     print(f"wrote {png}")
 
 

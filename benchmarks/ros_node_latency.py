@@ -32,9 +32,8 @@ os.environ["ROS_DOMAIN_ID"] = str(200 + os.getpid() % 30)
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds.xml"))
 os.environ.setdefault("ROS_LOG_DIR", str(ROOT / ".cache" / "ros_log"))
 
-from qd_perception.geometry.rig import load_rig  # noqa: E402
+from qd_perception.geometry.rig import DEFAULT_CAMERAS, load_rig  # noqa: E402
 from qd_perception.geometry.transforms import invert  # noqa: E402
-from qd_perception.ros.node_config import DEFAULT_CAMERAS  # noqa: E402
 
 NODE = "bench_detector"
 

@@ -1,4 +1,4 @@
-"""``ros2 launch qd_perception lidar.launch.py [log_level:=info] [<node>_params:=FILE]``
+"""``ros2 launch qd_perception lidar.launch.py [log_level:=info] [<node>_params:=FILE]``.
 
 Nodes, parameter files and topic remaps come from :mod:`qd_perception.ros.graph` (graph
 ``lidar``), the description ``qd-perception launch lidar`` also starts (pip installs, no ros2 CLI).

@@ -1,4 +1,4 @@
-"""``ros2 launch qd_perception replay.launch.py bag:=BAG [graph:=lidar|bev] [rate:=1.0] [loop:=false]``
+"""``ros2 launch qd_perception replay.launch.py bag:=BAG [graph:=lidar|bev] [rate:=1.0] [loop:=false]``.
 
 Starts a detector graph (``qd_perception.ros.graph``) and plays a rosbag2 into it with its
 original timing (``qd_perception.ros.bag_player``: raw CDR, no ``/clock`` needed because the nodes
@@ -21,7 +21,7 @@ from launch.substitutions import LaunchConfiguration
 
 from launch import LaunchDescription
 from qd_perception.ros.graph import launch_description
-from qd_perception.sim.rosmsgs import LIDAR_TOPIC
+from qd_perception.topics import LIDAR_TOPIC
 
 
 def _graph_and_player(context):

@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("quantize", "quantization (LiDAR-PTQ and calibrators; QD-BEV for the camera model)"),
     "replay": ("replay", "replay a rosbag2 through the real nodes and score their output"),
     "launch": ("launch", "start a node graph without the ros2 CLI (pip installs)"),
-    "bench": ("bench", "run a benchmark and write its row to docs/benchmarks.md"),
+    "bench": ("bench", "run the benchmark suite and print its docs/benchmarks.md rows"),
     "demo": ("demo", "the main job: synthetic scene -> bag -> replay -> metrics"),
 }
 

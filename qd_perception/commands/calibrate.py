@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qd_perception.fileio import atomic_output
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="nuScenes-format dataroot")
@@ -76,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plot(offered: np.ndarray, kept: np.ndarray, names: tuple[str, ...], path: Path) -> None:
-    import os
 
     import matplotlib
 
@@ -95,7 +96,6 @@ def _plot(offered: np.ndarray, kept: np.ndarray, names: tuple[str, ...], path: P
         ax.legend(loc="best", fontsize=8)
     fig.suptitle("calibration set selection (scene statistics)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)

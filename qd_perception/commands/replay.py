@@ -38,295 +38,41 @@ for distinct played input stamps), ``dropped`` = ``frames_in - frames_out``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from qd_perception.classes import CLASS_NAMES
-from qd_perception.data.types import Detections
-from qd_perception.eval.latency import ReplayClock, latency_stats
-from qd_perception.eval.streaming import GroundTruthFrame, TimedOutput, evaluate_segments
-
-KEYFRAME_PERIOD_US = 500_000
-
-
-# ------------------------------------------------------------------------------ reading bags
-
-
-def _stamp_us(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000 + int(header.stamp.nanosec) // 1000
-
-
-def detections_from_msg(msg: Any) -> Detections:
-    """``qd_perception/msg/Detection3DArray`` (rosbags or rclpy object) -> :class:`Detections`."""
-    d = msg.detections
-    boxes = np.array(
-        [
-            [x.box.center.x, x.box.center.y, x.box.center.z, x.box.size.x, x.box.size.y, x.box.size.z,
-             x.box.yaw, x.velocity.x, x.velocity.y]
-            for x in d
-        ],
-        np.float64,
-    ).reshape(-1, 9)  # fmt: skip
-    labels = np.array([x.class_id for x in d], np.int64)
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
-        raise ValueError(f"class_id out of range in a Detection3DArray: {sorted(set(labels.tolist()))}")
-    return Detections(
-        boxes,
-        labels,
-        np.array([x.score for x in d], np.float32),
-        tuple(x.attribute for x in d),
-        num_lidar_pts=np.array([x.num_lidar_points for x in d], np.int64),
-    )
-
-
-class PoseTrack:
-    """Ego poses (``map`` <- ``base_link``) from ``/odom``, interpolated at any stamp (linear
-    translation, slerp rotation; clamped at the ends). Identity when the bag has no odometry."""
-
-    def __init__(self, stamps_us: np.ndarray, poses: np.ndarray) -> None:
-        order = np.argsort(stamps_us, kind="stable")
-        self.t = np.asarray(stamps_us, np.int64)[order]
-        self.T = np.asarray(poses, np.float64)[order]
-        if len(self.t) > 1:
-            from scipy.spatial.transform import Rotation, Slerp
-
-            self._slerp = Slerp(self.t.astype(np.float64), Rotation.from_matrix(self.T[:, :3, :3]))
-
-    def __len__(self) -> int:
-        return len(self.t)
-
-    def at(self, t_us: int) -> np.ndarray:
-        if len(self.t) == 0:
-            return np.eye(4)
-        if len(self.t) == 1:
-            return self.T[0].copy()
-        tc = float(np.clip(t_us, self.t[0], self.t[-1]))
-        out = np.eye(4)
-        out[:3, :3] = self._slerp([tc]).as_matrix()[0]
-        for k in range(3):
-            out[k, 3] = np.interp(tc, self.t, self.T[:, k, 3])
-        return out
-
-
-def read_bag(bag: Path, topics: set[str], keep: Any = None) -> dict[str, list[tuple[int, Any]]]:
-    """topic -> [(log time ns, item)] for the requested topics; ``item`` is the deserialized
-    message, or ``keep(topic, msg)`` when given (to keep only what is needed of large messages)."""
-    from qd_perception.ros.bag_player import open_reader
-    from qd_perception.sim.rosmsgs import deserialize
-
-    reader = open_reader(bag)
-    out: dict[str, list[tuple[int, Any]]] = {t: [] for t in topics}
-    try:
-        conns = [c for c in reader.connections if c.topic in topics]
-        for c, t, raw in reader.messages(connections=conns):
-            msg = deserialize(raw, c.msgtype)
-            out[c.topic].append((t, msg if keep is None else keep(c.topic, msg)))
-    finally:
-        reader.close()
-    return out
-
-
-def pose_track(odom_msgs: list[tuple[int, Any]]) -> PoseTrack:
-    from qd_perception.geometry.transforms import transform_from_pose
-
-    stamps, poses = [], []
-    for _, m in odom_msgs:
-        p, q = m.pose.pose.position, m.pose.pose.orientation
-        stamps.append(_stamp_us(m.header))
-        poses.append(transform_from_pose(np.array([p.x, p.y, p.z]), np.array([q.w, q.x, q.y, q.z])))
-    return PoseTrack(np.array(stamps, np.int64), np.array(poses).reshape(-1, 4, 4))
-
-
-def ground_truth_frames(
-    gt_msgs: list[tuple[int, Any]], poses: PoseTrack, mode: str = "keyframes"
-) -> list[GroundTruthFrame]:
-    """Ground-truth instants of a bag (see the module docstring for ``mode``)."""
-    frames = []
-    t0 = None
-    for _, m in gt_msgs:
-        t = _stamp_us(m.header)
-        t0 = t if t0 is None else t0
-        if mode == "keyframes" and (t - t0) % KEYFRAME_PERIOD_US:
-            continue
-        frames.append(GroundTruthFrame(f"gt_{t}", t, poses.at(t), detections_from_msg(m)))
-    return frames
-
-
-def timed_outputs(rec_msgs: list[tuple[int, Any]], clock: ReplayClock, poses: PoseTrack) -> list[TimedOutput]:
-    """Recorded ``(receive wall ns, Detection3DArray)`` -> outputs on the bag clock."""
-    out = []
-    for wall_ns, m in rec_msgs:
-        s = _stamp_us(m.header)
-        pub = int(clock.to_bag_us(wall_ns / 1e9))
-        out.append(TimedOutput(s, pub, poses.at(s), detections_from_msg(m)))
-    return out
-
-
-# ------------------------------------------------------------------------------ metrics
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One bag's replay as seen by one detector: ground truth, outputs, played trigger stamps."""
-
-    gt: list[GroundTruthFrame]
-    outputs: list[TimedOutput]
-    played_stamps_us: list[int]
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return None if not np.isfinite(x) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def detector_metrics(name: str, topic: str, segments: list[Segment], rate: float = 1.0) -> dict[str, Any]:
-    """The metrics.json block of one detector over one or more bags (pooled). ``latency_ms`` is
-    on the replay clock (bag time, what streaming AP sees); ``latency_wall_ms`` the same divided
-    by ``rate``: wall-clock time, what the machine spent (equal at rate 1)."""
-    frames_in = frames_out = unmatched = 0
-    for seg in segments:
-        played = set(seg.played_stamps_us)
-        out_stamps = {o.stamp_us for o in seg.outputs}
-        frames_in += len(played)
-        frames_out += len(out_stamps & played)
-        unmatched += len(out_stamps - played)
-    scores = evaluate_segments([(seg.gt, seg.outputs) for seg in segments])
-    outputs = [o for seg in segments for o in seg.outputs]
-    lat_ms = np.array([(o.publish_us - o.stamp_us) / 1000.0 for o in outputs])
-    lat = latency_stats(lat_ms)
-    stale = latency_stats(scores.streaming_staleness_ms)
-    return _clean(
-        {
-            "detector": name,
-            "topic": topic,
-            "nds": scores.offline.nds,
-            "map": scores.offline.map,
-            "per_class_ap": scores.offline.per_class_ap,
-            "tp_errors": scores.offline.tp_errors,
-            "streaming_nds": scores.streaming.nds,
-            "streaming_map": scores.streaming.map,
-            "streaming": {
-                **scores.streaming.to_dict(),
-                "staleness_ms": stale.to_dict(),
-                "instants_without_output": scores.streaming_missing,
-            },
-            "latency_ms": lat.to_dict(),
-            "latency_wall_ms": latency_stats(lat_ms / rate).to_dict(),
-            "frames_in": frames_in,
-            "frames_out": frames_out,
-            "dropped": frames_in - frames_out,
-            "outputs_total": len(outputs),
-            "outputs_unmatched": unmatched,
-            "gt_instants": scores.offline.num_samples,
-            "gt_instants_without_output": scores.offline_missing,
-            "num_gt_boxes": scores.offline.num_gt_boxes,
-        }
-    )
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False))
-    os.replace(tmp, path)
-
+from qd_perception.data.rosbag import pose_track, read_bag, stamp_us
+from qd_perception.eval.replay import (
+    Segment,
+    bev_picture,
+    clean_json,
+    detector_metrics,
+    ground_truth_frames,
+    lidar_points_ego,
+    picture_instants,
+    timed_outputs,
+)
+from qd_perception.fileio import atomic_write_json
+from qd_perception.ros.processes import Processes, ros_env
+from qd_perception.topics import (
+    DETECTIONS_OUTPUT,
+    DIAGNOSTICS_OUTPUT,
+    GT_TOPIC,
+    LIDAR_TOPIC,
+    ODOM_TOPIC,
+    image_topic,
+)
 
 # ------------------------------------------------------------------------------ processes
 
 
 def _trigger_topic(node_name: str) -> str:
     """The input topic of a detector node each of whose messages should yield one output."""
-    from qd_perception.sim.rosmsgs import LIDAR_TOPIC, image_topic
-
     return image_topic("CAM_FRONT") if node_name == "bev_detector" else LIDAR_TOPIC
-
-
-def ros_env() -> dict[str, str]:
-    """Environment for the node processes: loopback-only DDS and the large shared-memory Fast DDS
-    profile unless the caller chose otherwise (see ENVIRONMENT.md: the default segment loses
-    large frames)."""
-    from qd_perception.paths import config_dir
-
-    env = dict(os.environ)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env.setdefault("ROS_LOCALHOST_ONLY", "1")
-    profile = config_dir() / "fastdds.xml"
-    if profile.exists():
-        env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
-    # The children must import this checkout's package first (source tree or installed).
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-class Processes:
-    """Child processes started here, stopped by PID (SIGINT, then SIGKILL after ``timeout_s``)."""
-
-    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
-        self.log_dir = log_dir
-        self.env = env
-        self.procs: list[tuple[str, subprocess.Popen, Any]] = []
-        log_dir.mkdir(parents=True, exist_ok=True)
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "wb")  # closed in stop_all
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.procs.append((name, p, log))
-        return p
-
-    def forget(self, name: str) -> None:
-        """Drop a process that already exited (its log stays)."""
-        for entry in [e for e in self.procs if e[0] == name]:
-            entry[2].close()
-            self.procs.remove(entry)
-
-    def check_alive(self) -> None:
-        for name, p, _ in self.procs:
-            if p.poll() is not None:
-                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{name} exited early with code {p.returncode}:\n{tail}")
-
-    def stop(self, name: str, timeout_s: float = 10.0) -> int | None:
-        for n, p, log in self.procs:
-            if n == name:
-                rc = _stop_process(p, timeout_s)
-                log.close()
-                return rc
-        raise KeyError(name)
-
-    def stop_all(self, timeout_s: float = 10.0) -> dict[str, int | None]:
-        out = {}
-        for name, p, log in reversed(self.procs):
-            out[name] = _stop_process(p, timeout_s)
-            log.close()
-        return out
-
-
-def _stop_process(p: subprocess.Popen, timeout_s: float) -> int | None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-    return p.returncode
 
 
 def _wait_for(pred, timeout_s: float, what: str, procs: Processes) -> None:
@@ -373,6 +119,8 @@ def _wait_for_detectors(
     """Wait until every detector publishes its output topic. A node that exits during start-up
     (e.g. ``bev`` without a trained model) is left out with the reason from its log; the replay
     goes on with the others."""
+    from qd_perception.ros import graph
+
     pending = {s.name: s for s in specs}
     alive = []
     deadline = time.monotonic() + timeout_s
@@ -386,7 +134,7 @@ def _wait_for_detectors(
                 say(f"replay: {skipped[-1]}")
                 procs.forget(name)
                 del pending[name]
-            elif node.count_publishers(f"/{name}/output/detections") > 0:
+            elif node.count_publishers(graph.output_topic(s, DETECTIONS_OUTPUT)) > 0:
                 alive.append(s)
                 del pending[name]
         if pending and time.monotonic() > deadline:
@@ -428,10 +176,9 @@ class BagRun:
 
 
 def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
-    """Run the replay(s) (see the module docstring); returns the metrics written to metrics.json."""
+    """Run the replays (see the module docstring); returns the metrics written to metrics.json."""
+    from qd_perception.data.rosbag import bag_topics
     from qd_perception.ros import graph
-    from qd_perception.ros.bag_player import bag_topics
-    from qd_perception.sim.rosmsgs import GT_TOPIC
 
     say = print if verbose else (lambda *a, **k: None)
     if not opts.bags:
@@ -468,7 +215,7 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
     per_det: dict[str, Any] = {}
     for s in detectors:
         block = detector_metrics(
-            s.name, f"/{s.name}/output/detections", [r.segments[s.name] for r in runs], opts.rate
+            s.name, graph.output_topic(s, DETECTIONS_OUTPUT), [r.segments[s.name] for r in runs], opts.rate
         )
         diags = [r.diagnostics[s.name] for r in runs if s.name in r.diagnostics]
         if diags:
@@ -488,7 +235,7 @@ def replay(opts: ReplayOptions, verbose: bool = True) -> dict[str, Any]:
         "other_nodes": [s.name for s in specs if not s.detector],
         "detectors": per_det,
     }
-    atomic_write_json(out / "metrics.json", _clean(metrics))
+    atomic_write_json(out / "metrics.json", clean_json(metrics))
     if opts.plot:
         _picture(out / "bev.png", runs[0], detectors[0].name)
     return metrics
@@ -502,7 +249,6 @@ def run_bag(opts: ReplayOptions, bag: Path, work: Path, specs: list, skipped: li
     from qd_perception.ros import graph
     from qd_perception.ros.bag_player import BagPlayer, PlaybackConfig, bag_topics
     from qd_perception.ros.recorder import read_recording
-    from qd_perception.sim.rosmsgs import GT_TOPIC, ODOM_TOPIC
 
     topics = bag_topics(bag)
     aux = [s for s in specs if not s.detector]
@@ -529,8 +275,8 @@ def run_bag(opts: ReplayOptions, bag: Path, work: Path, specs: list, skipped: li
                 node, [s for s in specs if s.detector], procs, opts.startup_timeout_s, skipped, say
             )
             triggers = {s.name: _trigger_topic(s.name) for s in detectors}
-            det_topics = {s.name: f"/{s.name}/output/detections" for s in detectors}
-            diag_topics = {s.name: f"/{s.name}/output/diagnostics" for s in detectors}
+            det_topics = {s.name: graph.output_topic(s, DETECTIONS_OUTPUT) for s in detectors}
+            diag_topics = {s.name: graph.output_topic(s, DIAGNOSTICS_OUTPUT) for s in detectors}
             rec_topics = [f"{t}=qd_perception/msg/Detection3DArray" for t in det_topics.values()]
             rec_topics += [f"{t}=diagnostic_msgs/msg/DiagnosticArray" for t in diag_topics.values()]
             procs.start(
@@ -579,7 +325,7 @@ def run_bag(opts: ReplayOptions, bag: Path, work: Path, specs: list, skipped: li
     clock = stats.clocks[0]
     bag_msgs = read_bag(bag, {GT_TOPIC, ODOM_TOPIC})
     # Of the (large) trigger inputs only the stamps are needed.
-    stamps = read_bag(bag, set(triggers.values()), keep=lambda _t, m: _stamp_us(m.header))
+    stamps = read_bag(bag, set(triggers.values()), keep=lambda _t, m: stamp_us(m.header))
     poses = pose_track(bag_msgs.get(ODOM_TOPIC, []))
     gt = ground_truth_frames(bag_msgs[GT_TOPIC], poses, opts.gt)
     if not gt:
@@ -603,8 +349,7 @@ def run_bag(opts: ReplayOptions, bag: Path, work: Path, specs: list, skipped: li
 
 
 def _picture(path: Path, run: BagRun, detector: str) -> None:
-    from qd_perception.ros.bag_player import bag_topics
-    from qd_perception.sim.rosmsgs import LIDAR_TOPIC
+    from qd_perception.data.rosbag import bag_topics
 
     seg = run.segments[detector]
     picks = picture_instants(seg.gt, seg.outputs)
@@ -612,80 +357,10 @@ def _picture(path: Path, run: BagRun, detector: str) -> None:
     if LIDAR_TOPIC in bag_topics(run.bag):
         wanted = {seg.gt[i].timestamp_us for i in picks}
         lidar = read_bag(
-            run.bag, {LIDAR_TOPIC}, keep=lambda _t, m: m if _stamp_us(m.header) in wanted else None
+            run.bag, {LIDAR_TOPIC}, keep=lambda _t, m: m if stamp_us(m.header) in wanted else None
         )[LIDAR_TOPIC]
         pts = lidar_points_ego([(t, m) for t, m in lidar if m is not None])
     bev_picture(path, [seg.gt[i] for i in picks], seg.outputs, f"{detector}, {run.bag.name}", pts)
-
-
-def lidar_points_ego(
-    lidar_msgs: list[tuple[int, Any]], rig_name: str = "nuscenes_like"
-) -> dict[int, np.ndarray]:
-    """stamp (us) -> (P, 3) points in the ego frame, for the pictures."""
-    from qd_perception.geometry.rig import load_rig
-    from qd_perception.sim.rosmsgs import pointcloud2_to_array
-
-    T = load_rig(rig_name).lidar2ego()
-    out = {}
-    for _, m in lidar_msgs:
-        try:
-            a = pointcloud2_to_array(m)
-        except ValueError:
-            continue  # another point layout: picture without points
-        xyz = np.stack([a["x"], a["y"], a["z"]], 1).astype(np.float64)
-        out[_stamp_us(m.header)] = xyz @ T[:3, :3].T + T[:3, 3]
-    return out
-
-
-def picture_instants(gt: list[GroundTruthFrame], outputs: list[TimedOutput], n: int = 4) -> list[int]:
-    """Indices of ``n`` ground-truth instants spread over the replay, preferring instants whose
-    input produced an output."""
-    stamps = {o.stamp_us for o in outputs}
-    cand = [i for i, f in enumerate(gt) if f.timestamp_us in stamps] or list(range(len(gt)))
-    pos = np.linspace(0, len(cand) - 1, min(n, len(cand))).round().astype(int)
-    return sorted({cand[p] for p in pos})
-
-
-def bev_picture(
-    path: Path,
-    gt: list[GroundTruthFrame],
-    outputs: list[TimedOutput],
-    title: str,
-    points: dict[int, np.ndarray] | None = None,
-    extent: float = 50.0,
-) -> Path:
-    """One panel per ground-truth instant: GT solid, the detector's output for the same input
-    dashed, in the ego frame (eval.viz.draw_bev), lidar points when given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    from qd_perception.eval.viz import CLASS_COLORS, draw_bev, save_figure
-
-    by_stamp = {o.stamp_us: o for o in outputs}
-    fig, axes = plt.subplots(1, len(gt), figsize=(4.2 * len(gt), 4.6), squeeze=False)
-    present: set[int] = set()
-    for ax, f in zip(axes[0], gt):
-        o = by_stamp.get(f.timestamp_us)
-        pred = o.detections if o is not None else None
-        draw_bev(ax, (points or {}).get(f.timestamp_us), f.gt, pred, extent)
-        lat = f"latency {(o.publish_us - o.stamp_us) / 1000:.0f} ms" if o is not None else "no output"
-        ax.set_title(f"stamp {f.timestamp_us / 1e6:.2f} s, {lat}", fontsize=9)
-        ax.tick_params(labelsize=7)
-        present |= {int(x) for x in f.gt.labels} | (
-            {int(x) for x in pred.labels} if pred is not None else set()
-        )
-    handles = [Line2D([], [], color=CLASS_COLORS[c], label=CLASS_NAMES[c]) for c in sorted(present)]
-    handles += [
-        Line2D([], [], color="k", ls="-", label="ground truth"),
-        Line2D([], [], color="k", ls="--", label="detection"),
-    ]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
-    fig.suptitle(f"replay: {title} (ego frame, BEV)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
-    return save_figure(fig, path, dpi=90)
 
 
 # ------------------------------------------------------------------------------ CLI

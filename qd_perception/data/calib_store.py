@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ import numpy as np
 
 from qd_perception.classes import CLASS_NAMES
 from qd_perception.data.types import CameraInput, Detections, Frame
+from qd_perception.fileio import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +139,10 @@ def scene_features(frame: Frame, detections: Detections | None = None) -> np.nda
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    """Write through ``write(fileobj)`` to a temporary file in the same directory, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write through ``write(fileobj)`` atomically, flushed to disk (a set recorded on a vehicle
+    must survive a power cut)."""
+    with atomic_output(path, fsync=True) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def save_frame(path: Path, frame: Frame, store_images: bool = True, compress: bool = False) -> None:

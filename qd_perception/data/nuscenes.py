@@ -32,17 +32,11 @@ import numpy as np
 from qd_perception.classes import CLASS_ID
 from qd_perception.data.types import CameraInput, Detections, Frame
 from qd_perception.geometry.boxes import transform_boxes
+from qd_perception.geometry.rig import DEFAULT_CAMERAS
 from qd_perception.geometry.transforms import invert, quat_to_yaw, transform_from_pose
 
-#: nuScenes camera order (as the official tables and most BEV models use it).
-NUSCENES_CAMERAS: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_FRONT_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
-)
+#: nuScenes camera order (as the official tables and most BEV models use it): the default rig's.
+NUSCENES_CAMERAS: tuple[str, ...] = DEFAULT_CAMERAS
 LIDAR_CHANNEL = "LIDAR_TOP"
 #: The project's split names -> custom split names in ``<version>/splits.json`` (synthetic set).
 SPLIT_ALIASES: dict[str, str] = {"train": "synthetic_train", "val": "synthetic_val"}

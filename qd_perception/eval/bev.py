@@ -11,11 +11,11 @@ BEV.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from qd_perception.fileio import atomic_write_json
 
 CAMERA_ONLY_META = {
     "use_camera": True,
@@ -39,9 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=2)
 
 
 def run(args: argparse.Namespace) -> int:

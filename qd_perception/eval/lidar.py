@@ -10,14 +10,13 @@ Per-frame latency (pre-processing, network, decode) goes to ``latency.json`` bes
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from qd_perception.data.types import Detections
+from qd_perception.fileio import atomic_write_json
 from qd_perception.runtime.centerpoint import (
     CenterPointPipeline,
     OrtCenterPointDetector,
@@ -111,9 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         "torch_threads": torch.get_num_threads(),
         **latency_summary(times),
     }
-    tmp = out / ".latency.json.tmp"
-    tmp.write_text(json.dumps(lat, indent=2))
-    os.replace(tmp, out / "latency.json")
+    atomic_write_json(out / "latency.json", lat, indent=2)
     print(metrics.summary())
     print(f"latency per frame: {lat['total_ms']['mean']:.1f} ms mean ({lat['backend']})")
     print(f"wrote {out / 'metrics.json'} and {out / 'latency.json'}")

@@ -12,6 +12,7 @@ import numpy as np
 
 from qd_perception.classes import CLASS_NAMES
 from qd_perception.data.types import CameraInput, Detections, Frame
+from qd_perception.fileio import atomic_output
 from qd_perception.geometry.boxes import BOX_EDGES, box_corners
 from qd_perception.geometry.transforms import invert
 
@@ -162,14 +163,10 @@ def plot_frame(frame: Frame, pred: Detections | None = None, title: str = "", ex
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     """Save atomically (tmp + replace) and close the figure."""
-    import os
-
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
     return path

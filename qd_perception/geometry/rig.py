@@ -112,9 +112,20 @@ class Rig:
         return make_transform(_rz(np.deg2rad(L.yaw_deg)), np.asarray(L.translation, dtype=np.float64))
 
 
-def load_rig(name_or_path: str | Path = "nuscenes_like") -> Rig:
+#: The vehicle every default refers to: ``config/rig/nuscenes_like.yaml``, a nuScenes-like car.
+DEFAULT_RIG = "nuscenes_like"
+
+
+def load_rig(name_or_path: str | Path = DEFAULT_RIG) -> Rig:
     """Load a rig by name (``config/rig/<name>.yaml``) or by path."""
     p = Path(name_or_path)
     if p.suffix not in (".yaml", ".yml"):
         p = config_dir() / "rig" / f"{name_or_path}.yaml"
     return load_yaml(Rig, p)
+
+
+#: The default rig's cameras in its file's order, the nuScenes order most BEV models use
+#: (CAM_FRONT, CAM_FRONT_RIGHT, CAM_FRONT_LEFT, CAM_BACK, CAM_BACK_LEFT, CAM_BACK_RIGHT). The one
+#: definition of the camera list: node defaults, the nuScenes reader and the camera model's
+#: config take it from here, so the rig file is the only place that names the cameras.
+DEFAULT_CAMERAS: tuple[str, ...] = load_rig(DEFAULT_RIG).camera_names

@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from qd_perception.fileio import atomic_output
 from qd_perception.quant.model import quantizers
 
 Flavour = Literal["ort", "trt"]
@@ -75,15 +76,12 @@ def export_onnx(
             for n, q in quantizers(model):
                 if n.endswith("output_quantizer"):
                     q.set_mode("disabled")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-        os.close(fd)
-        with warnings.catch_warnings():
+        with atomic_output(path) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
                 args,
-                tmp,
+                str(tmp),
                 dynamo=False,
                 opset_version=opset,
                 input_names=list(input_names) if input_names else None,
@@ -91,7 +89,6 @@ def export_onnx(
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
-        os.replace(tmp, path)
     finally:
         for n, q in quantizers(model):
             q.mode = saved[n]

@@ -1,4 +1,4 @@
-"""Progressive QAT schedule (QD-BEV, papers.md section 1): quantize one more stage at a time.
+"""Progressive QAT schedule (QD-BEV, Zhang et al., ICCV 2023): quantize one more stage at a time.
 
 The model is quantized once with ``QuantConfig.stages`` mapping module prefixes to stage names
 and calibrated (every quantizer gets a range); training then calls :func:`apply_progressive`

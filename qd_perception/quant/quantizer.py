@@ -19,15 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from qd_perception.quant.calib import (
-    Calibrator,
-    EntropyCalibrator,
-    MaxCalibrator,
-    MSECalibrator,
-    PercentileCalibrator,
-    SparsityGridCalibrator,
-    UnilateralHistogramCalibrator,
-)
+from qd_perception.quant.calib import CALIBRATORS, PER_CHANNEL_CAPABLE, Calibrator, make_calibrator
 from qd_perception.quant.tensor_quant import (
     affine_params,
     fake_quant_affine,
@@ -39,7 +31,8 @@ from qd_perception.quant.tensor_quant import (
 
 Mode = Literal["disabled", "calibrate", "quantize"]
 MODES: tuple[str, ...] = ("disabled", "calibrate", "quantize")
-CalibMethod = Literal["max", "percentile", "mse", "entropy", "uh", "sparsity_grid"]
+#: A name of :data:`~qd_perception.quant.calib.CALIBRATORS` (the config loader checks it).
+CalibMethod = Literal[tuple(CALIBRATORS)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -70,36 +63,10 @@ class QuantSpec:
         qrange(self.bits)  # validates 2..8
         if self.calib.method == "uh" and self.symmetric:
             raise ValueError("the UH calibrator gives an asymmetric range: set symmetric: false")
-        if self.per_channel and self.calib.method not in ("max", "sparsity_grid"):
+        if self.per_channel and self.calib.method not in PER_CHANNEL_CAPABLE:
             raise ValueError(f"calibrator {self.calib.method!r} is per-tensor only")
         if self.learn_scale and not self.symmetric and self.per_channel:
             raise ValueError("learn_scale (LSQ) of asymmetric quantizers is per-tensor only")
-
-
-def make_calibrator(spec: CalibSpec, axis: int | None) -> Calibrator:
-    """Explicit method -> calibrator construction."""
-    c = spec
-    if c.method == "max":
-        return MaxCalibrator(axis=axis)
-    if c.method == "sparsity_grid":
-        return SparsityGridCalibrator(
-            axis=axis,
-            r_min=c.grid_r_min,
-            r_max=c.grid_r_max,
-            steps=c.grid_steps,
-            occupied_only=c.occupied_only,
-        )
-    if axis is not None:
-        raise ValueError(f"calibrator {c.method!r} is per-tensor only")
-    if c.method == "percentile":
-        return PercentileCalibrator(percentile=c.percentile, num_bins=c.num_bins)
-    if c.method == "mse":
-        return MSECalibrator(num_bins=c.num_bins, start_bin=c.start_bin)
-    if c.method == "entropy":
-        return EntropyCalibrator(num_bins=c.num_bins)
-    if c.method == "uh":
-        return UnilateralHistogramCalibrator(num_bins=c.num_bins, start_bin=c.start_bin)
-    raise ValueError(f"unknown calibration method {c.method!r}")
 
 
 class TensorQuantizer(nn.Module):

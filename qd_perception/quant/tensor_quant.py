@@ -1,6 +1,6 @@
 """Fake quantization on ``torch.fake_quantize_*`` primitives (straight-through estimator).
 
-Conventions (TensorRT's, papers.md sections 1-3):
+Conventions (TensorRT's, which QD-BEV, LiDAR-PTQ and Q-YOLO also use):
 
 * **symmetric**, ``b`` bits: ``s = amax / (2^(b-1) - 1)``, ``q = clamp(round(x / s), -2^(b-1), 2^(b-1) - 1)``,
   ``x_hat = s * q`` (zero point 0). ``amax`` is a scalar (per tensor) or one value per slice along

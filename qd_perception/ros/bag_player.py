@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
 import sys
 import threading
 import time
@@ -45,7 +43,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from qd_perception.data.rosbag import bag_topics, open_reader
 from qd_perception.eval.latency import ReplayClock
+from qd_perception.fileio import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -109,27 +109,6 @@ def message_class(msgtype: str) -> type:
         return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
     except (ImportError, AttributeError) as e:
         raise ImportError(f"message type {msgtype} is not available in this environment: {e}") from e
-
-
-def open_reader(bag: str | Path):
-    """An opened ``rosbags`` rosbag2 reader; clear error for a missing or non-bag path."""
-    from rosbags.rosbag2 import Reader
-
-    bag = Path(bag)
-    if not (bag / "metadata.yaml").exists():
-        raise FileNotFoundError(f"{bag} is not a rosbag2 directory (no metadata.yaml)")
-    reader = Reader(bag)
-    reader.open()
-    return reader
-
-
-def bag_topics(bag: str | Path) -> dict[str, tuple[str, int]]:
-    """topic -> (message type, message count) of a bag."""
-    reader = open_reader(bag)
-    try:
-        return {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
-    finally:
-        reader.close()
 
 
 def _qos(kind: str, depth: int):
@@ -238,12 +217,6 @@ class BagPlayer:
         self._clock_pub.publish(msg)
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def _parse_waits(items: Sequence[str]) -> dict[str, int]:
     out = {}
     for it in items:
@@ -300,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.try_shutdown()
     s = stats.summary()
     if args.stats_file:
-        _atomic_json(args.stats_file, s)
+        atomic_write_json(args.stats_file, s)
     print(
         f"bag_player: {sum(stats.published.values())} messages in {stats.wall_s:.1f} s, "
         f"lateness p99 {s['lateness_ms']['p99']:.1f} ms"

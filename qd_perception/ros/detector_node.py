@@ -60,6 +60,7 @@ from qd_perception.ros.params import declare_config
 from qd_perception.runtime.factory import DetectorConfig, build_detector
 from qd_perception.runtime.sweeps import SweepAccumulator
 from qd_perception.sync.approximate_time import ApproximateTimePolicy, SyncedSet
+from qd_perception.topics import DETECTIONS_OUTPUT, DIAGNOSTICS_OUTPUT, MARKERS_OUTPUT
 
 ODOM = "odom"
 
@@ -149,9 +150,9 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 self, cfg.cameras, self.use_lidar, self.use_cameras, cfg.use_odometry
             )
             out_qos = QoSProfile(depth=5)
-            self.pub_det = self.create_publisher(Detection3DArray, "~/output/detections", out_qos)
-            self.pub_markers = self.create_publisher(MarkerArray, "~/output/markers", out_qos)
-            self.pub_diag = self.create_publisher(DiagnosticArray, "~/output/diagnostics", out_qos)
+            self.pub_det = self.create_publisher(Detection3DArray, DETECTIONS_OUTPUT, out_qos)
+            self.pub_markers = self.create_publisher(MarkerArray, MARKERS_OUTPUT, out_qos)
+            self.pub_diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS_OUTPUT, out_qos)
             self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
             self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)
             self.create_timer(min(1.0, cfg.stall_warn_s / 2), self._check_stall)

@@ -4,7 +4,7 @@ A graph is a tuple of :class:`NodeSpec`: executable (``lib/qd_perception/<execut
 Python module that is the same program (``python -m <module>``, for pip installs without the
 ``ros2`` CLI), its parameter file under ``config/`` and its topic remaps. Input topics default to
 the sensing topics the simulator's bags and a nuScenes-like vehicle use
-(:mod:`qd_perception.sim.rosmsgs`).
+(:mod:`qd_perception.topics`).
 
 To add a graph or a node, add a :class:`NodeSpec` and an entry in :data:`GRAPHS`; both launch
 paths pick it up. A node whose ``detector`` is not in the detector factory (e.g. ``bev`` before
@@ -20,8 +20,16 @@ from typing import Any
 import yaml
 
 from qd_perception import paths
-from qd_perception.ros.node_config import DEFAULT_CAMERAS, camera_key
-from qd_perception.sim.rosmsgs import LIDAR_TOPIC, ODOM_TOPIC, camera_info_topic, image_topic
+from qd_perception.geometry.rig import DEFAULT_CAMERAS
+from qd_perception.ros.node_config import camera_key
+from qd_perception.topics import (
+    DETECTIONS_OUTPUT,
+    LIDAR_TOPIC,
+    ODOM_TOPIC,
+    camera_info_topic,
+    image_topic,
+    node_topic,
+)
 
 PACKAGE = "qd_perception"
 
@@ -35,8 +43,9 @@ class NodeSpec:
     module: the same program as ``python -m <module>``.
     params: parameter file relative to the package's ``config/`` ("" = none).
     remaps: (from, to) topic remaps; ``~`` is the node's private namespace.
-    detector: detector-factory name the node runs by default ("" = no detector); the node's
-        parameter file may override it (``detector.name``).
+    detector: detector-factory name the node runs when its parameter file names none ("" = no
+        detector); the shipped parameter files name theirs (``detector.name``), see
+        :func:`effective_detector`.
     arguments: extra non-ROS command-line arguments.
     """
 
@@ -62,13 +71,22 @@ def detector_remaps(
     return tuple(out)
 
 
+def output_topic(spec: NodeSpec, private: str) -> str:
+    """Absolute name of the private topic ``private`` of ``spec`` (e.g. ``topics.DETECTIONS_OUTPUT``)
+    once the graph's remaps apply: what a listener (replay, the calibration recorder) subscribes."""
+    for src, dst in spec.remaps:
+        if src == private:
+            return node_topic(spec.name, dst) if dst.startswith("~/") else dst
+    return node_topic(spec.name, private)
+
+
 LIDAR_DETECTOR = NodeSpec(
     name="lidar_detector",
     executable="lidar_detector",
     module="qd_perception.ros.nodes.lidar_detector",
     params="lidar_detector.param.yaml",
     remaps=detector_remaps(),
-    detector="classical",
+    detector="classical",  # as lidar_detector.DEFAULT_DETECTOR; its param file names centerpoint
 )
 BEV_DETECTOR = NodeSpec(
     name="bev_detector",
@@ -85,7 +103,7 @@ CALIBRATION_RECORDER = NodeSpec(
     executable="calibration_recorder",
     module="qd_perception.ros.nodes.calibration_recorder",
     params="calibration_recorder.param.yaml",
-    remaps=(*detector_remaps(), ("~/input/detections", "/lidar_detector/output/detections")),
+    remaps=(*detector_remaps(), ("~/input/detections", output_topic(LIDAR_DETECTOR, DETECTIONS_OUTPUT))),
 )
 
 #: graph name -> nodes. ``replay.launch.py`` adds the bag player to one of these.

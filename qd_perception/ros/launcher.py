@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qd_perception.ros.graph import NodeSpec, nodes, params_path, ros_arguments
+from qd_perception.ros.processes import stop_processes
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -101,18 +102,10 @@ def run_graph(
 def _shutdown(
     procs: Sequence[tuple[NodeSpec, subprocess.Popen]], grace_s: float, out, failed: list[str]
 ) -> int:
-    for _spec, p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + grace_s
     rc_all = 1 if failed else 0
-    for spec, p in procs:
-        try:
-            rc = p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+    for (spec, _p), (rc, killed) in zip(procs, stop_processes([p for _, p in procs], grace_s)):
+        if killed:
             out.write(f"[launch] {spec.name} did not stop within {grace_s:.0f} s: killed\n")
-            p.kill()
-            rc = p.wait()
         if rc != 0 and spec.name not in failed:
             rc_all = 1
         out.write(f"[launch] {spec.name} stopped (exit code {rc})\n")

@@ -22,19 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qd_perception.geometry.rig import DEFAULT_CAMERAS
 from qd_perception.ros.frontend import InputChecks
 from qd_perception.runtime.factory import DetectorConfig
 from qd_perception.runtime.sweeps import SweepConfig
 from qd_perception.sync.approximate_time import SyncConfig
-
-DEFAULT_CAMERAS: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_FRONT_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
-)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,11 @@ which is why a topic is subscribed only once its publisher is discovered.
 Command line (also the ``recorder`` executable)::
 
     python -m qd_perception.ros.recorder --out DIR --topics /a /b[=pkg/msg/Type] [--ready-file F]
+        [--counts-file C]
 
-It writes ``F`` once every topic has a matched publisher and stops cleanly on SIGINT / SIGTERM.
+It writes ``F`` once every topic has a matched publisher, keeps ``C`` (JSON, topic -> messages
+received so far, rewritten atomically at most every 0.2 s while messages arrive) so a caller can
+wait until what it expects has arrived, and stops cleanly on SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qd_perception.fileio import atomic_write_json
 from qd_perception.ros.bag_player import message_class
+
+#: Seconds between two rewrites of ``--counts-file``.
+COUNTS_PERIOD_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -149,21 +156,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="rosbag2 directory to write")
     p.add_argument("--topics", nargs="+", required=True, metavar="TOPIC[=TYPE]")
     p.add_argument("--ready-file", type=Path, help="touched once every topic is subscribed")
+    p.add_argument("--counts-file", type=Path, help="JSON topic -> messages received, kept current")
     args = p.parse_args(argv)
 
     import rclpy
 
     from qd_perception.ros.lifecycle import run_node
 
-    parts: dict[str, Recorder] = {}
+    parts: dict[str, Any] = {}
 
     def build() -> Any:
         node = rclpy.create_node("recorder")
         parts["rec"] = Recorder(node, _parse_topics(args.topics))
+        parts["counted"], parts["counted_at"] = -1, 0.0
         return node
 
     def tick(node: Any) -> None:
         rec = parts["rec"]
+        now = time.monotonic()
+        if (
+            args.counts_file
+            and len(rec.messages) != parts["counted"]
+            and now - parts["counted_at"] >= COUNTS_PERIOD_S
+        ):
+            parts["counted"], parts["counted_at"] = len(rec.messages), now
+            atomic_write_json(args.counts_file, rec.counts())
         was_ready = rec.ready
         rec.poll()
         if rec.ready and not was_ready:

@@ -19,14 +19,13 @@ TensorRT >= 8.6 / 10 Python API:
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qd_perception.fileio import atomic_write_bytes
 from qd_perception.model_files import load_torch_file
 
 
@@ -106,10 +105,7 @@ def cached_engine(onnx_path: str | Path, **build_kwargs: Any) -> bytes:
     if path.exists():
         return path.read_bytes()
     data = build_engine(onnx_path, **build_kwargs)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return data
 
 

@@ -33,16 +33,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from qd_perception import fileio
 from qd_perception.classes import ATTRIBUTE_NAMES, CATEGORY_OF_CLASS, CLASS_NAMES
 from qd_perception.data.nuscenes import SPLIT_ALIASES
+from qd_perception.fileio import atomic_write_bytes
 from qd_perception.geometry.rig import Rig
 from qd_perception.geometry.transforms import matrix_to_quat, yaw_to_quat
 from qd_perception.sim.types import Annotations, CameraImage, LidarSweep
@@ -80,17 +80,9 @@ def make_token(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=0, sort_keys=False).encode())
+    """A nuScenes table (or other JSON) written atomically, one value per line as the devkit's."""
+    fileio.atomic_write_json(path, obj, indent=0)
 
 
 def _floats(a: np.ndarray) -> list[float]:

@@ -6,17 +6,7 @@ plus the package's own ``qd_perception/msg/*`` registered from the ``msg/*.msg``
 RIHS01 type hashes equal the ones ``rosidl`` generates (checked by the tests against the built
 ``share/qd_perception/msg/*.json``).
 
-Topic names and frame ids (one place, shared with the ROS nodes):
-
-* ``/sensing/lidar/top/points``: ``sensor_msgs/PointCloud2`` in frame ``lidar_top`` (the lidar
-  sensor frame, ``rig.lidar2ego()``); fields x, y, z, intensity (float32), ring (uint16),
-  time (float32, seconds relative to the header stamp).
-* ``/sensing/camera/<cam_front>/image_raw`` (``Image``, rgb8) and ``.../camera_info``
-  (``CameraInfo``) in frame ``<cam_front>_optical`` (x right, y down, z forward; ``rig.cam2ego``).
-* ``/odom``: ``nav_msgs/Odometry``, frame ``map`` (nuScenes' global frame), child ``base_link``;
-  twist in ``base_link`` as REP-105 says.
-* ``/ground_truth/detections``: ``qd_perception/msg/Detection3DArray`` in ``base_link`` stamped
-  with the lidar sweep time.
+Topic names and frame ids: :mod:`qd_perception.topics` (re-exported here for the writers).
 """
 
 from __future__ import annotations
@@ -29,13 +19,18 @@ import numpy as np
 from qd_perception.classes import CLASS_NAMES
 from qd_perception.geometry.transforms import matrix_to_quat
 from qd_perception.paths import msg_dir
-
-LIDAR_TOPIC = "/sensing/lidar/top/points"
-ODOM_TOPIC = "/odom"
-GT_TOPIC = "/ground_truth/detections"
-MAP_FRAME = "map"
-EGO_FRAME = "base_link"
-LIDAR_FRAME = "lidar_top"
+from qd_perception.topics import (  # noqa: F401  (re-exported: the bag writer's and tests' names)
+    EGO_FRAME,
+    GT_TOPIC,
+    LIDAR_FRAME,
+    LIDAR_TOPIC,
+    MAP_FRAME,
+    ODOM_TOPIC,
+    camera_frame,
+    camera_info_topic,
+    camera_topic_prefix,
+    image_topic,
+)
 
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 IMAGE = "sensor_msgs/msg/Image"
@@ -54,24 +49,6 @@ POINT_DTYPE = np.dtype(
 )
 # sensor_msgs/PointField datatype constants.
 _POINTFIELD_TYPE = {"<f4": 7, "<u2": 4}
-
-
-def camera_topic_prefix(camera: str) -> str:
-    """``CAM_FRONT`` -> ``/sensing/camera/cam_front``."""
-    return f"/sensing/camera/{camera.lower()}"
-
-
-def image_topic(camera: str) -> str:
-    return f"{camera_topic_prefix(camera)}/image_raw"
-
-
-def camera_info_topic(camera: str) -> str:
-    return f"{camera_topic_prefix(camera)}/camera_info"
-
-
-def camera_frame(camera: str) -> str:
-    """Optical frame id of a rig camera: ``CAM_FRONT`` -> ``cam_front_optical``."""
-    return f"{camera.lower()}_optical"
 
 
 @lru_cache(maxsize=1)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,36 +24,29 @@ import torch
 import yaml
 
 from qd_perception.data.types import Frame
+from qd_perception.fileio import atomic_output, atomic_write_bytes
 from qd_perception.models.centerpoint.head import output_names
 from qd_perception.models.centerpoint.model import CenterPoint, DenseGraph
 
 OPSET = 18
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _export_onnx(
     module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic
 ) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     # TorchScript exporter: the dynamo one needs onnxscript, which the core does not install.
-    torch.onnx.export(
-        module,
-        args,
-        str(tmp),
-        dynamo=False,
-        input_names=inputs,
-        output_names=outputs,
-        opset_version=OPSET,
-        dynamic_axes=dynamic,
-        do_constant_folding=True,
-    )
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.onnx.export(
+            module,
+            args,
+            str(tmp),
+            dynamo=False,
+            input_names=inputs,
+            output_names=outputs,
+            opset_version=OPSET,
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
 
 
 def example_frame(cfg, n_points: int = 20000, seed: int = 0) -> Frame:
@@ -102,14 +93,14 @@ def export(model: CenterPoint, out_dir: str | Path, parity_frame: Frame | None =
         else:
             bev = model.encode(vox)
             buf = out / EXPORT_SPARSE
-            torch.save(model.sparse.state_dict(), buf.with_name(f".{buf.name}.tmp"))
-            os.replace(buf.with_name(f".{buf.name}.tmp"), buf)
+            with atomic_output(buf) as tmp:
+                torch.save(model.sparse.state_dict(), tmp)
             report["sparse_encoder"] = "torch (spconv has no ONNX export)"
         names = output_names(len(cfg.head.tasks), cfg.head.with_velocity)
         _export_onnx(DenseGraph(model), (bev,), out / EXPORT_DENSE, ["bev"], names, None)
         report["dense_input"] = list(bev.shape)
     model.eval()  # the exporter restores modes recursively; make sure parity runs in eval mode
-    _atomic_write_bytes(
+    atomic_write_bytes(
         out / EXPORT_MODEL_YAML, yaml.safe_dump(model_yaml_text(cfg), sort_keys=False).encode()
     )
     # Parity: same frame through both backends, compare every head map.
@@ -127,7 +118,7 @@ def export(model: CenterPoint, out_dir: str | Path, parity_frame: Frame | None =
         # Whether ONNX Runtime runs pfn.onnx cut before its max on the real points (the fast host
         # path; checked against the padded graph at load) or on padded pillars.
         report["pfn_point_wise"] = ort_det.pfn_points is not None
-    _atomic_write_bytes(out / "export.json", json.dumps(report, indent=2).encode())
+    atomic_write_bytes(out / "export.json", json.dumps(report, indent=2).encode())
     return report
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qd_perception.ros.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,15 +55,9 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        rc = stop_process(self.proc, timeout, sig)
         self._fh.close()
-        return self.proc.returncode
+        return rc
 
 
 class Driver:

@@ -4,6 +4,7 @@ verification with ros2 launch built from source)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import signal
 import sys
@@ -13,7 +14,7 @@ import pytest
 from ros_harness import ROOT, NodeProcess
 
 from qd_perception.ros import graph
-from qd_perception.sim.rosmsgs import LIDAR_TOPIC
+from qd_perception.topics import DETECTIONS_OUTPUT, LIDAR_TOPIC
 
 
 def test_graph_description():
@@ -28,6 +29,22 @@ def test_graph_description():
     assert args[:3] == ["--ros-args", "-r", "__node:=lidar_detector"] and "--params-file" in args
     with pytest.raises(KeyError, match="unknown graph"):
         graph.nodes("radar")
+
+
+def test_output_topics_follow_the_graph_remaps():
+    lidar = graph.LIDAR_DETECTOR
+    assert graph.output_topic(lidar, DETECTIONS_OUTPUT) == "/lidar_detector/output/detections"
+    # The recorder listens where the lidar detector publishes, however that is remapped.
+    assert (
+        "~/input/detections",
+        graph.output_topic(lidar, DETECTIONS_OUTPUT),
+    ) in graph.CALIBRATION_RECORDER.remaps
+    moved = dataclasses.replace(lidar, remaps=((DETECTIONS_OUTPUT, "/perception/objects"),))
+    assert graph.output_topic(moved, DETECTIONS_OUTPUT) == "/perception/objects"
+    private = dataclasses.replace(lidar, remaps=((DETECTIONS_OUTPUT, "~/objects"),))
+    assert graph.output_topic(private, DETECTIONS_OUTPUT) == "/lidar_detector/objects"
+    with pytest.raises(ValueError, match="not a private topic"):
+        graph.output_topic(lidar, "/abs")
 
 
 def test_graph_leaves_out_unavailable_detectors(tmp_path):

@@ -1,7 +1,7 @@
 """The output messages composed as CDR bytes (ros/cdr.py) carry exactly the field values of the
 message objects they replaced: the object-building reference below is the former code path.
 (Padding bytes are unspecified in CDR, so values are compared after deserialisation, the
-reference after its own serialisation round trip: float32 fields hold what goes on the wire.)"""
+reference after its own serialisation round trip: float32 fields hold what goes on the wire.)."""
 
 from __future__ import annotations
 

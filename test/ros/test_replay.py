@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qd_perception.ros.bag_player import bag_topics
-from qd_perception.sim.rosmsgs import GT_TOPIC, LIDAR_TOPIC
+from qd_perception.topics import GT_TOPIC, LIDAR_TOPIC
 
 RATE = 0.125
 

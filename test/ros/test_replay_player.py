@@ -3,6 +3,7 @@ order, with the bag's timing scaled by the rate; the recorder is a real process.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -39,11 +40,12 @@ def test_sqlite_bag_played_raw_with_timing(tmp_path):
     bag = tmp_path / "bag"
     write_sqlite_bag(bag)
     assert (bag / "bag.db3").exists()
-    rec_dir, ready = tmp_path / "rec", tmp_path / "ready"
+    rec_dir, ready, counts = tmp_path / "rec", tmp_path / "ready", tmp_path / "counts.json"
     rec = NodeProcess(
         [
             sys.executable, "-m", "qd_perception.ros.recorder", "--out", str(rec_dir),
             "--topics", rm.LIDAR_TOPIC, rm.GT_TOPIC, "--ready-file", str(ready),
+            "--counts-file", str(counts),
         ],
         tmp_path / "recorder.log",
     )  # fmt: skip
@@ -58,7 +60,14 @@ def test_sqlite_bag_played_raw_with_timing(tmp_path):
             assert rec.alive() and time.monotonic() < end, rec.output()
             time.sleep(0.05)
         stats = player.play()
-        time.sleep(0.5)
+        expected = {rm.LIDAR_TOPIC: N, rm.GT_TOPIC: N}
+        end = time.monotonic() + 30  # until the recorder has every message (a reliable stream)
+        while not (counts.exists() and json.loads(counts.read_text()) == expected):
+            assert rec.alive() and time.monotonic() < end, (
+                counts.exists() and counts.read_text(),
+                rec.output(),
+            )
+            time.sleep(0.05)
     finally:
         d.close()
         assert rec.stop() == 0, rec.output()

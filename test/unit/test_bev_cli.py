@@ -25,14 +25,6 @@ TINY_MODEL = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_train_resume_export_eval(tmp_path):
     data = generate(
         GenerateConfig(scenes=2, samples=2, seed=3, resolution=(64, 112), val_fraction=0.5, workers=1),

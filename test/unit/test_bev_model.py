@@ -21,15 +21,6 @@ from qd_perception.train.bev_data import NO_AUGMENT, BEVDataset, TemporalSamples
 from qd_perception.train.export_bev import example_frames, export_onnx, parity
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared CPU, oversubscribed threads make these tests ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_config(**kw) -> BEVFormerConfig:
     base = {
         "name": "test",

@@ -1,3 +1,5 @@
+"""Box geometry: corners, rotation, points in boxes, frame transforms."""
+
 import numpy as np
 import pytest
 

@@ -8,10 +8,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_centerpoint_targets import TINY, scene_boxes  # test/unit is on sys.path (pytest rootdir import)
+from tiny_models import TINY, TINY_VOXEL, scene_boxes, tiny_frame
 
-from qd_perception.data.types import Detections, Frame
-from qd_perception.geometry.boxes import box_corners
 from qd_perception.models.build import build_model, config_from_dict
 from qd_perception.models.centerpoint.loss import centerpoint_loss
 from qd_perception.runtime.centerpoint import (
@@ -23,63 +21,6 @@ from qd_perception.runtime.factory import DetectorConfig, build_detector
 from qd_perception.train.export_lidar import export
 from qd_perception.train.lidar import TrainState, recalibrate_batchnorm, save_checkpoint, train_step
 from qd_perception.train.lidar_data import LidarDataset, collate
-
-TINY_VOXEL = {
-    **TINY,
-    "name": "tiny_voxel",
-    "variant": "voxel",
-    "voxelization": {
-        "point_range": [-12.8, -12.8, -3.0, 12.8, 12.8, 3.0],
-        "voxel_size": [0.2, 0.2, 0.5],
-        "max_points_per_voxel": 5,
-        "max_voxels": 8000,
-    },
-    "sparse": {"channels": [8, 16], "blocks": 1, "out_channels": 16},
-    "backbone": {
-        "layer_nums": [1, 1],
-        "layer_strides": [1, 2],
-        "num_filters": [16, 32],
-        "upsample_strides": [1, 2],
-        "num_upsample_filters": [16, 16],
-    },
-}
-
-
-def surface_points(boxes: np.ndarray, rng: np.random.Generator, per_box: int = 300) -> np.ndarray:
-    """Points on the box faces (ego frame) plus a ground plane, as (P, 5) [x, y, z, i, lag]."""
-    pts = []
-    for b in boxes:
-        c = box_corners(b[None])[0]
-        u = rng.random((per_box, 3))
-        # Random point in the box, then pushed onto one of the 4 side faces or the top.
-        local = (u - 0.5) * b[3:6]
-        face = rng.integers(0, 5, per_box)
-        for axis, sign, f in ((0, 1, 0), (0, -1, 1), (1, 1, 2), (1, -1, 3), (2, 1, 4)):
-            local[face == f, axis] = sign * b[3 + axis] / 2
-        cy, sy = np.cos(b[6]), np.sin(b[6])
-        xy = local[:, :2] @ np.array([[cy, sy], [-sy, cy]]) + b[:2]
-        pts.append(np.column_stack([xy, local[:, 2] + b[2]]))
-        assert np.isfinite(c).all()
-    ground = np.column_stack([rng.uniform(-12.8, 12.8, (3000, 2)), rng.normal(0.0, 0.02, 3000)])
-    xyz = np.concatenate([*pts, ground])
-    extra = np.column_stack([rng.uniform(0, 255, len(xyz)), rng.choice([0.0, 0.05], len(xyz))])
-    return np.column_stack([xyz, extra]).astype(np.float32)
-
-
-def tiny_frame(seed: int = 0) -> Frame:
-    boxes, labels = scene_boxes()
-    pts = surface_points(boxes, np.random.default_rng(seed))
-    gt = Detections(boxes, labels, np.ones(len(boxes), np.float32))
-    return Frame(f"tok{seed}", "scene", 0, np.eye(4), points=pts, gt=gt)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The CI machine is small and shared: intra-op threads only add spin-waiting here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

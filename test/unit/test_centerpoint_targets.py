@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY, scene_boxes
 
 from qd_perception.classes import CLASS_ID
 from qd_perception.geometry.boxes import points_in_boxes
@@ -17,46 +18,12 @@ from qd_perception.models.centerpoint.targets import build_targets, collate_targ
 from qd_perception.models.centerpoint.voxelize import voxelize_one
 from qd_perception.train.lidar_data import AugmentConfig, augment
 
-TINY = {
-    "name": "tiny",
-    "variant": "pillar",
-    "nsweeps": 1,
-    "voxelization": {
-        "point_range": [-12.8, -12.8, -3.0, 12.8, 12.8, 3.0],
-        "voxel_size": [0.2, 0.2, 6.0],
-        "max_points_per_voxel": 8,
-        "max_voxels": 4000,
-    },
-    "pillar_channels": [16],
-    "backbone": {
-        "layer_nums": [1, 1],
-        "layer_strides": [2, 2],
-        "num_filters": [16, 32],
-        "upsample_strides": [1, 2],
-        "num_upsample_filters": [16, 16],
-    },
-    "head": {"share_conv_channels": 16, "head_conv_channels": 8, "out_size_factor": 2},
-}
-
 
 def tiny_cfg(**decode):
     d = dict(TINY)
     if decode:
         d["decode"] = decode
     return config_from_dict("centerpoint", d)
-
-
-def scene_boxes() -> tuple[np.ndarray, np.ndarray]:
-    boxes = np.array(
-        [
-            [5.13, 2.27, 0.8, 4.6, 1.9, 1.6, 0.4, 3.0, -1.0],  # car
-            [-6.21, -4.05, 1.4, 10.5, 2.9, 3.4, -2.9, 0.0, 0.0],  # bus
-            [2.05, -7.33, 0.9, 0.7, 0.6, 1.8, 1.2, 1.1, 0.3],  # pedestrian
-            [-3.37, 8.61, 0.5, 0.4, 0.4, 1.0, 0.0, 0.0, 0.0],  # traffic cone
-        ]
-    )
-    labels = np.array([CLASS_ID[c] for c in ("car", "bus", "pedestrian", "traffic_cone")])
-    return boxes, labels
 
 
 def test_gaussian_radius_properties():

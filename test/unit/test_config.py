@@ -1,3 +1,5 @@
+"""Config loading: dataclasses from YAML mappings, with errors naming the field."""
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal

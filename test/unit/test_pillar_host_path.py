@@ -10,8 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_centerpoint_model import tiny_frame  # test/unit is on sys.path (pytest rootdir import)
-from test_centerpoint_targets import TINY
+from tiny_models import TINY, tiny_frame
 
 from qd_perception.models.build import build_model, config_from_dict
 from qd_perception.models.centerpoint.vfe import (
@@ -26,14 +25,6 @@ from qd_perception.runtime.centerpoint import (
     pointwise_pfn_graph,
 )
 from qd_perception.train.export_lidar import export
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def crowded_points(seed: int = 0) -> torch.Tensor:

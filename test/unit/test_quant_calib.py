@@ -190,3 +190,18 @@ def test_sparsity_grid_per_channel_weights():
         mx = float(np.abs(v).max())
         errs = [float(((_fq_sym(v, r * mx, 4) - v) ** 2).mean()) for r in np.linspace(0.5, 1, 11)]
         assert float(amax[ch]) == pytest.approx(np.linspace(0.5, 1, 11)[int(np.argmin(errs))] * mx, rel=1e-5)
+
+
+def test_every_calibrator_of_the_table_builds_from_a_spec():
+    from qd_perception.quant.calib import CALIBRATORS, PER_CHANNEL_CAPABLE, make_calibrator
+    from qd_perception.quant.quantizer import CalibSpec, QuantSpec
+
+    for name, kind in CALIBRATORS.items():
+        assert type(make_calibrator(CalibSpec(method=name), None)) is kind.cls
+        if name in PER_CHANNEL_CAPABLE:
+            assert type(make_calibrator(CalibSpec(method=name), 0)) is kind.cls
+            QuantSpec(per_channel=True, calib=CalibSpec(method=name))
+        else:
+            with pytest.raises(ValueError, match="per-tensor only"):
+                make_calibrator(CalibSpec(method=name), 0)
+    assert PER_CHANNEL_CAPABLE == {"max", "sparsity_grid"}

@@ -16,14 +16,6 @@ from qd_perception.quant.model import calibrate, fold_bn, quantize_model
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _net() -> nn.Module:
     torch.manual_seed(0)
 

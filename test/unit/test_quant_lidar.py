@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -12,14 +13,6 @@ from qd_perception.classes import CLASS_NAMES
 from qd_perception.cli import main
 from qd_perception.models.build import build_model, config_from_dict, load_model_file
 from qd_perception.train.export_lidar import example_frame
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _tiny_checkpoint(tmp_path):
@@ -71,7 +64,14 @@ def test_quantize_lidar_cli_writes_an_artefact_the_ort_detector_loads(tmp_path):
     # INT8 vs float heatmap logits of an untrained net: close, not equal
     err = (outs[0].heatmap - ref[0].heatmap).abs().max()
     assert 0 < float(err) < 0.5
-    assert len(det.detect(frame).boxes) >= 0
+    # The detector's boxes are the decode of those INT8 maps, well-formed and above its threshold.
+    from qd_perception.models.centerpoint.decode import decode
+
+    got, want = det.detect(frame), decode(outs, det.cfg)[0]
+    np.testing.assert_array_equal(got.boxes, want.boxes)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    assert np.isfinite(got.boxes).all() and ((got.labels >= 0) & (got.labels < len(CLASS_NAMES))).all()
+    assert (got.scores >= det.cfg.decode.score_threshold).all() and (got.scores <= 1).all()
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(out / "dense.onnx")).graph.node}

@@ -16,14 +16,6 @@ from qd_perception.quant.size import model_size
 from qd_perception.quant.tensor_quant import fake_quant_symmetric
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared: 2 threads are slower than 1 for tiny convs here
-    yield
-    torch.set_num_threads(n)
-
-
 class Toy(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -17,14 +17,6 @@ from qd_perception.quant.ptq.lidar_ptq import LidarPTQConfig, run_lidar_ptq
 from qd_perception.quant.ptq.tgpl import TGPLConfig, positive_masks, tgpl_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_soft_rounding_starts_at_the_float_weight_and_hardens_to_integers():
     torch.manual_seed(0)
     w = torch.randn(4, 6)
@@ -163,8 +155,9 @@ def _calibrated_w4(model: nn.Module, samples) -> nn.Module:
 
 
 def _independent_objective(q: nn.Module, ref: nn.Module, samples, tcfg: TGPLConfig) -> tuple[float, float]:
-    """(mean relative layer error vs ``ref`` run in float, TGPL vs ``ref``'s float heads), computed
-    here without the joint module's machinery. (TGPL's soft-target BCE includes the targets'
+    """Mean relative layer error vs ``ref`` run in float and TGPL vs ``ref``'s float heads.
+
+    Computed here without the joint module's machinery. (TGPL's soft-target BCE includes the targets'
     entropy, a constant floor, so the reconstruction part shows the change best.)"""
     from qd_perception.quant.model import set_mode
     from qd_perception.quant.nn.modules import QuantModule

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_centerpoint_model import tiny_frame  # test/unit is on sys.path (pytest rootdir import)
-from test_centerpoint_targets import TINY
+from tiny_models import TINY, tiny_frame
 
 from qd_perception.classes import CLASS_NAMES
 from qd_perception.models.build import build_model, config_from_dict
@@ -31,14 +30,6 @@ from qd_perception.train.lidar_data import LidarDataset, collate
 
 # one task group: 6 head branches instead of 36 (ONNX export time dominates the CLI test)
 TINY1 = {**TINY, "head": {**TINY["head"], "tasks": [list(CLASS_NAMES)]}, "decode": {"circle_radius_m": [1.0]}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -119,7 +119,8 @@ def test_latency_helpers():
 
 
 def test_replay_pose_track_and_keyframes():
-    from qd_perception.commands.replay import PoseTrack, detections_from_msg, ground_truth_frames
+    from qd_perception.data.rosbag import PoseTrack, detections_from_msg
+    from qd_perception.eval.replay import ground_truth_frames
     from qd_perception.geometry.transforms import matrix_to_quat, quat_to_yaw, yaw_to_quat
     from qd_perception.sim import rosmsgs as rm
 

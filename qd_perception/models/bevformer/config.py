@@ -16,18 +16,12 @@ from pathlib import Path
 from typing import Literal
 
 from qd_perception.config import ConfigError, load_yaml
+from qd_perception.geometry.rig import DEFAULT_CAMERAS
 from qd_perception.paths import config_dir
 
 PRESETS: tuple[str, ...] = ("nano", "tiny", "small", "base")
 
-NUSCENES_CAMERAS: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_FRONT_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
-)
+NUSCENES_CAMERAS: tuple[str, ...] = DEFAULT_CAMERAS  # the default rig's, config/rig/nuscenes_like.yaml
 
 
 @dataclass(frozen=True)

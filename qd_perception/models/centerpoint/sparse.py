@@ -20,7 +20,7 @@ def import_spconv() -> Any:
     """``spconv.pytorch``, with the CPU-backward fix applied once.
 
     spconv 2.3.8's CPU build asks for a CUDA stream in its backward ops; returning 0 (no stream)
-    makes backward work on CPU (upstream bug, see shared ENVIRONMENT.md).
+    makes backward work on CPU (an upstream bug of that release).
     """
     global _PATCHED
     try:

@@ -22,7 +22,7 @@ from qd_perception.models.centerpoint.config import VoxelizationConfig
 
 @dataclass(frozen=True)
 class Voxels:
-    """Voxels of a batch. The kept points are stored once, without padding (point layout):
+    """Voxels of a batch. The kept points are stored once, without padding (point layout).
 
         points: (K, C) float32 kept points, grouped by voxel in voxel order, input order inside
         point_voxel: (K,) int64 voxel index (row of ``coords``) of each point

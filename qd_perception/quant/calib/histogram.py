@@ -2,7 +2,7 @@
 
 All keep a histogram of non-negative values on ``[0, running max]`` with a fixed bin width chosen
 on the first batch (``num_bins`` bins); when a later batch exceeds the range, bins of the same
-width are appended, so no batch is ever re-binned (the scheme papers.md section 3 describes).
+width are appended, so no batch is ever re-binned.
 The symmetric calibrators histogram ``|x|``; UH histograms ``x >= 0`` and keeps the running
 minimum separately.
 
@@ -218,7 +218,7 @@ class EntropyCalibrator(_AbsHistogramCalibrator):
 
 
 class UnilateralHistogramCalibrator(Calibrator):
-    """Q-YOLO's unilateral histogram (UH), papers.md section 3.
+    """Q-YOLO's unilateral histogram (UH; Wang et al., 2023).
 
     Histogram of the values in ``[0, running max]`` (``num_bins`` bins, extended with bins of the
     same width when the max grows) plus the running minimum ``m``. For each candidate upper bound

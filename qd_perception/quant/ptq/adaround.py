@@ -1,6 +1,6 @@
 """AdaRound (Nagel et al., 2020): learn whether each weight rounds up or down.
 
-Split in three parts, as the brief asks:
+Three parts:
 
 * **module** — :class:`SoftRounding`, attached to a weight quantizer: the quantized weight is
   ``s * clamp(floor(W / s) + h(V), qmin, qmax)`` with the rectified sigmoid
@@ -12,7 +12,7 @@ Split in three parts, as the brief asks:
 * **optimiser** — :func:`reconstruct`: Adam on ``V`` over cached (input, target) pairs, for one
   layer or a block of layers. :func:`adaround_model` runs it layer by layer through a model: the
   input of layer L comes from the *quantized* model (earlier layers already rounded), the target
-  from the *float* model (papers.md section 2, step 3).
+  from the *float* model (LiDAR-PTQ's step 3).
 
 After optimisation :meth:`SoftRounding.finalize` writes the hard-rounded weights into the layer
 (``W <- s * q``), so nearest rounding reproduces the learned integers and export needs nothing new.

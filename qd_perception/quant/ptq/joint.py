@@ -1,6 +1,6 @@
 """Joint rounding: every layer's AdaRound variables (and the activation step sizes) with TGPL.
 
-LiDAR-PTQ (papers.md section 2) learns the adaptive rounding *jointly with TGPL*. This module
+LiDAR-PTQ (Zhou et al., ICLR 2024) learns the adaptive rounding *jointly with TGPL*. This module
 does that in one optimisation over the whole fake-quant model instead of layer after layer:
 
 * **variables** — the ``V`` of a :class:`~.adaround.SoftRounding` on every quantized layer's

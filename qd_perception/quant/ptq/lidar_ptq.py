@@ -1,4 +1,4 @@
-"""The LiDAR-PTQ pipeline (papers.md section 2): max-min -> sparsity grid -> TGPL -> AdaRound.
+"""The LiDAR-PTQ pipeline (Zhou et al., ICLR 2024): max-min -> sparsity grid -> TGPL -> AdaRound.
 
 Every stage is switchable (the ablation) and reported with its wall time; ``on_stage(name, model)``
 is called after each stage so a benchmark can evaluate every step from one run.

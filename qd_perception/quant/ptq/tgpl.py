@@ -1,4 +1,4 @@
-"""TGPL, LiDAR-PTQ's task-guided global positive loss (papers.md section 2, step 2).
+"""TGPL, LiDAR-PTQ's task-guided global positive loss (LiDAR-PTQ, Zhou et al., ICLR 2024, step 2).
 
 The float model's own confident detections are the pseudo labels: **positives** are heatmap
 peaks (local maxima in a ``nms_kernel`` window) whose score exceeds ``score_threshold``, at most
