@@ -40,6 +40,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="config/models/bevformer_nano.model.yaml")
     p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=1)
@@ -54,7 +55,7 @@ def main() -> None:
     order = np.random.default_rng(0).permutation(3000)
 
     # before: JPEG decode per step, batch 1; the time covers data loading and the step
-    reader = NuScenesReader(a.data, "v1.0-synthetic", "train", nsweeps=0, load_images=True)
+    reader = NuScenesReader(a.data, "v1.0-synthetic", a.split, nsweeps=0, load_images=True)
     old = TemporalSamples(BEVDataset(reader, cfg, cache=False), 2, NO_AUGMENT)
     t0 = time.perf_counter()
     n_old = 0
@@ -63,7 +64,7 @@ def main() -> None:
         n_old += 1
     before = n_old / (time.perf_counter() - t0)
 
-    cached = open_cached_dataset(a.data, "v1.0-synthetic", "train", cfg, a.cache_dir)
+    cached = open_cached_dataset(a.data, "v1.0-synthetic", a.split, cfg, a.cache_dir)
     new = TemporalSamples(cached, 2, AugmentConfig())
     loader = torch.utils.data.DataLoader(
         new, batch_size=a.batch_size, sampler=(order % len(new)).tolist(), collate_fn=collate_temporal,
@@ -78,7 +79,8 @@ def main() -> None:
         train_step(model, opt, tb, tcfg)
         n_new += len(tb.current.targets)
     after = n_new / (time.perf_counter() - t0)
-    print(f"cpu flags: {cpu_flags()}; torch threads {a.threads}; model {cfg.name}; queue 2")
+    H, W = reader[0].cameras[0].image.shape[:2]
+    print(f"cpu flags: {cpu_flags()}; torch threads {a.threads}; model {cfg.name}; queue 2; JPEGs {H}x{W}")
     print(f"before (JPEG per step, batch 1): {before:.3f} samples/s over {n_old} samples")
     what = f"cache, batch {a.batch_size}, {a.workers} workers, augment"
     print(f"after ({what}): {after:.3f} samples/s over {n_new} samples")
