@@ -257,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
                     loss.bbox,
                     loss.dense_heatmap,
                     loss.dense_reg,
+                    loss.perspective,
                 ]
             )
             state["position"] += len(tb.current.targets)
