@@ -132,7 +132,7 @@ def batch_to(tb, device):
 
     def move(b):
         return dataclasses.replace(
-            b, images=b.images.to(device, non_blocking=True), intrinsics=b.intrinsics.to(device),
+            b, images=b.images.to(device), intrinsics=b.intrinsics.to(device),
             cam2ego=b.cam2ego.to(device),
             targets=[Targets(t.boxes.to(device), t.labels.to(device)) for t in b.targets],
         )  # fmt: skip
@@ -243,10 +243,17 @@ def open_cached_dataset(dataroot: str, version: str, split: str, cfg, cache_root
 
 
 def run(args: argparse.Namespace) -> int:
-    """One process, or one of torchrun's (data parallel, see ``train/distributed.py``)."""
-    runtime = runtime_from_args(args)
-    with distributed(runtime.device) as dist:
-        train(args, runtime, dist)
+    """One process, or one of torchrun's (data parallel, see ``train/distributed.py``). A bad
+    device or precision choice (e.g. ``--amp`` without CUDA) gets one line on stderr (exit 2)."""
+    import sys
+
+    try:
+        runtime = runtime_from_args(args)
+        with distributed(runtime.device) as dist:
+            train(args, runtime, dist)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -307,7 +314,10 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
     n = len(samples)
     bs = tcfg.batch_size
     step_samples = bs * dist.world_size  # global samples per optimizer step
-    total = tcfg.epochs * math.ceil(n / step_samples)
+    per_epoch = math.ceil(n / step_samples)
+    total = tcfg.epochs * per_epoch
+    if ckpt is not None and ckpt.get("world_size", 1) != dist.world_size:
+        dist.log(f"schedule: {per_epoch} steps per epoch now (total {total})")
     png = out.with_suffix(".loss.png")
     snap_dir = out.with_suffix(".snapshots")
     ddp = wrap(model, dist, runtime.sync_bn, bs)
@@ -345,12 +355,15 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
             samples, batch_size=bs, collate_fn=collate_temporal,
             sampler=epoch_order(n, tcfg.seed, state["epoch"], state["position"], dist),
             num_workers=runtime.workers, persistent_workers=False,
-            prefetch_factor=2 if runtime.workers else None, pin_memory=dist.device.type == "cuda",
+            prefetch_factor=2 if runtime.workers else None,
         )  # fmt: skip
         for tb in loader:
+            # The schedule's step from the samples done, not the step counter: the same number with
+            # one process, and the same point of the training after a change of world size.
+            at = state["epoch"] * per_epoch + math.ceil(state["position"] / step_samples)
             for g in optimizer.param_groups:
                 frac = state["elapsed_s"] / (60 * tcfg.max_minutes) if tcfg.max_minutes else 0.0
-                g["lr"] = tcfg.lr * lr_factor(state["step"], total, tcfg.warmup_steps, frac)
+                g["lr"] = tcfg.lr * lr_factor(at, total, tcfg.warmup_steps, frac)
             losses = stepper.step([batch_to(tb, dist.device)], batch_loss)
             terms = dist.mean_terms(losses, names)
             state["history"].append([state["step"], *(terms[k] for k in names)])

@@ -250,3 +250,7 @@ def test_train_bev_on_two_gloo_processes_and_resume_in_one(tmp_path):
     assert one["state"]["epoch"] == 2 and one["state"]["step"] == 2 + n
     assert one["state"]["samples"] == 2 * n and len(one["state"]["history"]) == 2 + n
     assert any(not torch.equal(one["state_dict"][k], r0[k]) for k in r0), "the resumed run did not train"
+    # mixed precision needs CUDA: one clear line, exit 2, the checkpoint untouched
+    if not torch.cuda.is_available():
+        assert main(["train", "bev", *common, "--epochs", "3", "--amp", "bf16"]) == 2
+        assert torch.load(out, weights_only=True)["state"]["step"] == 2 + n
