@@ -7,6 +7,11 @@ the same command again continues where it stopped. A loss-curve PNG is written b
 Temporal training as BEVFormer: the BEV of up to ``queue_length - 1`` previous keyframes of the
 same scene is computed without gradients (eval mode) and fed, aligned by ego motion, to the frame
 being trained.
+
+Data parallel under ``torchrun`` (``train/distributed.py``): ``--batch-size`` per process, the
+epoch's seeded order dealt round-robin over the ranks (one process: the order of a plain run),
+DDP gradient averaging, rank 0 alone writes files and draws the progress bar; the checkpoint is
+the same whatever the world size, and a run resumes on another one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,18 @@ from pathlib import Path
 import numpy as np
 
 from qd_perception.config import ConfigError, from_dict, to_dict
+from qd_perception.train.distributed import (
+    Dist,
+    Runtime,
+    Stepper,
+    add_runtime_arguments,
+    cpu_state,
+    deal,
+    distributed,
+    runtime_from_args,
+    unwrap,
+    wrap,
+)
 
 
 @dataclass(frozen=True)
@@ -63,15 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", action="store_true", help="no BEV / photometric augmentation")
     p.add_argument("--snapshot-minutes", type=float, default=d.snapshot_minutes,
                    help="keep the weights every N training minutes in <out>.snapshots/")  # fmt: skip
-    p.add_argument(
-        "--workers", type=int, default=0, help="DataLoader worker processes (0: in the training process)"
-    )
     p.add_argument("--cache-dir", default="", help="image cache root (default ~/.cache/qd_perception/bev)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint at --out")
     p.add_argument(
         "--release", default="", help="also write the weights alone (no optimizer) here at the end"
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_runtime_arguments(p.add_argument_group("devices and processes (torchrun)"))
 
 
 def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
@@ -105,23 +120,76 @@ def encode_history(model, tb):
     return prev_bev, tb.valid[-1], tb.motion[-1]
 
 
-def train_step(model, optimizer, tb, tcfg: TrainConfig):
-    """One optimisation step on a ``TemporalBatch``. Returns the LossBreakdown."""
+def batch_to(tb, device):
+    """A :class:`~qd_perception.train.bev_data.TemporalBatch` with every tensor on ``device``
+    (itself on the CPU)."""
+    import dataclasses
+
+    from qd_perception.models.bevformer.losses import Targets
+
+    if device.type == "cpu":
+        return tb
+
+    def move(b):
+        return dataclasses.replace(
+            b, images=b.images.to(device), intrinsics=b.intrinsics.to(device),
+            cam2ego=b.cam2ego.to(device),
+            targets=[Targets(t.boxes.to(device), t.labels.to(device)) for t in b.targets],
+        )  # fmt: skip
+
+    return dataclasses.replace(
+        tb, current=move(tb.current), history=[move(h) for h in tb.history],
+        valid=[v.to(device) for v in tb.valid], motion=[m.to(device) for m in tb.motion],
+    )  # fmt: skip
+
+
+def _float32(x):
+    """Forward outputs of an autocast forward in float32 (the focal loss's logs need it)."""
+    import dataclasses
+
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, list | tuple):
+        return type(x)(_float32(v) for v in x)
+    if dataclasses.is_dataclass(x):
+        return dataclasses.replace(x, **{f.name: _float32(getattr(x, f.name)) for f in dataclasses.fields(x)})
+    return x
+
+
+def batch_loss(model, tb):
+    """Forward and loss of a ``TemporalBatch`` through ``model`` (a :class:`BEVFormer` or its DDP
+    wrapper) in train mode: the history is encoded by the bare module (no gradients, eval mode,
+    outside DDP), the current frame goes through ``model``. The loss is computed in float32
+    whatever the autocast precision of the forward, normalised by this batch's ground-truth
+    count (per process under DDP). Returns the LossBreakdown."""
     import torch
 
     from qd_perception.models.bevformer.losses import detection_loss
 
-    prev_bev, prev_valid, prev_from_cur = encode_history(model, tb)
+    core = unwrap(model)
+    prev_bev, prev_valid, prev_from_cur = encode_history(core, tb)
     model.train()
     b = tb.current
     out = model(b.images, b.intrinsics, b.cam2ego, prev_bev, prev_valid, prev_from_cur)
-    loss = detection_loss(out, b.targets, model.cfg, extra=b)
-    optimizer.zero_grad(set_to_none=True)
-    loss.total.backward()
-    if tcfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-    optimizer.step()
-    return loss
+    with torch.autocast(b.images.device.type, enabled=False):
+        return detection_loss(_float32(out), b.targets, core.cfg, extra=b)
+
+
+def train_step(model, optimizer, tb, tcfg: TrainConfig):
+    """One single-process optimisation step on a ``TemporalBatch``. Returns the LossBreakdown."""
+    return Stepper(model, optimizer, grad_clip=tcfg.grad_clip).step([tb], batch_loss)[0]
+
+
+def epoch_order(n: int, seed: int, epoch: int, position: int, dist: Dist) -> list[int]:
+    """This rank's samples of the rest of an epoch: the epoch's seeded permutation from global
+    sample ``position`` on, dealt round-robin over the ranks (:func:`deal`). With one process it
+    is the permutation itself; with N, step k of all ranks together is the one-process batch of
+    ``batch_size * N`` at step k, and ``position`` counts global samples, so a resume on another
+    world size continues with the same samples."""
+    order = np.random.default_rng(seed + epoch).permutation(n)[position:]
+    return deal(order, dist.rank, dist.world_size)
 
 
 def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
@@ -175,6 +243,23 @@ def open_cached_dataset(dataroot: str, version: str, split: str, cfg, cache_root
 
 
 def run(args: argparse.Namespace) -> int:
+    """One process, or one of torchrun's (data parallel, see ``train/distributed.py``). A bad
+    device or precision choice (e.g. ``--amp`` without CUDA) gets one line on stderr (exit 2)."""
+    import sys
+
+    try:
+        runtime = runtime_from_args(args)
+        with distributed(runtime.device) as dist:
+            train(args, runtime, dist)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
+    """The training of ``run`` in this process of the job ``dist``; returns the trained
+    :class:`BEVFormer` (the bare module, on ``dist.device``)."""
     import torch
     from tqdm import tqdm
 
@@ -185,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if runtime.grad_accum != 1:
+        raise ConfigError("train bev: --grad-accum is not supported (use --batch-size or more processes)")
     cfg = load_model_config(args.config)
     tcfg = TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
@@ -195,38 +282,62 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     torch.manual_seed(tcfg.seed)
     model = BEVFormer(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     state = {"epoch": 0, "position": 0, "step": 0, "history": [], "elapsed_s": 0.0, "samples": 0}
-    if out.exists() and not args.restart:
-        ckpt = read_checkpoint(out)
+    # Rank 0 reads the checkpoint and hands it to the others: --out need not be on a shared disk.
+    ckpt = read_checkpoint(out) if dist.is_main and out.exists() and not args.restart else None
+    ckpt = dist.broadcast(ckpt)
+    if ckpt is not None:
         if ckpt["model_config"] != to_dict(cfg):
             raise ConfigError(f"{out} was trained with another model config; use --restart or another --out")
         model.load_state_dict(ckpt["state_dict"])
+    model.to(dist.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         tcfg = from_dict(TrainConfig, {**ckpt["train_config"], "epochs": tcfg.epochs,
                                        "max_minutes": tcfg.max_minutes})  # fmt: skip
         state = {"samples": state["step"], **ckpt["state"]}
-        print(f"resuming {out}: epoch {state['epoch']} position {state['position']} step {state['step']}")
+        dist.log(f"resuming {out}: epoch {state['epoch']} position {state['position']} step {state['step']}")
     if state["epoch"] >= tcfg.epochs:
-        print(f"{out} already trained for {state['epoch']} epochs")
-        return 0
+        dist.log(f"{out} already trained for {state['epoch']} epochs")
+        return model
 
-    base = open_cached_dataset(args.data, args.version, args.split, cfg, args.cache_dir)
+    # Rank 0 builds the image cache first; the others then read it (one writer per cache).
+    if dist.is_main:
+        base = open_cached_dataset(args.data, args.version, args.split, cfg, args.cache_dir)
+    dist.barrier()
+    if not dist.is_main:
+        base = open_cached_dataset(args.data, args.version, args.split, cfg, args.cache_dir)
     samples = TemporalSamples(
         base, tcfg.queue_length, AugmentConfig() if tcfg.augment else NO_AUGMENT, tcfg.seed
     )
     n = len(samples)
     bs = tcfg.batch_size
-    total = tcfg.epochs * math.ceil(n / bs)
+    step_samples = bs * dist.world_size  # global samples per optimizer step
+    per_epoch = math.ceil(n / step_samples)
+    total = tcfg.epochs * per_epoch
+    if ckpt is not None and ckpt.get("world_size", 1) != dist.world_size:
+        dist.log(f"schedule: {per_epoch} steps per epoch now (total {total})")
     png = out.with_suffix(".loss.png")
     snap_dir = out.with_suffix(".snapshots")
+    ddp = wrap(model, dist, runtime.sync_bn, bs)
+    stepper = Stepper(ddp, optimizer, dist, runtime.amp, tcfg.grad_clip)
+    names = ("total", "cls", "bbox", "dense_heatmap", "dense_reg", "perspective")
+
+    def write(path, **extra) -> Path:
+        # the bare module's weights on the CPU: the same file whatever the world size or device
+        return save_checkpoint(path, model, state_dict=cpu_state(model.state_dict()), **extra)
 
     def save() -> None:
-        save_checkpoint(
-            out, model, optimizer=optimizer.state_dict(), train_config=to_dict(tcfg), state=state,
+        if not dist.is_main:
+            return
+        write(
+            out, optimizer=cpu_state(optimizer.state_dict()), train_config=to_dict(tcfg), state=state,
             data={"dataroot": str(args.data), "version": args.version, "split": args.split, "samples": n},
+            world_size=dist.world_size,
         )  # fmt: skip
-        plot_loss_curve(state["history"], png, f"BEVFormer-{cfg.name} training ({n} samples, batch {bs})")
+        title = f"BEVFormer-{cfg.name} training ({n} samples, batch {step_samples})"
+        plot_loss_curve(state["history"], png, title)
 
     start = time.monotonic() - state["elapsed_s"]
     last_save = time.monotonic()
@@ -236,43 +347,42 @@ def run(args: argparse.Namespace) -> int:
         else math.inf
     )
     stop = False
-    bar = tqdm(total=total, initial=state["step"], unit="step", desc=f"train bev-{cfg.name}")
+    desc = f"train bev-{cfg.name}"
+    bar = tqdm(total=total, initial=state["step"], unit="step", desc=desc, disable=not dist.is_main)
     while state["epoch"] < tcfg.epochs and not stop:
-        order = np.random.default_rng(tcfg.seed + state["epoch"]).permutation(n)
         samples.epoch = state["epoch"]
         loader = torch.utils.data.DataLoader(
-            samples, batch_size=bs, sampler=order[state["position"] :].tolist(), collate_fn=collate_temporal,
-            num_workers=args.workers, persistent_workers=False, prefetch_factor=2 if args.workers else None,
+            samples, batch_size=bs, collate_fn=collate_temporal,
+            sampler=epoch_order(n, tcfg.seed, state["epoch"], state["position"], dist),
+            num_workers=runtime.workers, persistent_workers=False,
+            prefetch_factor=2 if runtime.workers else None,
         )  # fmt: skip
         for tb in loader:
+            # The schedule's step from the samples done, not the step counter: the same number with
+            # one process, and the same point of the training after a change of world size.
+            at = state["epoch"] * per_epoch + math.ceil(state["position"] / step_samples)
             for g in optimizer.param_groups:
                 frac = state["elapsed_s"] / (60 * tcfg.max_minutes) if tcfg.max_minutes else 0.0
-                g["lr"] = tcfg.lr * lr_factor(state["step"], total, tcfg.warmup_steps, frac)
-            loss = train_step(model, optimizer, tb, tcfg)
-            state["history"].append(
-                [
-                    state["step"],
-                    float(loss.total.detach()),
-                    loss.cls,
-                    loss.bbox,
-                    loss.dense_heatmap,
-                    loss.dense_reg,
-                    loss.perspective,
-                ]
-            )
-            state["position"] += len(tb.current.targets)
-            state["samples"] += len(tb.current.targets)
+                g["lr"] = tcfg.lr * lr_factor(at, total, tcfg.warmup_steps, frac)
+            losses = stepper.step([batch_to(tb, dist.device)], batch_loss)
+            terms = dist.mean_terms(losses, names)
+            state["history"].append([state["step"], *(terms[k] for k in names)])
+            taken = min(step_samples, n - state["position"])  # the padded tail counts once
+            state["position"] += taken
+            state["samples"] += taken
             state["step"] += 1
             bar.update(1)
-            bar.set_postfix(epoch=state["epoch"], loss=f"{float(loss.total.detach()):.3f}")
+            bar.set_postfix(epoch=state["epoch"], loss=f"{terms['total']:.3f}")
             now = time.monotonic()
-            state["elapsed_s"] = now - start
+            # rank 0's clock for all: the learning rate and the budget's stop must agree on every rank
+            state["elapsed_s"] = dist.broadcast(now - start) if tcfg.max_minutes else now - start
             if state["elapsed_s"] / 60 >= next_snap:
-                snap_dir.mkdir(parents=True, exist_ok=True)
-                save_checkpoint(snap_dir / f"min{next_snap:06.1f}.pt", model, state={**state, "history": []})
+                if dist.is_main:
+                    snap_dir.mkdir(parents=True, exist_ok=True)
+                    write(snap_dir / f"min{next_snap:06.1f}.pt", state={**state, "history": []})
                 next_snap += tcfg.snapshot_minutes
             if tcfg.max_minutes and state["elapsed_s"] > 60 * tcfg.max_minutes:
-                print(f"\nwall-clock budget of {tcfg.max_minutes} min reached; saving")
+                dist.log(f"\nwall-clock budget of {tcfg.max_minutes} min reached; saving")
                 stop = True
                 break
             if now - last_save > 60 * tcfg.checkpoint_minutes:
@@ -285,11 +395,11 @@ def run(args: argparse.Namespace) -> int:
         last_save = time.monotonic()
     bar.close()
     save()
-    if args.release:
-        rel = save_checkpoint(args.release, model, state={**state, "history": []}, train_config=to_dict(tcfg))
+    if args.release and dist.is_main:
+        rel = write(args.release, state={**state, "history": []}, train_config=to_dict(tcfg))
         print(f"release weights: {rel} ({rel.stat().st_size / 1e6:.1f} MB)")
-    print(
+    dist.log(
         f"saved {out} (epoch {state['epoch']}, {state['step']} steps, {state['samples']} samples, "
         f"{state['elapsed_s'] / 60:.1f} min); {png}"
     )
-    return 0
+    return model

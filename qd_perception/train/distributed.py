@@ -259,10 +259,19 @@ def shard_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int 
     world size (every rank takes the same number of steps), then every ``world_size``-th from
     ``rank``. Step k of rank r sees global position ``k * world_size + r``: the ranks' batches of a
     step together are the one-process batch of ``batch_size * world_size`` at that step."""
-    perm = epoch_permutation(n, seed, epoch)
-    per_rank = math.ceil(n / world_size)
-    perm += perm[: per_rank * world_size - n]
-    return perm[rank::world_size]
+    return deal(epoch_permutation(n, seed, epoch), rank, world_size)
+
+
+def deal(order: Sequence[int], rank: int = 0, world_size: int = 1) -> list[int]:
+    """This rank's share of a global ``order``: padded with its head to a multiple of the world
+    size (every rank takes the same number of steps), then every ``world_size``-th from ``rank``.
+    With one process, ``order`` itself."""
+    order = [int(i) for i in order]
+    if not order:
+        return []
+    per_rank = math.ceil(len(order) / world_size)
+    padded = (order * math.ceil(per_rank * world_size / len(order)))[: per_rank * world_size]
+    return padded[rank::world_size]
 
 
 class ShardedSampler(torch.utils.data.Sampler[int]):

@@ -1,6 +1,7 @@
 """Data-parallel training (qd_perception.train.distributed): the one-process shuffle is today's,
 two gloo processes train exactly like one process on the combined batch, and checkpoints move
-between world sizes (train lidar under torchrun, resumed alone, and the reverse)."""
+between world sizes (train lidar under torchrun, resumed alone, and the reverse; train bev under
+torchrun, resumed alone)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from qd_perception.train.distributed import (
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "ddp_tiny_centerpoint.py"
+BEV_WORKER = Path(__file__).resolve().parent / "ddp_tiny_bev.py"
 
 
 def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -177,3 +179,78 @@ def test_checkpoints_move_between_world_sizes_and_qat_runs_under_torchrun(tmp_pa
     assert r.stdout.count("distributed: world_size=2 backend=gloo device=cpu") == 1
     info = yaml.safe_load((qat / "quant.yaml").read_text())
     assert info["method"] == "qat" and info["qat"]["world_size"] == 2 and info["qat"]["steps"] == 2
+
+
+@pytest.mark.parametrize(("n", "position", "world"), [(7, 0, 1), (7, 3, 2), (5, 1, 3), (2, 1, 4)])
+def test_bev_epoch_order_deals_the_rest_of_the_one_process_order(n, position, world):
+    import numpy as np
+
+    from qd_perception.train.bev import epoch_order
+
+    today = np.random.default_rng(5 + 2).permutation(n)[position:].tolist()
+    shards = [epoch_order(n, 5, 2, position, Dist(rank=r, world_size=world)) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1, "every rank takes the same number of steps"
+    merged = [shards[r][k] for k in range(len(shards[0])) for r in range(world)]
+    assert merged[: len(today)] == today and set(merged[len(today) :]) <= set(today)
+
+
+def test_train_bev_on_two_gloo_processes_and_resume_in_one(tmp_path):
+    """Two gloo processes of ``train bev`` (batch 1 each) hold identical weights afterwards, and
+    their checkpoint resumes in one process. Unlike CenterPoint, the result is not compared with
+    one process on the combined batch: the DETR-style set loss is normalised by each process's
+    own ground-truth count and matches queries per sample, so the mean of two half-batch losses
+    is not the combined batch's loss unless both halves hold as many objects (they do not here),
+    and AdamW's first steps move each weight by about ``lr * sign(grad)``, so rounding-level
+    gradient differences are not kept at rounding size."""
+    from test_bev_cli import TINY_MODEL
+
+    from qd_perception.cli import main
+    from qd_perception.sim.generate import GenerateConfig, generate
+
+    data = generate(
+        GenerateConfig(scenes=2, samples=3, seed=3, resolution=(64, 112), val_fraction=0.5, workers=1),
+        tmp_path / "ds",
+        show_progress=False,
+    )
+    cfg = tmp_path / "bevformer_ddptest.model.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_MODEL))
+    out = tmp_path / "bev.pt"
+    common = ["--config", str(cfg), "--data", str(data), "--out", str(out), "--warmup-steps", "1"]
+    common += ["--batch-size", "1", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    common += ["--threads", "1", "--checkpoint-minutes", "100"]
+
+    ranks = tmp_path / "ranks"
+    r = torchrun(str(BEV_WORKER), "--ranks-out", str(ranks), *common, "--epochs", "1")
+    starts = [ln for ln in r.stdout.splitlines() if ln.startswith("distributed:")]
+    assert starts == ["distributed: world_size=2 backend=gloo device=cpu"]
+    r0, r1 = (torch.load(ranks / f"rank{k}.pt", weights_only=True) for k in (0, 1))
+    # BatchNorm's running statistics are each rank's own (DDP hands rank 0's to all at the next
+    # forward; SyncBatchNorm is for CUDA): everything else, the parameters, is bitwise the same
+    stats = {k for k in r0 if k.endswith((".running_mean", ".running_var"))}
+    assert stats and all(torch.equal(r0[k], r1[k]) for k in r0.keys() - stats), "the ranks diverged"
+    from qd_perception.models.bevformer.config import load_model_config
+    from qd_perception.models.bevformer.model import BEVFormer
+
+    torch.manual_seed(0)
+    init = BEVFormer(load_model_config(cfg)).state_dict()
+    assert any(not torch.equal(init[k], r0[k]) for k in r0.keys() - stats), "training did not move"
+    two = torch.load(out, weights_only=True)
+    assert all(torch.equal(two["state_dict"][k], r0[k]) for k in r0), "the checkpoint is rank 0's model"
+    n = two["data"]["samples"]
+    assert n == 3 and two["world_size"] == 2
+    # 3 samples on 2 processes: 2 steps (the second pads rank 1 with the epoch's first sample)
+    assert two["state"]["epoch"] == 1 and two["state"]["step"] == 2 and two["state"]["samples"] == n
+    assert len(two["state"]["history"]) == 2
+
+    assert main(["train", "bev", *common, "--epochs", "2"]) == 0
+    one = torch.load(out, weights_only=True)
+    assert one.keys() == two.keys() and one["world_size"] == 1
+    assert {k: v.shape for k, v in one["state_dict"].items()} == {k: v.shape for k, v in r0.items()}
+    assert one["optimizer"].keys() == two["optimizer"].keys()
+    assert one["state"]["epoch"] == 2 and one["state"]["step"] == 2 + n
+    assert one["state"]["samples"] == 2 * n and len(one["state"]["history"]) == 2 + n
+    assert any(not torch.equal(one["state_dict"][k], r0[k]) for k in r0), "the resumed run did not train"
+    # mixed precision needs CUDA: one clear line, exit 2, the checkpoint untouched
+    if not torch.cuda.is_available():
+        assert main(["train", "bev", *common, "--epochs", "3", "--amp", "bf16"]) == 2
+        assert torch.load(out, weights_only=True)["state"]["step"] == 2 + n
