@@ -8,21 +8,12 @@ import json
 import pytest
 import torch
 import yaml
+from tiny_models import TINY_BEV
 
 from qd_perception.cli import main
 from qd_perception.sim.generate import GenerateConfig, generate
 
-TINY_MODEL = {
-    "arch": "bevformer",
-    "model": {
-        "name": "clitest", "image_size": [64, 112],
-        "backbone": {"block": "basic", "layers": [1, 1, 1, 1], "base_width": 8, "out_indices": [2, 3]},
-        "embed_dims": 32, "ffn_dims": 64, "num_heads": 4, "num_levels": 2, "bev_h": 16, "bev_w": 16,
-        "sca_num_points": 4, "tsa_num_points": 2, "decoder_num_points": 2,
-        "encoder_layers": 1, "decoder_layers": 2, "num_queries": 20, "max_detections": 20,
-        "score_threshold": 0.0,
-    },
-}  # fmt: skip
+TINY_MODEL = {"arch": "bevformer", "model": {**TINY_BEV, "name": "clitest", "score_threshold": 0.0}}
 
 
 def test_train_resume_export_eval(tmp_path):

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY_BEV
 
 from qd_perception.config import from_dict
 from qd_perception.data.types import Detections
@@ -22,14 +23,7 @@ from qd_perception.train.export_bev import example_frames, export_onnx, parity
 
 
 def tiny_config(**kw) -> BEVFormerConfig:
-    base = {
-        "name": "test",
-        "image_size": [64, 112],
-        "backbone": {"block": "basic", "layers": [1, 1, 1, 1], "base_width": 8, "out_indices": [2, 3]},
-        "embed_dims": 32, "ffn_dims": 64, "num_heads": 4, "num_levels": 2, "bev_h": 16, "bev_w": 16,
-        "sca_num_points": 4, "tsa_num_points": 2, "decoder_num_points": 2,
-        "encoder_layers": 1, "decoder_layers": 2, "num_queries": 20, "max_detections": 20,
-    }  # fmt: skip
+    base = {**TINY_BEV, "name": "test"}
     base.update(kw)
     return from_dict(BEVFormerConfig, base)
 

@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 import yaml
+from tiny_models import TINY_BEV
 from torch import nn
 
 from qd_perception.cli import main
@@ -35,23 +36,7 @@ from qd_perception.sim.generate import GenerateConfig, generate
 from qd_perception.train.bev_data import BEVDataset
 from qd_perception.train.export_bev import example_frames
 
-# the tiny model of test_bev_model.py / test_bev_cli.py (seconds per step on one core)
-TINY = {
-    "name": "qtest", "image_size": [64, 112],
-    "backbone": {"block": "basic", "layers": [1, 1, 1, 1], "base_width": 8, "out_indices": [2, 3]},
-    "embed_dims": 32, "ffn_dims": 64, "num_heads": 4, "num_levels": 2, "bev_h": 16, "bev_w": 16,
-    "sca_num_points": 4, "tsa_num_points": 2, "decoder_num_points": 2,
-    "encoder_layers": 1, "decoder_layers": 2, "num_queries": 20, "max_detections": 20,
-    "score_threshold": 0.0,
-}  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TINY = {**TINY_BEV, "name": "qtest", "score_threshold": 0.0}
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Tiny CenterPoint configurations and a synthetic frame shared by the unit tests.
 
 Small enough that a model builds, trains a few steps and exports in seconds on one thread:
-``TINY`` (pillar, 25.6 m square, 0.2 m pillars), ``TINY_VOXEL`` (the same with a sparse 3-D
-encoder), four ground-truth boxes of different classes and a frame of points on their faces.
+``TINY_BEV`` (camera BEVFormer), ``TINY`` (pillar, 25.6 m square, 0.2 m pillars), ``TINY_VOXEL``
+(the same with a sparse 3-D encoder), four ground-truth boxes of different classes and a frame
+of points on their faces.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ import numpy as np
 from qd_perception.classes import CLASS_ID
 from qd_perception.data.types import Detections, Frame
 from qd_perception.geometry.boxes import box_corners
+
+#: the tiny camera BEVFormer (``model:`` block): 64x112 images, 16x16 BEV, seconds per step
+TINY_BEV = {
+    "name": "tiny_bev", "image_size": [64, 112],
+    "backbone": {"block": "basic", "layers": [1, 1, 1, 1], "base_width": 8, "out_indices": [2, 3]},
+    "embed_dims": 32, "ffn_dims": 64, "num_heads": 4, "num_levels": 2, "bev_h": 16, "bev_w": 16,
+    "sca_num_points": 4, "tsa_num_points": 2, "decoder_num_points": 2,
+    "encoder_layers": 1, "decoder_layers": 2, "num_queries": 20, "max_detections": 20,
+}  # fmt: skip
 
 TINY = {
     "name": "tiny",
