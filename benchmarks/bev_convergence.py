@@ -53,6 +53,7 @@ def main() -> None:
         r = evaluate(m, a.data, a.threads)
         rows.append((minutes, r["nds"], r["map"], m.name))
         print(f"{minutes:7.1f} min  NDS {r['nds']:.4f}  mAP {r['map']:.4f}  {m.name}", flush=True)
+    rows.sort()  # the final checkpoint may be older than the last snapshot
     if a.png and rows:
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-", label="NDS")
