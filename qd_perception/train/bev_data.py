@@ -85,6 +85,21 @@ def ego_motion(prev: BEVSample, cur: BEVSample) -> np.ndarray:
     return relative_ego_motion(prev.ego2global, cur.ego2global).astype(np.float32)
 
 
+def history_of(dataset, i: int, length: int) -> list[BEVSample]:
+    """Up to ``length - 1`` previous keyframes of sample ``i`` of ``dataset`` (indexable, samples
+    in scene/time order), oldest first, stopping at a scene change or a time gap."""
+    out: list[BEVSample] = []
+    cur = dataset[i]
+    j = i - 1
+    while j >= 0 and len(out) < length - 1:
+        prev = dataset[j]
+        if not history_valid(prev, cur, dataset.cfg.max_time_gap_s):
+            break
+        out.append(prev)
+        cur, j = prev, j - 1
+    return out[::-1]
+
+
 class BEVDataset:
     """Random access to samples of a frame source (e.g. ``NuScenesReader``), decoded once and kept
     in memory at the network resolution (uint8: 6 x 128 x 224 x 3 = 0.5 MB per keyframe)."""
@@ -107,18 +122,8 @@ class BEVDataset:
         return s
 
     def history(self, i: int, length: int) -> list[BEVSample]:
-        """Up to ``length - 1`` previous keyframes of sample ``i``, oldest first, stopping at a
-        scene change or a time gap (the frame source is in scene/time order)."""
-        out: list[BEVSample] = []
-        cur = self[i]
-        j = i - 1
-        while j >= 0 and len(out) < length - 1:
-            prev = self[j]
-            if not history_valid(prev, cur, self.cfg.max_time_gap_s):
-                break
-            out.append(prev)
-            cur, j = prev, j - 1
-        return out[::-1]
+        """Up to ``length - 1`` previous keyframes of sample ``i`` (see :func:`history_of`)."""
+        return history_of(self, i, length)
 
 
 # -- image cache, augmentation and temporal batches (training throughput) ------------------------
@@ -281,9 +286,8 @@ class CachedBEVDataset:
         )  # fmt: skip
 
     def history(self, i: int, length: int) -> list[BEVSample]:
-        """Up to ``length - 1`` previous keyframes of sample ``i``, oldest first (as
-        :meth:`BEVDataset.history`)."""
-        return BEVDataset.history(self, i, length)  # type: ignore[arg-type]
+        """Up to ``length - 1`` previous keyframes of sample ``i`` (see :func:`history_of`)."""
+        return history_of(self, i, length)
 
 
 @dataclass(frozen=True)

@@ -103,19 +103,12 @@ def make_proposals(
 # -- training targets and loss ------------------------------------------------------------------
 
 
-def gaussian_radius(height: float, width: float, min_overlap: float) -> float:
-    """CornerNet's radius (cells) for a box footprint of ``height`` x ``width`` cells."""
-    from qd_perception.models.centerpoint.targets import gaussian_radius as cornernet_radius
-
-    return cornernet_radius(height, width, min_overlap)
-
-
 def dense_targets(
     boxes: np.ndarray, labels: np.ndarray, cfg: BEVFormerConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(M, 9) ego boxes, (M,) labels -> heatmap (K, H, W) float32, codes (H*W, 10) float32 and
     centre mask (H*W,) bool (cells holding a box centre; the last box wins a shared cell)."""
-    from qd_perception.models.centerpoint.targets import draw_gaussian
+    from qd_perception.models.centerpoint.targets import draw_gaussian, gaussian_radius
 
     dh: DenseHeadConfig = cfg.dense_head
     K, H, W = cfg.num_classes, cfg.bev_h, cfg.bev_w
