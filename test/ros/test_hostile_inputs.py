@@ -271,21 +271,36 @@ def test_recorder_applies_the_detector_checks(driver, tmp_path):
         rng = np.random.default_rng(3)
         t0 = 2000 * S
         _publish_paced(driver, REC_T, _hostile_clouds(rng, t0, 200))
-        half = car_cloud(rng)
-        half[: len(half) // 2, 0] = 8.8e29  # half the points absurd: removed, the rest kept
-        t = t0 + S
-        for k in range(4):
-            driver.publish(REC_T, cloud_msg(half if k == 0 else car_cloud(rng), t + k * S // 10))
-            driver.spin(0.1)
 
         def last() -> dict:
             return json.loads(status[-1].data) if status else {}
 
-        assert driver.spin_until(lambda: last().get("stored", 0) >= 3, 20), (last(), node.output()[-3000:])
+        # Best-effort QoS: the burst above may still fill the node's queue, so a frame that must
+        # arrive is sent again (new stamp) until the node's counters show it was processed.
+        half = car_cloud(rng)
+        half[: len(half) // 2, 0] = 8.8e29  # half the points absurd: removed, the rest kept
+        t = t0 + S
+        assert driver.spin_until(lambda: bool(last()), 20), node.output()[-3000:]
+
+        def far() -> int:
+            return int(last().get("out_of_range_points", 0))
+
+        seen = far()
+        for _ in range(20):
+            t += S // 10
+            driver.publish(REC_T, cloud_msg(half, t))
+            if driver.spin_until(lambda: far() >= seen + len(half) // 2, 2):
+                break
+        assert far() >= seen + len(half) // 2, (last(), node.output()[-3000:])
+        for _ in range(40):
+            t += S // 10
+            driver.publish(REC_T, cloud_msg(car_cloud(rng), t))
+            if driver.spin_until(lambda: last().get("stored", 0) >= 3, 0.5):
+                break
         s = last()
+        assert s.get("stored", 0) >= 3, (s, node.output()[-3000:])
         assert node.alive()
         assert s["bad_input.pointcloud_malformed"] > 0 and s["bad_input.pointcloud_empty"] > 0, s
-        assert s["out_of_range_points"] >= len(half) // 2, s
     finally:
         assert node.stop() == 0, node.output()[-2000:]
     cs = CalibrationSet(out_dir)
