@@ -80,8 +80,16 @@ FLOAT_OUTPUT_PATTERNS: tuple[str, ...] = ("*.sampling_offsets", "*.attention_wei
 #: embedding, a constant of the model the exporter folds (quantizing it gains nothing at run time;
 #: measured: its folded Q/DQ made ORT's box codes 0.3 m off the fake-quant model's)
 FLOAT_LAYERS: tuple[str, ...] = ("decoder.reference_points",)
-#: ``nn.Sequential`` branches whose last layer produces a graph output (logits / box codes)
-OUTPUT_BRANCH_PATTERNS: tuple[str, ...] = ("decoder.cls_branches.*", "decoder.reg_branches.*")
+#: training-only modules (not in the deployed graph, never run in eval mode): left float, since
+#: calibration in eval mode would never reach their quantizers and nothing deploys them
+TRAINING_ONLY_PATTERNS: tuple[str, ...] = ("perspective_head.*",)
+#: ``nn.Sequential`` branches whose last layer produces a graph output (logits / box codes) or the
+#: dense heatmap whose top-k picks the two-stage queries: on a 6-bit output grid many peaks tie
+#: exactly, and torch and ONNX Runtime break ties differently (measured: other queries, box codes
+#: 76 m apart), so these outputs stay float
+OUTPUT_BRANCH_PATTERNS: tuple[str, ...] = (
+    "decoder.cls_branches.*", "decoder.reg_branches.*", "dense_head.heatmap", "dense_head.reg",
+)  # fmt: skip
 QUANT_YAML = "quant.yaml"
 STATE_NAME = "qat_state.pt"
 
@@ -103,7 +111,11 @@ def bev_quant_config(model: nn.Module, bits: str = "w4a6", target: Target = "ort
     """The quantization config of ``model``: min-max ranges, the ``bits`` preset for ``target``
     (ORT: 8-bit weights stored 7-bit, see ``quant/export.py``), stages from :func:`stage_table`."""
     parse_bits(bits)
-    return replace(preset("minmax", bits, target), stages=stage_table(model), skip=FLOAT_LAYERS)
+    return replace(
+        preset("minmax", bits, target),
+        stages=stage_table(model),
+        skip=(*FLOAT_LAYERS, *TRAINING_ONLY_PATTERNS),
+    )
 
 
 @torch.no_grad()

@@ -153,6 +153,24 @@ def test_qat_with_vgd_trains_resumes_and_matches_the_ort_artefact(fp_model, fram
         OrtBEVDetector(tmp_path / "empty")
 
 
+def test_shipped_switches_dense_head_and_perspective_head_quantize_and_deploy(tmp_path):
+    """The shipped preset's switches: the dense heatmap head and two-stage queries are deployed
+    (quantized with the decoder stage), the training-only perspective head stays float (eval-mode
+    calibration never reaches it)."""
+    torch.manual_seed(0)
+    cfg = {**TINY, "dense_head": {"enabled": True, "two_stage": True, "hidden": 16},
+           "perspective_head": {"enabled": True, "hidden": 16}}  # fmt: skip
+    fp = BEVFormer(from_dict(BEVFormerConfig, cfg)).eval()
+    q = quantize_bevformer(fp, "w4a6")
+    persp = [n for n, _ in q.named_modules() if n.startswith("perspective_head") and n.endswith("quantizer")]
+    assert not persp
+    stages = {getattr(m, "quant_stage", None) for n, m in q.named_modules() if n.startswith("dense_head.")}
+    assert stages == {None, "decoder"}
+    calibrate_bev(q, BEVDataset(example_frames(fp.cfg, 2), fp.cfg), [0, 1])
+    info = write_bev_artefact(q, fp, tmp_path, BEVQATConfig(method="ptq", bits="w4a6"), "fp.pt")
+    assert max(info["parity_max_abs_diff"].values()) < 1e-3, info["parity_max_abs_diff"]
+
+
 def test_tensorrt_flavour_has_qdq_on_inputs_and_weights_only(fp_model, frames_dataset, tmp_path):
     q = quantize_bevformer(fp_model, "w8a8", target="trt")
     calibrate_bev(q, frames_dataset, [0])
