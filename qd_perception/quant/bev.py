@@ -571,13 +571,15 @@ def write_bev_artefact(
     cfg: BEVQATConfig,
     fp32_model: str | Path,
     extra: dict[str, Any] | None = None,
+    parity_frames=None,
 ) -> dict[str, Any]:
     """Write ``bevformer.onnx`` (Q/DQ), ``model.yaml`` and ``quant.yaml`` into ``out_dir``; returns
-    the ``quant.yaml`` content. ORT flavour: the torch fake-quant vs ONNX Runtime parity on two
-    consecutive synthetic frames is measured and recorded."""
+    the ``quant.yaml`` content. ORT flavour: the torch fake-quant vs ONNX Runtime parity
+    (:func:`~qd_perception.train.export_bev.parity`) on ``parity_frames`` (consecutive Frames of
+    one scene; default two synthetic frames) is measured and recorded."""
     from qd_perception.models.bevformer.checkpoint import ARCH
     from qd_perception.quant.export import int32_bias_overflows
-    from qd_perception.train.export_bev import parity
+    from qd_perception.train.export_bev import detection_agreement, example_frames, parity
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -609,7 +611,9 @@ def write_bev_artefact(
         "schedule": to_dict(cfg),
     }
     if cfg.target == "ort":
-        info["parity_max_abs_diff"] = parity(qmodel, onnx_path)
+        frames = parity_frames if parity_frames is not None else example_frames(qmodel.cfg, 2)
+        info["parity_max_abs_diff"] = parity(qmodel, onnx_path, frames=frames)
+        info["parity_detections"] = detection_agreement(qmodel, onnx_path, frames)
     # only layers the runtime fuses add their bias on the int32 grid (float-output ones stay float)
     fused = {n for n, m in qmodel.named_modules() if getattr(m, "quantize_bias", False)}
     overflows = [o for o in int32_bias_overflows(qmodel) if o.split(":")[0] in fused]

@@ -93,21 +93,57 @@ def export_onnx(model, path: str | Path) -> Path:
     return path
 
 
-def parity(model, onnx_path: str | Path, n_frames: int = 2) -> dict[str, float]:
-    """Max abs difference torch vs ONNX Runtime of the raw outputs over ``n_frames`` consecutive
-    frames (each backend carrying its own temporal state)."""
+def _paired_outputs(model, onnx_path: str | Path, frames):
+    """Yield (torch outputs, ORT outputs, torch detector) per frame of ``frames``, each backend
+    carrying its own temporal state."""
     from qd_perception.runtime.bev import OrtBEVDetector, TemporalState, TorchBEVDetector
 
     tdet, odet = TorchBEVDetector(model), OrtBEVDetector(onnx_path)
-    worst = {"cls_logits": 0.0, "box_codes": 0.0, "bev": 0.0}
-    for f in example_frames(model.cfg, n_frames):
-        xt, xo = tdet.prepare(f), odet.prepare(f)
-        outs_t, outs_o = tdet._infer(xt), odet._infer(xo)
-        for name, a, b in zip(worst, outs_t, outs_o):
-            worst[name] = max(worst[name], float(np.abs(a - b).max()))
+    for f in frames:
+        outs_t, outs_o = tdet._infer(tdet.prepare(f)), odet._infer(odet.prepare(f))
+        yield outs_t, outs_o, tdet
         for det, outs in ((tdet, outs_t), (odet, outs_o)):
             det.state = TemporalState(outs[2], f.scene_token, f.timestamp_us, f.ego2global)
+
+
+def parity(model, onnx_path: str | Path, n_frames: int = 2, frames=None) -> dict[str, float]:
+    """Max abs difference torch vs ONNX Runtime of the raw outputs over ``frames`` (default:
+    ``n_frames`` consecutive synthetic frames)."""
+    frames = frames if frames is not None else example_frames(model.cfg, n_frames)
+    worst = {"cls_logits": 0.0, "box_codes": 0.0, "bev": 0.0}
+    for outs_t, outs_o, _ in _paired_outputs(model, onnx_path, frames):
+        for name, a, b in zip(worst, outs_t, outs_o):
+            worst[name] = max(worst[name], float(np.abs(a - b).max()))
     return worst
+
+
+def detection_agreement(model, onnx_path: str | Path, frames, radius_m: float = 0.5) -> dict[str, float]:
+    """Torch vs ONNX Runtime on the decoded detections over ``frames``: ``matched``, the fraction
+    of either side's detections with a partner of the same class within ``radius_m`` (ego xy),
+    ``max_score_diff`` over those pairs, ``detections`` (both sides, all frames). A two-stage
+    model's queries are the heatmap's top-k: a near-tie may pick another peak in one backend,
+    which moves a whole row of the raw outputs without changing what is detected."""
+    from qd_perception.models.bevformer.coder import decode_predictions
+
+    n_det = n_matched = 0
+    score_diff = 0.0
+    for outs_t, outs_o, det in _paired_outputs(model, onnx_path, frames):
+        a, b = (
+            decode_predictions(
+                o[0][0], o[1][0], det.score_threshold, model.cfg.max_detections, model.cfg.pc_range
+            )
+            for o in (outs_t, outs_o)
+        )
+        n_det += len(a.boxes) + len(b.boxes)
+        if not (len(a.boxes) and len(b.boxes)):
+            continue
+        dist = np.linalg.norm(a.boxes[:, None, :2] - b.boxes[None, :, :2], axis=-1)
+        near = (dist < radius_m) & (a.labels[:, None] == b.labels[None, :])
+        n_matched += int(near.any(1).sum() + near.any(0).sum())
+        i, j = np.nonzero(near)
+        if len(i):
+            score_diff = max(score_diff, float(np.abs(a.scores[i] - b.scores[j]).max()))
+    return {"matched": n_matched / n_det if n_det else 1.0, "max_score_diff": score_diff, "detections": n_det}
 
 
 def run(args: argparse.Namespace) -> int:

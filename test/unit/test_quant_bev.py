@@ -169,6 +169,7 @@ def test_shipped_switches_dense_head_and_perspective_head_quantize_and_deploy(tm
     calibrate_bev(q, BEVDataset(example_frames(fp.cfg, 2), fp.cfg), [0, 1])
     info = write_bev_artefact(q, fp, tmp_path, BEVQATConfig(method="ptq", bits="w4a6"), "fp.pt")
     assert max(info["parity_max_abs_diff"].values()) < 1e-3, info["parity_max_abs_diff"]
+    assert info["parity_detections"]["matched"] == 1.0, info["parity_detections"]
 
 
 def test_tensorrt_flavour_has_qdq_on_inputs_and_weights_only(fp_model, frames_dataset, tmp_path):
