@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.common import cpu_line
 from qd_perception.data.nuscenes import NuScenesReader
 from qd_perception.models.bevformer.config import load_model_config
 from qd_perception.models.bevformer.model import BEVFormer
@@ -29,11 +30,6 @@ from qd_perception.train.bev_data import (
     TemporalSamples,
     collate_temporal,
 )
-
-
-def cpu_flags() -> str:
-    flags = open("/proc/cpuinfo").read()
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni") if f" {f}" in flags)
 
 
 def main() -> None:
@@ -80,7 +76,7 @@ def main() -> None:
         n_new += len(tb.current.targets)
     after = n_new / (time.perf_counter() - t0)
     H, W = reader[0].cameras[0].image.shape[:2]
-    print(f"cpu flags: {cpu_flags()}; torch threads {a.threads}; model {cfg.name}; queue 2; JPEGs {H}x{W}")
+    print(f"{cpu_line()}; torch threads {a.threads}; model {cfg.name}; queue 2; JPEGs {H}x{W}")
     print(f"before (JPEG per step, batch 1): {before:.3f} samples/s over {n_old} samples")
     what = f"cache, batch {a.batch_size}, {a.workers} workers, augment"
     print(f"after ({what}): {after:.3f} samples/s over {n_new} samples")

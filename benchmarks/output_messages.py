@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import cpu_line
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -58,12 +60,7 @@ def main() -> None:
         "serialize_message(detections object)": lambda: serialize_message(msg),
         "serialize_message(markers object)": lambda: serialize_message(markers),
     }
-    cpu = (
-        [f for f in ("avx512_vnni",) if f in Path("/proc/cpuinfo").read_text()]
-        if sys.platform == "linux"
-        else []
-    )
-    print(f"{n} boxes, {args.repeat} runs each, avx512_vnni: {'yes' if cpu else 'no'}")
+    print(f"{n} boxes, {args.repeat} runs each; {cpu_line()}")
     for name, fn in cases.items():
         fn()
         t = []

@@ -26,15 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import cpu_line
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout, not an installed copy
-
-
-def cpu_flag(flag: str) -> str:
-    try:
-        return "yes" if flag in Path("/proc/cpuinfo").read_text().split() else "no"
-    except OSError:
-        return "unknown"
 
 
 def run_layout(
@@ -92,8 +87,7 @@ def main() -> int:
         reader = NuScenesReader(data, "v1.0-synthetic", "train", nsweeps=1, load_images=False)
         args.samples_per_epoch = len(reader)
         print(
-            f"{args.samples_per_epoch} train samples x {args.epochs} epochs, {args.config.name}, "
-            f"avx512_vnni {cpu_flag('avx512_vnni')}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+            f"{args.samples_per_epoch} train samples x {args.epochs} epochs, {args.config.name}, {cpu_line()}"
         )
         cols = ("processes", "threads/process", "batch/process", "global batch", "samples", "train s")
         cols += ("samples/s", "wall s")
