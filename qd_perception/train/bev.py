@@ -199,19 +199,24 @@ def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    h = np.asarray(history, dtype=np.float64)
+    # A run resumed with more loss terms (a newer version) has longer rows: pad the old ones
+    width = max((len(r) for r in history), default=0)
+    h = np.full((len(history), width), np.nan)
+    for i, r in enumerate(history):
+        h[i, : len(r)] = r
     fig, ax = plt.subplots(figsize=(7, 4))
     if len(h):
         k = max(1, len(h) // 50)
         kernel = np.ones(k) / k
         cols = [(1, "total"), (2, "cls (last layer)"), (3, "bbox L1 (last layer)")]
-        if h.shape[1] > 5 and h[:, 4].any():
+        if width > 5 and np.nansum(np.abs(h[:, 4])) > 0:
             cols += [(4, "dense heatmap"), (5, "dense codes")]
-        if h.shape[1] > 6 and h[:, 6].any():
+        if width > 6 and np.nansum(np.abs(h[:, 6])) > 0:
             cols += [(6, "perspective")]
         for col, name in cols:
-            y = np.convolve(h[:, col], kernel, mode="valid")
-            ax.plot(h[k - 1 :, 0], y, label=name)
+            rows = np.isfinite(h[:, col])
+            if rows.sum() >= k:
+                ax.plot(h[rows, 0][k - 1 :], np.convolve(h[rows, col], kernel, mode="valid"), label=name)
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(f"loss (moving mean over {max(1, len(h) // 50)} steps)")

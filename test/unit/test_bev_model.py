@@ -187,6 +187,13 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     png = tmp_path / "loss.png"
     plot_loss_curve([[i, 10.0 / (i + 1), 1.0, 2.0] for i in range(60)], png, "test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # resumed by a version that logs one more term: older rows are shorter
+    rows = [[i, 5.0, 1.0, 2.0, 0.5, 0.5] for i in range(40)] + [
+        [i, 5.0, 1.0, 2.0, 0.5, 0.5, 0.3] for i in range(40, 80)
+    ]
+    png.unlink()
+    plot_loss_curve(rows, png, "resumed")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # -- dense head, two-stage decoder, training data pipeline ---------------------------------------
