@@ -42,7 +42,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -578,7 +578,8 @@ def write_bev_artefact(
     (:func:`~qd_perception.train.export_bev.parity`) on ``parity_frames`` (consecutive Frames of
     one scene; default two synthetic frames) is measured and recorded."""
     from qd_perception.models.bevformer.checkpoint import ARCH
-    from qd_perception.quant.export import int32_bias_overflows
+    from qd_perception.quant.export import fold_weight_quantization, int32_bias_overflows
+    from qd_perception.runtime.bev import TorchBEVDetector
     from qd_perception.train.export_bev import detection_agreement, example_frames, parity
 
     out = Path(out_dir)
@@ -612,6 +613,10 @@ def write_bev_artefact(
     }
     if cfg.target == "ort":
         frames = parity_frames if parity_frames is not None else example_frames(qmodel.cfg, 2)
+        x = TorchBEVDetector(qmodel).prepare(frames[0])
+        feeds = {f.name: getattr(x, f.name) for f in fields(x)}
+        info["onnx_folded"] = fold_weight_quantization(onnx_path, feeds=feeds)
+        info["onnx_mib"] = round(onnx_path.stat().st_size / 2**20, 4)
         info["parity_max_abs_diff"] = parity(qmodel, onnx_path, frames=frames)
         info["parity_detections"] = detection_agreement(qmodel, onnx_path, frames)
     # only layers the runtime fuses add their bias on the int32 grid (float-output ones stay float)

@@ -144,7 +144,9 @@ def ort_optimized_op_counts(path: str | Path, threads: int = 1) -> collections.C
         return onnx_op_counts(so.optimized_model_filepath)
 
 
-def fold_weight_quantization(path: str | Path, threads: int = 1, seed: int = 0) -> dict[str, float]:
+def fold_weight_quantization(
+    path: str | Path, threads: int = 1, seed: int = 0, feeds: dict | None = None
+) -> dict[str, float]:
     """Rewrite an ORT-flavour Q/DQ graph in place with its weights stored as int8 initializers.
 
     ``torch.onnx.export`` writes each quantized weight as its float tensor followed by the
@@ -152,8 +154,10 @@ def fold_weight_quantization(path: str | Path, threads: int = 1, seed: int = 0) 
     which ONNX Runtime folds at every session start. Its *basic* optimisation level (constant
     folding and other hardware-independent rewrites, standard ONNX ops only) leaves exactly
     ``int8 weight -> DequantizeLinear``, the standard QDQ form: the file shrinks ~4.5x and
-    computes the same. Checked here: both graphs on one random input (seeded, non-negative, the
-    input's shape with dynamic axes at 1, or 64 for the spatial ones) must agree to 1e-5, else the
+    computes the same. Checked here: both graphs on ``feeds`` (input name -> array; default one
+    random input: seeded, non-negative, the input's shape with dynamic axes at 1, or 64 for the
+    spatial ones — give real inputs where random ones are meaningless, e.g. camera intrinsics)
+    must agree to 1e-5, else the
     file is left as it was and ``ValueError`` is raised. Written atomically. Returns
     ``{"from_mib", "to_mib", "max_abs_diff"}``.
     """
@@ -170,11 +174,12 @@ def fold_weight_quantization(path: str | Path, threads: int = 1, seed: int = 0) 
         so.optimized_model_filepath = tmp
         so.log_severity_level = 3
         before = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(seed)
-        feeds = {}
-        for i in before.get_inputs():
-            shape = [d if isinstance(d, int) else (1 if k == 0 else 64) for k, d in enumerate(i.shape)]
-            feeds[i.name] = rng.uniform(0, 2, shape).astype(np.float32)
+        if feeds is None:
+            rng = np.random.default_rng(seed)
+            feeds = {}
+            for i in before.get_inputs():
+                shape = [d if isinstance(d, int) else (1 if k == 0 else 64) for k, d in enumerate(i.shape)]
+                feeds[i.name] = rng.uniform(0, 2, shape).astype(np.float32)
         plain = ort.SessionOptions()
         plain.intra_op_num_threads = threads
         plain.log_severity_level = 3
