@@ -156,6 +156,28 @@ class Dist:
         return box[0]  # type: ignore[return-value]
 
 
+def broadcast_state(module: nn.Module, dist: Dist) -> None:
+    """Rank 0's parameters and buffers in ``module`` on every rank, in place (e.g. quantizer ranges
+    only rank 0 calibrated). The keys, shapes and dtypes go first, as one object, so that a tensor
+    whose shape only rank 0 knows yet (a per-channel range before calibration) is created on the
+    others; then each tensor by ``broadcast`` on the process device. ``module`` is on
+    ``dist.device`` on every rank. A no-op in one process."""
+    if not dist.parallel:
+        return
+    state = module.state_dict()
+    meta = dist.broadcast([(k, tuple(v.shape), v.dtype) for k, v in state.items()] if dist.is_main else None)
+    received = {}
+    for key, shape, dtype in meta:
+        if dist.is_main:
+            t = state[key].detach().to(dist.device).contiguous()
+        else:
+            t = torch.empty(shape, dtype=dtype, device=dist.device)
+        tdist.broadcast(t, src=0)
+        received[key] = t
+    if not dist.is_main:
+        module.load_state_dict(received)
+
+
 def _scalar(v: torch.Tensor | float) -> float:
     return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
 
