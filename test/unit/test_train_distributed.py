@@ -200,7 +200,7 @@ def test_bev_epoch_order_deals_the_rest_of_the_one_process_order(n, position, wo
 
 def test_train_bev_on_two_gloo_processes_and_resume_in_one(tmp_path):
     """Two gloo processes of ``train bev`` (batch 1 each) hold identical weights afterwards, and
-    their checkpoint resumes in one process. Unlike CenterPoint, the result is not compared with
+    their checkpoint resumes in one process with gradient accumulation. Unlike CenterPoint, the result is not compared with
     one process on the combined batch: the DETR-style set loss is normalised by each process's
     own ground-truth count and matches queries per sample, so the mean of two half-batch losses
     is not the combined batch's loss unless both halves hold as many objects (they do not here),
@@ -246,18 +246,19 @@ def test_train_bev_on_two_gloo_processes_and_resume_in_one(tmp_path):
     assert two["state"]["epoch"] == 1 and two["state"]["step"] == 2 and two["state"]["samples"] == n
     assert len(two["state"]["history"]) == 2
 
-    assert main(["train", "bev", *common, "--epochs", "2"]) == 0
+    # resumed in one process with 2 accumulated micro-batches a step: 3 samples, 2 steps
+    assert main(["train", "bev", *common, "--epochs", "2", "--grad-accum", "2"]) == 0
     one = torch.load(out, weights_only=True)
-    assert one.keys() == two.keys() and one["world_size"] == 1
+    assert one.keys() == two.keys() and (one["world_size"], one["grad_accum"]) == (1, 2)
     assert {k: v.shape for k, v in one["state_dict"].items()} == {k: v.shape for k, v in r0.items()}
     assert one["optimizer"].keys() == two["optimizer"].keys()
-    assert one["state"]["epoch"] == 2 and one["state"]["step"] == 2 + n
-    assert one["state"]["samples"] == 2 * n and len(one["state"]["history"]) == 2 + n
+    assert one["state"]["epoch"] == 2 and one["state"]["step"] == 2 + 2
+    assert one["state"]["samples"] == 2 * n and len(one["state"]["history"]) == 2 + 2
     assert any(not torch.equal(one["state_dict"][k], r0[k]) for k in r0), "the resumed run did not train"
     # mixed precision needs CUDA: one clear line, exit 2, the checkpoint untouched
     if not torch.cuda.is_available():
         assert main(["train", "bev", *common, "--epochs", "3", "--amp", "bf16"]) == 2
-        assert torch.load(out, weights_only=True)["state"]["step"] == 2 + n
+        assert torch.load(out, weights_only=True)["state"]["step"] == 2 + 2
 
 
 def test_qd_bev_on_two_gloo_processes_equals_one_process_and_resumes_in_one(tmp_path):
