@@ -65,6 +65,7 @@ from qd_perception.train.distributed import (
     Runtime,
     Stepper,
     accumulate,
+    amp_dtype,
     broadcast_state,
     cpu_state,
     unwrap,
@@ -403,6 +404,7 @@ def run_qat(
 
     runtime = runtime or Runtime(device="cpu")
     dist = dist or Dist()
+    amp_dtype(runtime.amp, dist.device)  # a bad choice fails now, not after the calibration
     out = Path(out_dir)
     state_path = out / STATE_NAME
     qmodel = quantize_bevformer(fp_model, cfg.bits, cfg.target).to(dist.device)

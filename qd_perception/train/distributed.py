@@ -412,6 +412,15 @@ class HasTotal(Protocol):
 L = TypeVar("L", bound=HasTotal)
 
 
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp`` on ``device`` (None: float32); a clear error off CUDA.
+    :class:`Stepper` checks it; a loop with slow work before its first step checks it first."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is not None and device.type != "cuda":
+        raise ValueError(f"--amp {amp} needs --device cuda (mixed precision is for GPUs here)")
+    return dtype
+
+
 class Stepper:
     """One optimizer step over the micro-batches of :func:`accumulate`: autocast forward (``amp``),
     backward of ``total / len(micro)`` (DDP syncs only at the last micro-batch), fp16 loss
@@ -429,9 +438,7 @@ class Stepper:
         self.model, self.optimizer = model, optimizer
         self.dist = dist or Dist()
         self.grad_clip = grad_clip
-        self.dtype = AMP_DTYPES[amp]
-        if self.dtype is not None and self.dist.device.type != "cuda":
-            raise ValueError(f"--amp {amp} needs --device cuda (mixed precision is for GPUs here)")
+        self.dtype = amp_dtype(amp, self.dist.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
 
     def autocast(self) -> contextlib.AbstractContextManager:
