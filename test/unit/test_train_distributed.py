@@ -209,7 +209,7 @@ def test_train_bev_on_two_gloo_processes_and_resume_in_one(tmp_path):
     (One process with 2 accumulated micro-batches of 1 is not compared either: the history
     frames are encoded in eval mode with BatchNorm's running statistics, which one process
     updates after each micro-batch and DDP takes from rank 0; QD-BEV, with BatchNorm folded, is
-    compared that way by the QD-BEV test below.)"""
+    compared that way by the QD-BEV test below)."""
     from test_bev_cli import TINY_MODEL
 
     from qd_perception.cli import main
