@@ -31,6 +31,10 @@ for TensorRT, as :func:`~qd_perception.quant.config.preset`).
 
 BatchNorms of the ResNet are folded into their convs before quantization (the runtime multiplies
 the folded weights; per-channel ranges must see them), so QAT trains with frozen BN statistics.
+
+**Data parallel** under ``torchrun`` (:func:`run_qat`, ``train/distributed.py``): rank 0
+calibrates and sends every range to the other ranks, DDP wraps the student only, the float
+teacher is a frozen plain module on every rank, rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -416,9 +420,8 @@ def run_qat(
             saved = torch.load(state_path, map_location="cpu", weights_only=False)
     saved = dist.broadcast(saved)  # --out need not be on a disk every machine sees
     if saved is not None:
-        if not _same_config(saved.get("qat_config"), cfg) or saved.get("model_config") != to_dict(
-            fp_model.cfg
-        ):
+        same = _same_config(saved.get("qat_config"), cfg)
+        if not same or saved.get("model_config") != to_dict(fp_model.cfg):
             raise ConfigError(
                 f"{state_path} was written with another config or model; use another --out or delete it"
             )
@@ -540,7 +543,8 @@ def validator(
     reader = NuScenesReader(dataroot, version, split, nsweeps=0, load_images=True)
 
     def validate(model: nn.Module, epoch: int) -> tuple[float, float]:
-        det = TorchBEVDetector(model)
+        # on the model's own device: the detector moves the module, which may be training on a GPU
+        det = TorchBEVDetector(model, device=str(next(model.parameters()).device))
         preds = {}
         for i in range(len(reader)):
             f = reader[i]
