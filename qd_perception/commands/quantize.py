@@ -24,6 +24,9 @@ or progressive QAT, progressive QAT with view-guided distillation, into an artef
 ``bev_detector`` runs through ``detector.model_path`` (backend onnxruntime):
 
     qd-perception quantize bev --model CKPT --data DATAROOT --method qd_bev --bits w4a6 --out ARTEFACT
+
+It runs data parallel under ``torchrun`` as well (same options as QAT above; rank 0 calibrates
+and sends the ranges to the other ranks, DDP wraps the student only, rank 0 writes the artefact).
 """
 
 from __future__ import annotations
@@ -84,13 +87,13 @@ def run(args: argparse.Namespace) -> int:
     from qd_perception.data.nuscenes import DatasetError
 
     try:
-        if args.target_model == "bev":
-            return _run_bev(args)
-        if args.method == "qat":
+        if args.target_model == "bev" or args.method == "qat":
             from qd_perception.train.distributed import distributed, runtime_from_args
 
             runtime = runtime_from_args(args)
             with distributed(runtime.device) as dist:
+                if args.target_model == "bev":
+                    return _run_bev(args, runtime, dist)
                 return _run_qat(args, runtime, dist)
         if args.calib is None:
             raise ValueError(f"--method {args.method} needs --calib (calibration set or dataroot)")
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
 def _add_bev_arguments(sub) -> None:
     from qd_perception.distill.vgd import COMBINES, DISTILL_KINDS
     from qd_perception.quant.bev import BITS, METHODS, BEVQATConfig
+    from qd_perception.train.distributed import add_runtime_arguments
 
     d = BEVQATConfig()
     p = sub.add_parser("bev", help="camera BEVFormer (QD-BEV: progressive QAT + view-guided distillation)")
@@ -127,6 +131,7 @@ def _add_bev_arguments(sub) -> None:
     p.add_argument("--queue-length", type=int, default=d.queue_length)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per process and micro-batch")
     g = p.add_argument_group("distillation (default: vgd for qd_bev, none otherwise)")
     g.add_argument("--distill", choices=DISTILL_KINDS, default=None)
     g.add_argument("--distill-weight", type=float, default=1.0, help="lambda of detection + lambda * L")
@@ -137,9 +142,12 @@ def _add_bev_arguments(sub) -> None:
     v.add_argument("--val-data", type=Path, default=None, help="dataroot scored after every epoch (NDS)")
     v.add_argument("--val-split", default="val")
     v.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    add_runtime_arguments(p.add_argument_group("devices and processes (torchrun)"))
 
 
-def _run_bev(args: argparse.Namespace) -> int:
+def _run_bev(args: argparse.Namespace, runtime: Runtime, dist: Dist) -> int:
+    """QD-BEV in this process of the job ``dist`` (one process without torchrun): every rank
+    reads the data and trains its share; rank 0 alone writes the artefact."""
     import torch
 
     from qd_perception.data.nuscenes import NuScenesReader
@@ -160,7 +168,7 @@ def _run_bev(args: argparse.Namespace) -> int:
         extra_epochs=args.extra_epochs, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, queue_length=args.queue_length, calib_samples=args.calib_samples,
         max_samples=args.max_samples, distill_start_epoch=args.distill_start_epoch,
-        checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
+        checkpoint_minutes=args.checkpoint_minutes, seed=args.seed, batch_size=args.batch_size,
         distill=DistillConfig(kind=kind, temperature=args.temperature, weight=args.distill_weight,
                               combine=args.combine),
     )  # fmt: skip
@@ -169,12 +177,16 @@ def _run_bev(args: argparse.Namespace) -> int:
     validate = None
     if args.val_data is not None:
         validate = validator(args.val_data, args.version, args.val_split, args.out / "val")
-    print(f"{args.method} {args.bits} ({args.target}): {len(dataset)} samples of {args.data}, "
-          f"{cfg.total_epochs} epochs, distillation {kind}")  # fmt: skip
-    qmodel, state = run_qat(fp, dataset, cfg, args.out, validate)
+    dist.log(f"{args.method} {args.bits} ({args.target}): {len(dataset)} samples of {args.data}, "
+             f"{cfg.total_epochs} epochs, distillation {kind}")  # fmt: skip
+    qmodel, state = run_qat(fp, dataset, cfg, args.out, validate, runtime=runtime, dist=dist)
+    if not dist.is_main:
+        return 0
     extra = {
         "data": {"dataroot": str(args.data), "version": args.version, "split": args.split},
         "steps": state.step,
+        "world_size": dist.world_size,
+        "grad_accum": runtime.grad_accum,
         "train_seconds": round(state.elapsed_s, 1),
         "final_loss": state.history[-1][2] if state.history else None,
         "val": [{"epoch": int(e), "nds": n, "map": m} for e, n, m in state.val],

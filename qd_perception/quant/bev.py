@@ -31,6 +31,10 @@ for TensorRT, as :func:`~qd_perception.quant.config.preset`).
 
 BatchNorms of the ResNet are folded into their convs before quantization (the runtime multiplies
 the folded weights; per-channel ranges must see them), so QAT trains with frozen BN statistics.
+
+**Data parallel** under ``torchrun`` (:func:`run_qat`, ``train/distributed.py``): rank 0
+calibrates and sends every range to the other ranks, DDP wraps the student only, the float
+teacher is a frozen plain module on every rank, rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import torch
 import yaml
 from torch import nn
 
-from qd_perception.config import ConfigError, to_dict
+from qd_perception.config import ConfigError, from_dict, to_dict
 from qd_perception.distill.vgd import DistillConfig, distill_loss
 from qd_perception.models.bevformer.losses import detection_loss
 from qd_perception.quant.config import QuantConfig, Target, preset
@@ -60,6 +64,17 @@ from qd_perception.quant.nn.modules import QuantModule
 from qd_perception.quant.qat import ProgressiveQAT
 from qd_perception.quant.size import model_size
 from qd_perception.runtime.bev import ARTEFACT_ONNX
+from qd_perception.train.distributed import (
+    Dist,
+    Runtime,
+    Stepper,
+    accumulate,
+    amp_dtype,
+    broadcast_state,
+    cpu_state,
+    unwrap,
+    wrap,
+)
 
 #: top-level submodule of BEVFormer -> stage (progressive QAT order is :data:`STAGES`)
 STAGE_OF_MODULE: dict[str, str] = {
@@ -175,13 +190,17 @@ def stage_layer_counts(qmodel: nn.Module) -> dict[str, int]:
 
 
 # ---- data ---------------------------------------------------------------------------------------
-def forward_sample(model: nn.Module, dataset, index: int, queue_length: int):
-    """``(BEVFormerOutputs, Batch)`` of sample ``index`` (batch of one) with its temporal input:
-    the history's BEV computed as ``train bev`` computes it (``train.bev.encode_history``)."""
-    from qd_perception.train.bev import encode_history
+def forward_sample(
+    model: nn.Module, dataset, index: int, queue_length: int, device: torch.device | None = None
+):
+    """``(BEVFormerOutputs, Batch)`` of sample ``index`` (batch of one, on ``device``; default the
+    CPU) with its temporal input, through ``model`` in its current mode: the history's BEV computed
+    as ``train bev`` computes it (``train.bev.encode_history``)."""
+    from qd_perception.train.bev import batch_to, encode_history
     from qd_perception.train.bev_data import NO_AUGMENT, TemporalSamples, collate_temporal
 
     tb = collate_temporal([TemporalSamples(dataset, queue_length, NO_AUGMENT)[index]])
+    tb = batch_to(tb, device or torch.device("cpu"))
     prev = encode_history(model, tb)
     batch = tb.current
     return model(batch.images, batch.intrinsics, batch.cam2ego, *prev), batch
@@ -194,17 +213,20 @@ def even_indices(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
 
 
-def calibrate_bev(qmodel: nn.Module, dataset, indices: Sequence[int], queue_length: int = 2) -> None:
-    """Min-max ranges of every quantizer from forward passes over ``indices``; afterwards every
-    quantizer is in ``quantize`` mode."""
+def calibrate_bev(
+    qmodel: nn.Module, dataset, indices: Sequence[int], queue_length: int = 2, progress: bool = True
+) -> None:
+    """Min-max ranges of every quantizer from forward passes over ``indices`` (on the device of
+    ``qmodel``); afterwards every quantizer is in ``quantize`` mode."""
     from tqdm import tqdm
 
     qmodel.eval()
+    device = next(qmodel.parameters()).device
 
     def run() -> None:
         with torch.no_grad():
-            for i in tqdm(indices, desc="calibrate", unit="sample", leave=False):
-                forward_sample(qmodel, dataset, i, queue_length)
+            for i in tqdm(indices, desc="calibrate", unit="sample", leave=False, disable=not progress):
+                forward_sample(qmodel, dataset, i, queue_length, device)
 
     calibrate(qmodel, run)
 
@@ -221,7 +243,8 @@ class BEVQATConfig:
     (0 = ``len(STAGES) * epochs_per_stage + extra_epochs``), so standard and progressive QAT get
     the same budget. Distillation (any method but ptq, ``distill.kind != "none"``) is on from
     epoch ``distill_start_epoch``. ``max_samples``: samples per epoch (0 = the whole split, drawn
-    in a seeded random order).
+    in a seeded random order). ``batch_size``: samples per process and micro-batch (an optimizer
+    step sees ``batch_size x processes x grad_accum`` samples; the schedule counts those steps).
     """
 
     method: Method = "qd_bev"
@@ -240,6 +263,7 @@ class BEVQATConfig:
     checkpoint_minutes: float = 5.0
     seed: int = 0
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(kind="none"))
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -247,6 +271,8 @@ class BEVQATConfig:
         parse_bits(self.bits)
         if self.epochs_per_stage < 1 or self.extra_epochs < 0 or self.epochs < 0 or self.queue_length < 1:
             raise ConfigError("epochs_per_stage and queue_length must be >= 1, epochs >= 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
     @property
     def total_epochs(self) -> int:
@@ -286,45 +312,48 @@ def set_stages(qmodel: nn.Module, enabled: dict[str, bool]) -> None:
 @dataclass
 class QATState:
     epoch: int = 0
+    #: global samples of the epoch done (all processes), so a resume on another world size continues
     position: int = 0
     step: int = 0
     elapsed_s: float = 0.0
-    #: rows [step, epoch, total, detection, distill (nan when off)]
+    #: rows [step, epoch, total, detection, distill (nan when off)], means over the processes
     history: list[list[float]] = field(default_factory=list)
     #: rows [epoch (completed), NDS, mAP]
     val: list[list[float]] = field(default_factory=list)
 
 
-def qat_step(
-    qmodel: nn.Module,
-    teacher: nn.Module | None,
-    optimizer: torch.optim.Optimizer,
-    dataset,
-    index: int,
-    cfg: BEVQATConfig,
-    distill: bool,
-) -> tuple[float, float, float]:
-    """One optimisation step of the fake-quant student on sample ``index``; returns
-    (total, detection, distillation or nan). The task loss is ``detection_loss`` (the one entry
-    point); ``teacher`` (frozen float model) runs on the same inputs with its own history."""
-    qmodel.train()
-    out, batch = forward_sample(qmodel, dataset, index, cfg.queue_length)
-    det = detection_loss(out, batch.targets, qmodel.cfg, extra=batch)
-    total = det.total
-    d_val = float("nan")
-    if distill and teacher is not None:
-        with torch.no_grad():
-            t_out, _ = forward_sample(teacher, dataset, index, cfg.queue_length)
-        d = distill_loss(t_out, out, cfg.distill)
-        if d is not None:
-            total = total + cfg.distill.weight * d
-            d_val = float(d.detach())
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(qmodel.parameters(), cfg.grad_clip)
-    optimizer.step()
-    return float(total.detach()), float(det.total.detach()), d_val
+@dataclass(frozen=True)
+class QATLoss:
+    """One micro-batch's loss: ``total`` (minimised) = ``detection`` + weight * ``distill``
+    (the last two detached, for the logs; ``distill`` is nan when off)."""
+
+    total: torch.Tensor
+    detection: torch.Tensor
+    distill: torch.Tensor | float
+
+
+def qat_loss(student: nn.Module, teacher: nn.Module | None, tb, cfg: BEVQATConfig, distill: bool) -> QATLoss:
+    """Loss of the fake-quant ``student`` (the model or its DDP wrapper, train mode) on a
+    ``TemporalBatch``: ``train bev``'s forward (``train.bev.batch_forward``: the history encoded
+    by the bare module without gradients) and detection loss, plus, when ``distill``, the
+    distillation from the frozen float ``teacher`` on the same inputs with its own history. The
+    losses are computed in float32 whatever the autocast precision of the forwards."""
+    from qd_perception.train.bev import as_float32, batch_forward
+
+    out = batch_forward(student, tb)
+    b = tb.current
+    with torch.autocast(b.images.device.type, enabled=False):
+        out = as_float32(out)
+        det = detection_loss(out, b.targets, unwrap(student).cfg, extra=b).total
+        total, d_val = det, float("nan")
+        if distill and teacher is not None:
+            with torch.no_grad():
+                t_out = as_float32(batch_forward(teacher, tb, train=False))
+            d = distill_loss(t_out, out, cfg.distill)
+            if d is not None:
+                total = total + cfg.distill.weight * d
+                d_val = d.detach()
+    return QATLoss(total, det.detach(), d_val)
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -338,6 +367,20 @@ def _save_atomic(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
+def _same_config(saved: Any, cfg: BEVQATConfig) -> bool:
+    """Whether a checkpoint's ``qat_config`` is ``cfg`` (keys added since it was written take
+    their defaults)."""
+    try:
+        return from_dict(BEVQATConfig, saved) == cfg
+    except ConfigError:
+        return False
+
+
+def default_optimizer(cfg: BEVQATConfig) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:
+    """AdamW with ``cfg.lr`` and ``cfg.weight_decay`` (the learning rate is set per step)."""
+    return lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def run_qat(
     fp_model: nn.Module,
     dataset,
@@ -346,58 +389,97 @@ def run_qat(
     validate: Callable[[nn.Module, int], tuple[float, float]] | None = None,
     max_steps: int = 0,
     progress: bool = True,
+    runtime: Runtime | None = None,
+    dist: Dist | None = None,
+    make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
 ) -> tuple[nn.Module, QATState]:
-    """Quantize ``fp_model`` (not modified) by ``cfg.method`` on ``dataset`` (a ``BEVDataset``).
+    """Quantize ``fp_model`` (on the CPU, not modified) by ``cfg.method`` on ``dataset`` (a
+    ``BEVDataset``).
 
     Resumable: ``out_dir/qat_state.pt`` (written atomically every ``checkpoint_minutes`` and at
     each epoch end) holds the student, optimizer and :class:`QATState`; calling again with the
-    same config continues. ``validate(model, epoch)`` -> (NDS, mAP) runs after each epoch (the
-    val-NDS curve). ``max_steps`` stops after that many steps in this call (tests; 0 = none).
-    Returns the calibrated / trained fake-quant model (every stage quantized) and the state.
+    same config continues, on any number of processes. ``validate(model, epoch)`` -> (NDS, mAP)
+    runs after each epoch (the val-NDS curve; rank 0 only, the others receive its result: pass
+    one on every rank or on none). ``max_steps`` stops after that many optimizer steps in this
+    call (tests; 0 = none). ``make_optimizer(params)`` replaces :func:`default_optimizer`.
+
+    Data parallel with ``runtime``/``dist`` (``train/distributed.py``; default one process on the
+    CPU): rank 0 alone calibrates (or reads the checkpoint) and sends the ranges and weights to
+    the others, so every rank starts from the same quantizer ranges; DDP wraps the student only
+    (the float teacher is frozen, a plain module on every rank); each rank trains on its share of
+    the epoch's seeded order (one process: the order of a plain run), ``cfg.batch_size`` samples
+    per micro-batch, ``runtime.grad_accum`` micro-batches per step, DDP averages the gradients;
+    rank 0 alone writes the checkpoint, the curves and the progress bar. Returns the calibrated /
+    trained fake-quant model (every stage quantized, eval mode, on the CPU) and the state.
     """
     from tqdm import tqdm
 
+    from qd_perception.quant.model import set_mode
+    from qd_perception.train.bev import batch_to, epoch_order
+    from qd_perception.train.bev_data import NO_AUGMENT, TemporalSamples, collate_temporal
+
+    runtime = runtime or Runtime(device="cpu")
+    dist = dist or Dist()
+    amp_dtype(runtime.amp, dist.device)  # a bad choice fails now, not after the calibration
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_NAME
-    qmodel = quantize_bevformer(fp_model, cfg.bits, cfg.target)
+    qmodel = quantize_bevformer(fp_model, cfg.bits, cfg.target).to(dist.device)
     state = QATState()
     saved = None
-    if state_path.exists():
-        saved = torch.load(state_path, map_location="cpu", weights_only=False)
-        if saved.get("qat_config") != to_dict(cfg) or saved.get("model_config") != to_dict(fp_model.cfg):
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if state_path.exists():
+            saved = torch.load(state_path, map_location="cpu", weights_only=False)
+    saved = dist.broadcast(saved)  # --out need not be on a disk every machine sees
+    if saved is not None:
+        same = _same_config(saved.get("qat_config"), cfg)
+        if not same or saved.get("model_config") != to_dict(fp_model.cfg):
             raise ConfigError(
                 f"{state_path} was written with another config or model; use another --out or delete it"
             )
         qmodel.load_state_dict(saved["state_dict"])
-        from qd_perception.quant.model import set_mode
-
         set_mode(qmodel, "quantize")  # ranges come from the checkpoint
         state = QATState(**saved["state"])
-        print(f"resuming {state_path}: epoch {state.epoch} position {state.position} step {state.step}")
+        dist.log(f"resuming {state_path}: epoch {state.epoch} position {state.position} step {state.step}")
     else:
-        calibrate_bev(qmodel, dataset, even_indices(len(dataset), cfg.calib_samples), cfg.queue_length)
+        # One calibration, sent to all: quantization ranges are identical on every rank by
+        # construction, not because every rank happened to compute the same numbers.
+        if dist.is_main:
+            indices = even_indices(len(dataset), cfg.calib_samples)
+            calibrate_bev(qmodel, dataset, indices, cfg.queue_length, progress=progress)
+        broadcast_state(qmodel, dist)
+        set_mode(qmodel, "quantize")
     if cfg.total_epochs == 0:
-        return qmodel, state
+        return qmodel.cpu().eval(), state
     teacher = None
     if cfg.distill.kind != "none":
-        teacher = copy.deepcopy(fp_model).eval()
+        teacher = copy.deepcopy(fp_model).to(dist.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(qmodel.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = (make_optimizer or default_optimizer(cfg))(list(qmodel.parameters()))
     if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
     n = len(dataset)
     per_epoch = min(cfg.max_samples, n) if cfg.max_samples else n
-    total_steps = cfg.total_epochs * per_epoch
+    step_samples = cfg.batch_size * dist.world_size * runtime.grad_accum  # global samples per step
+    steps_per_epoch = math.ceil(per_epoch / step_samples)
+    total_steps = cfg.total_epochs * steps_per_epoch
+    samples = TemporalSamples(dataset, cfg.queue_length, NO_AUGMENT)
+    # BatchNorm is folded into the convs: nothing to synchronise, no SyncBatchNorm.
+    ddp = wrap(qmodel, dist, sync_bn="off")
+    stepper = Stepper(ddp, optimizer, dist, runtime.amp, cfg.grad_clip)
 
     def save() -> None:
+        if not dist.is_main:
+            return
         payload = {
             "qat_config": to_dict(cfg),
             "model_config": to_dict(fp_model.cfg),
-            "state_dict": qmodel.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "state_dict": cpu_state(qmodel.state_dict()),
+            "optimizer": cpu_state(optimizer.state_dict()),
             "state": state.__dict__,
+            "world_size": dist.world_size,
+            "grad_accum": runtime.grad_accum,
         }
         _save_atomic(payload, state_path)
         plot_curves(state, cfg, out / "qat_curves.png")
@@ -405,27 +487,39 @@ def run_qat(
     start = time.monotonic() - state.elapsed_s
     last_save = time.monotonic()
     steps_here = 0
-    bar = tqdm(total=total_steps, initial=state.step, unit="step", desc=f"{cfg.method} {cfg.bits}",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(total=total_steps, initial=min(state.step, total_steps), unit="step",
+               desc=f"{cfg.method} {cfg.bits}", disable=not progress or not dist.is_main)  # fmt: skip
     stop = False
     while state.epoch < cfg.total_epochs and not stop:
         set_stages(qmodel, cfg.stages_at(state.epoch))
         distill = cfg.distill_at(state.epoch)
-        order = np.random.default_rng(cfg.seed + state.epoch).permutation(n)[:per_epoch]
-        while state.position < per_epoch:
-            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * state.step / max(1, total_steps)))
+        loader = torch.utils.data.DataLoader(
+            samples, batch_size=cfg.batch_size, collate_fn=collate_temporal,
+            sampler=epoch_order(n, cfg.seed, state.epoch, state.position, dist, limit=per_epoch),
+            num_workers=runtime.workers, persistent_workers=False,
+            prefetch_factor=2 if runtime.workers else None,
+        )  # fmt: skip
+
+        def loss_fn(model: nn.Module, tb, distill: bool = distill) -> QATLoss:
+            return qat_loss(model, teacher, tb, cfg, distill)
+
+        for micro in accumulate(loader, runtime.grad_accum):
+            # the schedule's step from the samples done: the same point of the run on any world size
+            at = state.epoch * steps_per_epoch + math.ceil(state.position / step_samples)
+            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * at / max(1, total_steps)))
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            tot, det, dis = qat_step(
-                qmodel, teacher, optimizer, dataset, int(order[state.position]), cfg, distill
+            losses = stepper.step([batch_to(tb, dist.device) for tb in micro], loss_fn)
+            terms = dist.mean_terms(losses, ("total", "detection", "distill"))
+            state.history.append(
+                [state.step, state.epoch, terms["total"], terms["detection"], terms["distill"]]
             )
-            state.history.append([state.step, state.epoch, tot, det, dis])
-            state.position += 1
+            state.position += min(step_samples, per_epoch - state.position)  # the padded tail counts once
             state.step += 1
             steps_here += 1
             state.elapsed_s = time.monotonic() - start
             bar.update(1)
-            bar.set_postfix(epoch=state.epoch, loss=f"{tot:.3f}")
+            bar.set_postfix(epoch=state.epoch, loss=f"{terms['total']:.3f}")
             if max_steps and steps_here >= max_steps:
                 stop = True
                 break
@@ -436,14 +530,14 @@ def run_qat(
             state.epoch += 1
             state.position = 0
             if validate is not None:
-                nds, map_ = validate(qmodel, state.epoch)
+                scores = validate(qmodel, state.epoch) if dist.is_main else None
+                nds, map_ = dist.broadcast(scores)
                 state.val.append([state.epoch, nds, map_])
         save()
         last_save = time.monotonic()
     bar.close()
     set_stages(qmodel, {s: True for s in STAGES})
-    qmodel.eval()
-    return qmodel, state
+    return qmodel.cpu().eval(), state
 
 
 def validator(
@@ -461,7 +555,8 @@ def validator(
     reader = NuScenesReader(dataroot, version, split, nsweeps=0, load_images=True)
 
     def validate(model: nn.Module, epoch: int) -> tuple[float, float]:
-        det = TorchBEVDetector(model)
+        # on the model's own device: the detector moves the module, which may be training on a GPU
+        det = TorchBEVDetector(model, device=str(next(model.parameters()).device))
         preds = {}
         for i in range(len(reader)):
             f = reader[i]

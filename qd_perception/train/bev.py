@@ -10,8 +10,9 @@ being trained.
 
 Data parallel under ``torchrun`` (``train/distributed.py``): ``--batch-size`` per process, the
 epoch's seeded order dealt round-robin over the ranks (one process: the order of a plain run),
-DDP gradient averaging, rank 0 alone writes files and draws the progress bar; the checkpoint is
-the same whatever the world size, and a run resumes on another one.
+DDP gradient averaging, ``--grad-accum`` micro-batches per optimizer step (``no_sync`` on all but
+the last), rank 0 alone writes files and draws the progress bar; the checkpoint is the same
+whatever the world size, and a run resumes on another one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from qd_perception.train.distributed import (
     Dist,
     Runtime,
     Stepper,
+    accumulate,
     add_runtime_arguments,
     cpu_state,
     deal,
@@ -143,7 +145,7 @@ def batch_to(tb, device):
     )  # fmt: skip
 
 
-def _float32(x):
+def as_float32(x):
     """Forward outputs of an autocast forward in float32 (the focal loss's logs need it)."""
     import dataclasses
 
@@ -152,29 +154,37 @@ def _float32(x):
     if isinstance(x, torch.Tensor):
         return x.float() if x.is_floating_point() else x
     if isinstance(x, list | tuple):
-        return type(x)(_float32(v) for v in x)
+        return type(x)(as_float32(v) for v in x)
     if dataclasses.is_dataclass(x):
-        return dataclasses.replace(x, **{f.name: _float32(getattr(x, f.name)) for f in dataclasses.fields(x)})
+        return dataclasses.replace(
+            x, **{f.name: as_float32(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        )
     return x
 
 
+def batch_forward(model, tb, train: bool = True):
+    """Forward of a ``TemporalBatch`` through ``model`` (a :class:`BEVFormer` or its DDP wrapper):
+    the history is encoded by the bare module (no gradients, eval mode, outside DDP), the current
+    frame goes through ``model`` in train mode (``train``) or eval mode. Returns BEVFormerOutputs."""
+    prev_bev, prev_valid, prev_from_cur = encode_history(unwrap(model), tb)
+    model.train(train)
+    b = tb.current
+    return model(b.images, b.intrinsics, b.cam2ego, prev_bev, prev_valid, prev_from_cur)
+
+
 def batch_loss(model, tb):
-    """Forward and loss of a ``TemporalBatch`` through ``model`` (a :class:`BEVFormer` or its DDP
-    wrapper) in train mode: the history is encoded by the bare module (no gradients, eval mode,
-    outside DDP), the current frame goes through ``model``. The loss is computed in float32
-    whatever the autocast precision of the forward, normalised by this batch's ground-truth
-    count (per process under DDP). Returns the LossBreakdown."""
+    """Forward (:func:`batch_forward`, train mode) and loss of a ``TemporalBatch``. The loss is
+    computed in float32 whatever the autocast precision of the forward, normalised by this
+    batch's ground-truth count (per process under DDP, per micro-batch with ``--grad-accum``).
+    Returns the LossBreakdown."""
     import torch
 
     from qd_perception.models.bevformer.losses import detection_loss
 
-    core = unwrap(model)
-    prev_bev, prev_valid, prev_from_cur = encode_history(core, tb)
-    model.train()
+    out = batch_forward(model, tb)
     b = tb.current
-    out = model(b.images, b.intrinsics, b.cam2ego, prev_bev, prev_valid, prev_from_cur)
     with torch.autocast(b.images.device.type, enabled=False):
-        return detection_loss(_float32(out), b.targets, core.cfg, extra=b)
+        return detection_loss(as_float32(out), b.targets, unwrap(model).cfg, extra=b)
 
 
 def train_step(model, optimizer, tb, tcfg: TrainConfig):
@@ -182,13 +192,15 @@ def train_step(model, optimizer, tb, tcfg: TrainConfig):
     return Stepper(model, optimizer, grad_clip=tcfg.grad_clip).step([tb], batch_loss)[0]
 
 
-def epoch_order(n: int, seed: int, epoch: int, position: int, dist: Dist) -> list[int]:
-    """This rank's samples of the rest of an epoch: the epoch's seeded permutation from global
-    sample ``position`` on, dealt round-robin over the ranks (:func:`deal`). With one process it
-    is the permutation itself; with N, step k of all ranks together is the one-process batch of
-    ``batch_size * N`` at step k, and ``position`` counts global samples, so a resume on another
-    world size continues with the same samples."""
-    order = np.random.default_rng(seed + epoch).permutation(n)[position:]
+def epoch_order(n: int, seed: int, epoch: int, position: int, dist: Dist, limit: int = 0) -> list[int]:
+    """This rank's samples of the rest of an epoch: the epoch's seeded permutation (its first
+    ``limit`` samples when ``limit`` > 0) from global sample ``position`` on, dealt round-robin
+    over the ranks (:func:`deal`). With one process it is the permutation itself; with N, step k
+    of all ranks together is the one-process batch of ``batch_size * N`` at step k, and
+    ``position`` counts global samples, so a resume on another world size continues with the
+    same samples."""
+    order = np.random.default_rng(seed + epoch).permutation(n)
+    order = order[: limit or n][position:]
     return deal(order, dist.rank, dist.world_size)
 
 
@@ -275,8 +287,6 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if runtime.grad_accum != 1:
-        raise ConfigError("train bev: --grad-accum is not supported (use --batch-size or more processes)")
     cfg = load_model_config(args.config)
     tcfg = TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
@@ -318,7 +328,7 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
     )
     n = len(samples)
     bs = tcfg.batch_size
-    step_samples = bs * dist.world_size  # global samples per optimizer step
+    step_samples = bs * dist.world_size * runtime.grad_accum  # global samples per optimizer step
     per_epoch = math.ceil(n / step_samples)
     total = tcfg.epochs * per_epoch
     if ckpt is not None and ckpt.get("world_size", 1) != dist.world_size:
@@ -339,7 +349,7 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
         write(
             out, optimizer=cpu_state(optimizer.state_dict()), train_config=to_dict(tcfg), state=state,
             data={"dataroot": str(args.data), "version": args.version, "split": args.split, "samples": n},
-            world_size=dist.world_size,
+            world_size=dist.world_size, grad_accum=runtime.grad_accum,
         )  # fmt: skip
         title = f"BEVFormer-{cfg.name} training ({n} samples, batch {step_samples})"
         plot_loss_curve(state["history"], png, title)
@@ -362,14 +372,16 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
             num_workers=runtime.workers, persistent_workers=False,
             prefetch_factor=2 if runtime.workers else None,
         )  # fmt: skip
-        for tb in loader:
+        # micro-batch j of step k on rank r holds global positions ((k * A + j) * bs + i) * N + r:
+        # the step's micro-batches of all ranks together are the global samples of step k
+        for micro in accumulate(loader, runtime.grad_accum):
             # The schedule's step from the samples done, not the step counter: the same number with
             # one process, and the same point of the training after a change of world size.
             at = state["epoch"] * per_epoch + math.ceil(state["position"] / step_samples)
             for g in optimizer.param_groups:
                 frac = state["elapsed_s"] / (60 * tcfg.max_minutes) if tcfg.max_minutes else 0.0
                 g["lr"] = tcfg.lr * lr_factor(at, total, tcfg.warmup_steps, frac)
-            losses = stepper.step([batch_to(tb, dist.device)], batch_loss)
+            losses = stepper.step([batch_to(tb, dist.device) for tb in micro], batch_loss)
             terms = dist.mean_terms(losses, names)
             state["history"].append([state["step"], *(terms[k] for k in names)])
             taken = min(step_samples, n - state["position"])  # the padded tail counts once

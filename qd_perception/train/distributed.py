@@ -156,6 +156,28 @@ class Dist:
         return box[0]  # type: ignore[return-value]
 
 
+def broadcast_state(module: nn.Module, dist: Dist) -> None:
+    """Rank 0's parameters and buffers in ``module`` on every rank, in place (e.g. quantizer ranges
+    only rank 0 calibrated). The keys, shapes and dtypes go first, as one object, so that a tensor
+    whose shape only rank 0 knows yet (a per-channel range before calibration) is created on the
+    others; then each tensor by ``broadcast`` on the process device. ``module`` is on
+    ``dist.device`` on every rank. A no-op in one process."""
+    if not dist.parallel:
+        return
+    state = module.state_dict()
+    meta = dist.broadcast([(k, tuple(v.shape), v.dtype) for k, v in state.items()] if dist.is_main else None)
+    received = {}
+    for key, shape, dtype in meta:
+        if dist.is_main:
+            t = state[key].detach().to(dist.device).contiguous()
+        else:
+            t = torch.empty(shape, dtype=dtype, device=dist.device)
+        tdist.broadcast(t, src=0)
+        received[key] = t
+    if not dist.is_main:
+        module.load_state_dict(received)
+
+
 def _scalar(v: torch.Tensor | float) -> float:
     return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
 
@@ -390,6 +412,15 @@ class HasTotal(Protocol):
 L = TypeVar("L", bound=HasTotal)
 
 
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp`` on ``device`` (None: float32); a clear error off CUDA.
+    :class:`Stepper` checks it; a loop with slow work before its first step checks it first."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is not None and device.type != "cuda":
+        raise ValueError(f"--amp {amp} needs --device cuda (mixed precision is for GPUs here)")
+    return dtype
+
+
 class Stepper:
     """One optimizer step over the micro-batches of :func:`accumulate`: autocast forward (``amp``),
     backward of ``total / len(micro)`` (DDP syncs only at the last micro-batch), fp16 loss
@@ -407,9 +438,7 @@ class Stepper:
         self.model, self.optimizer = model, optimizer
         self.dist = dist or Dist()
         self.grad_clip = grad_clip
-        self.dtype = AMP_DTYPES[amp]
-        if self.dtype is not None and self.dist.device.type != "cuda":
-            raise ValueError(f"--amp {amp} needs --device cuda (mixed precision is for GPUs here)")
+        self.dtype = amp_dtype(amp, self.dist.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
 
     def autocast(self) -> contextlib.AbstractContextManager:

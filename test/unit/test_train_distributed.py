@@ -32,6 +32,7 @@ from qd_perception.train.distributed import (
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "ddp_tiny_centerpoint.py"
 BEV_WORKER = Path(__file__).resolve().parent / "ddp_tiny_bev.py"
+QD_BEV_WORKER = Path(__file__).resolve().parent / "ddp_tiny_qd_bev.py"
 
 
 def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -192,16 +193,23 @@ def test_bev_epoch_order_deals_the_rest_of_the_one_process_order(n, position, wo
     assert len({len(s) for s in shards}) == 1, "every rank takes the same number of steps"
     merged = [shards[r][k] for k in range(len(shards[0])) for r in range(world)]
     assert merged[: len(today)] == today and set(merged[len(today) :]) <= set(today)
+    # QD-BEV's epochs of --max-samples: the head of the same permutation
+    head = np.random.default_rng(5 + 2).permutation(n)[:2][position:].tolist()
+    assert epoch_order(n, 5, 2, position, Dist(), limit=2) == head
 
 
 def test_train_bev_on_two_gloo_processes_and_resume_in_one(tmp_path):
     """Two gloo processes of ``train bev`` (batch 1 each) hold identical weights afterwards, and
-    their checkpoint resumes in one process. Unlike CenterPoint, the result is not compared with
-    one process on the combined batch: the DETR-style set loss is normalised by each process's
-    own ground-truth count and matches queries per sample, so the mean of two half-batch losses
-    is not the combined batch's loss unless both halves hold as many objects (they do not here),
-    and AdamW's first steps move each weight by about ``lr * sign(grad)``, so rounding-level
-    gradient differences are not kept at rounding size."""
+    their checkpoint resumes in one process with gradient accumulation. Unlike CenterPoint, the
+    result is not compared with one process on the combined batch: the DETR-style set loss is
+    normalised by each process's own ground-truth count and matches queries per sample, so the
+    mean of two half-batch losses is not the combined batch's loss unless both halves hold as
+    many objects (they do not here), and AdamW's first steps move each weight by about
+    ``lr * sign(grad)``, so rounding-level gradient differences are not kept at rounding size.
+    (One process with 2 accumulated micro-batches of 1 is not compared either: the history
+    frames are encoded in eval mode with BatchNorm's running statistics, which one process
+    updates after each micro-batch and DDP takes from rank 0; QD-BEV, with BatchNorm folded, is
+    compared that way by the QD-BEV test below)."""
     from test_bev_cli import TINY_MODEL
 
     from qd_perception.cli import main
@@ -242,15 +250,93 @@ def test_train_bev_on_two_gloo_processes_and_resume_in_one(tmp_path):
     assert two["state"]["epoch"] == 1 and two["state"]["step"] == 2 and two["state"]["samples"] == n
     assert len(two["state"]["history"]) == 2
 
-    assert main(["train", "bev", *common, "--epochs", "2"]) == 0
+    # resumed in one process with 2 accumulated micro-batches a step: 3 samples, 2 steps
+    assert main(["train", "bev", *common, "--epochs", "2", "--grad-accum", "2"]) == 0
     one = torch.load(out, weights_only=True)
-    assert one.keys() == two.keys() and one["world_size"] == 1
+    assert one.keys() == two.keys() and (one["world_size"], one["grad_accum"]) == (1, 2)
     assert {k: v.shape for k, v in one["state_dict"].items()} == {k: v.shape for k, v in r0.items()}
     assert one["optimizer"].keys() == two["optimizer"].keys()
-    assert one["state"]["epoch"] == 2 and one["state"]["step"] == 2 + n
-    assert one["state"]["samples"] == 2 * n and len(one["state"]["history"]) == 2 + n
+    assert one["state"]["epoch"] == 2 and one["state"]["step"] == 2 + 2
+    assert one["state"]["samples"] == 2 * n and len(one["state"]["history"]) == 2 + 2
     assert any(not torch.equal(one["state_dict"][k], r0[k]) for k in r0), "the resumed run did not train"
     # mixed precision needs CUDA: one clear line, exit 2, the checkpoint untouched
     if not torch.cuda.is_available():
         assert main(["train", "bev", *common, "--epochs", "3", "--amp", "bf16"]) == 2
-        assert torch.load(out, weights_only=True)["state"]["step"] == 2 + n
+        assert torch.load(out, weights_only=True)["state"]["step"] == 2 + 2
+
+
+def test_qd_bev_on_two_gloo_processes_equals_one_process_and_resumes_in_one(tmp_path):
+    """QD-BEV (progressive QAT + VGD) of a tiny BEVFormer: 2 processes x batch 1 == 1 process x 2
+    accumulated micro-batches of 1 (each micro-batch's set loss is normalised by its own objects
+    in both, so the averaged gradients are the same). The two processes stop after 3 of the 4
+    steps (past the epoch where the neck stage switches on) and one process finishes the run from
+    their checkpoint: both ranks then hold the same parameters and quantizer ranges, bitwise, and
+    the result is the one-process run's within float rounding."""
+    from ddp_tiny_qd_bev import fp_model, qd_bev_tiny
+
+    from qd_perception.quant.bev import quantize_bevformer
+
+    qd_bev_tiny(tmp_path / "one", grad_accum=2)
+    ref = torch.load(tmp_path / "one" / "rank0.pt", weights_only=True)
+    assert ref["step"] == 4
+
+    r = torchrun(str(QD_BEV_WORKER), "--out", str(tmp_path / "ddp"), "--max-steps", "3")
+    assert r.stdout.count("distributed: world_size=2 backend=gloo device=cpu") == 1
+    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{k}.pt", weights_only=True) for k in (0, 1))
+    assert r0["step"] == r1["step"] == 3 and r0["history"] == r1["history"]
+    ranges = {k for k in r0["state_dict"] if k.endswith((".amax", ".amin"))}
+    assert len(ranges) > 100, "the quantizer ranges are part of the state"
+    for k in r0["state_dict"]:
+        assert torch.equal(r0["state_dict"][k], r1["state_dict"][k]), f"the ranks diverged at {k}"
+    saved = torch.load(tmp_path / "ddp" / "qat" / "qat_state.pt", weights_only=False)
+    assert saved["world_size"] == 2 and saved["state"]["step"] == 3 and saved["state"]["epoch"] == 1
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in r0["state_dict"].items())
+
+    qd_bev_tiny(tmp_path / "ddp", grad_accum=2)  # the same run, resumed in one process
+    done = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
+    assert done["step"] == 4 and [h[:2] for h in done["history"]] == [h[:2] for h in ref["history"]]
+    torch.testing.assert_close(torch.tensor(done["history"]), torch.tensor(ref["history"]), rtol=1e-4, atol=0)
+    # one calibration on rank 0, sent to all: the ranges are the one-process ranges, bitwise
+    assert all(torch.equal(done["state_dict"][k], ref["state_dict"][k]) for k in ranges)
+    init = quantize_bevformer(fp_model()).state_dict()
+    weights = [k for k in ref["state_dict"] if k not in ranges and ref["state_dict"][k].is_floating_point()]
+    moved = max(float((ref["state_dict"][k] - init[k]).abs().max()) for k in weights)
+    assert moved > 1e-3, "training did not move the weights"
+    for k in weights:
+        torch.testing.assert_close(done["state_dict"][k], ref["state_dict"][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_quantize_bev_cli_under_torchrun_writes_one_artefact(tmp_path):
+    """``quantize bev`` unchanged under torchrun: one start line, rank 0's artefact and QAT state."""
+    from test_bev_cli import TINY_MODEL
+
+    from qd_perception.cli import main
+    from qd_perception.config import from_dict
+    from qd_perception.models.bevformer import BEVFormer, BEVFormerConfig
+    from qd_perception.models.bevformer.checkpoint import save_checkpoint
+    from qd_perception.sim.generate import GenerateConfig, generate
+
+    data = generate(
+        GenerateConfig(scenes=2, samples=3, seed=3, resolution=(64, 112), val_fraction=0.5, workers=1),
+        tmp_path / "ds",
+        show_progress=False,
+    )
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "fp.pt", BEVFormer(from_dict(BEVFormerConfig, TINY_MODEL["model"])))
+    out = tmp_path / "qat"
+    if not torch.cuda.is_available():  # mixed precision needs CUDA: one clear line before any work
+        assert main(["quantize", "bev", "--model", str(ckpt), "--data", str(data), "--amp", "bf16",
+                     "--device", "cpu", "--out", str(out)]) == 2  # fmt: skip
+        assert not out.exists()
+    r = torchrun(
+        "-m", "qd_perception.cli", "quantize", "bev", "--method", "qd_bev", "--model", str(ckpt),
+        "--data", str(data), "--calib-samples", "2", "--epochs", "1", "--batch-size", "1",
+        "--device", "cpu", "--threads", "1", "--out", str(out),
+    )  # fmt: skip
+    assert r.stdout.count("distributed: world_size=2 backend=gloo device=cpu") == 1
+    assert r.stdout.count("artefact in") == 1, "rank 0 alone writes the artefact"
+    info = yaml.safe_load((out / "quant.yaml").read_text())
+    # 3 samples on 2 processes: 2 steps (the second pads rank 1 with the epoch's first sample)
+    assert (info["method"], info["world_size"], info["steps"]) == ("qd_bev", 2, 2)
+    assert (out / "bevformer.onnx").is_file() and (out / "qat_curves.png").is_file()
+    assert torch.load(out / "qat_state.pt", weights_only=False)["state"]["epoch"] == 1
