@@ -5,7 +5,11 @@ The temporal state (previous BEV, its scene, timestamp and ego pose) lives here,
 network: each call feeds ``prev_bev``, ``prev_valid`` and ``prev_from_cur`` (ego_prev <- ego_cur,
 from the two ``ego2global`` poses, i.e. odometry) and keeps the returned BEV. The state is dropped
 (``prev_valid = 0``) on a scene change, a clock jump backwards, a gap longer than
-``max_time_gap_s``, or :meth:`reset`.
+``max_time_gap_s``, or :meth:`reset`; a returned BEV with a non-finite value is never kept (fed
+back, it would poison every later frame; counted in ``nonfinite_resets``).
+
+A frame may declare cameras missing (``Frame.missing_cameras``, a failed sensor): the network
+then runs on the others, the missing ones see no BEV point (``inputs.camera_tensors``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class BEVDetectorBase:
         self.state: TemporalState | None = None
         self.last_timing = Timing()
         self.resets = 0  # temporal resets other than the first frame (scene change, clock jump)
+        self.nonfinite_resets = 0  # returned BEVs not kept as history because not finite
 
     def reset(self) -> None:
         self.state = None
@@ -108,10 +113,14 @@ class BEVDetectorBase:
         t1 = time.perf_counter()
         cls, box, bev = self._infer(x)
         t2 = time.perf_counter()
-        self.state = TemporalState(
-            np.asarray(bev, np.float32), frame.scene_token, int(frame.timestamp_us),
-            np.asarray(frame.ego2global, np.float64),
-        )  # fmt: skip
+        bev = np.asarray(bev, np.float32)
+        if np.isfinite(bev).all():
+            self.state = TemporalState(
+                bev, frame.scene_token, int(frame.timestamp_us), np.asarray(frame.ego2global, np.float64)
+            )
+        else:  # the inputs are validated upstream: a model overflowing on valid input
+            self.state = None
+            self.nonfinite_resets += 1
         d = decode_predictions(
             cls[0], box[0], self.score_threshold, self.cfg.max_detections, self.cfg.pc_range
         )
