@@ -125,7 +125,9 @@ def make_node(node_name: str, default_detector: str) -> Any:
             # over every required stream (a lidar moving on shows silent cameras too); only
             # cameras are ever left out of a set
             self.presence = (
-                StreamPresence(required, cfg.missing_cameras.timeout_s) if self.use_cameras else None
+                StreamPresence(required, cfg.missing_cameras.timeout_s, cfg.sync.reset_after_jump_s)
+                if self.use_cameras
+                else None
             )
             self.last_missing: tuple[str, ...] = ()  # cameras the last output lacked
             self._announced_missing: tuple[str, ...] = ()  # missing cameras last logged

@@ -42,8 +42,8 @@ class MissingCameras:
     mode: ``wait`` (default): no output while a camera is missing (diagnostics ERROR naming it);
         ``degrade``: run on the cameras present (a missing camera contributes nothing: its
         ``bev_mask`` rows are empty) and flag every such output (diagnostics WARN, log).
-    timeout_s: how far the other inputs may move on before a camera counts as missing; more
-        than ``sync.slop_s``.
+    timeout_s: how far the other inputs may move on before a camera counts as missing; between
+        ``sync.slop_s`` and ``sync.reset_after_jump_s``.
     max_missing: ``degrade`` runs with at most this many cameras missing; with more it waits.
     """
 
@@ -113,10 +113,11 @@ class DetectorNodeConfig:
         if self.latency_stamp_window_s <= 0:
             raise ValueError("latency_stamp_window_s must be > 0")
         mc = self.missing_cameras
-        if mc.timeout_s <= self.sync.slop_s:
+        if not self.sync.slop_s < mc.timeout_s < self.sync.reset_after_jump_s:
             raise ValueError(
-                f"missing_cameras.timeout_s ({mc.timeout_s} s) must be larger than sync.slop_s "
-                f"({self.sync.slop_s} s): a camera within the slop is not missing"
+                f"missing_cameras.timeout_s ({mc.timeout_s} s) must lie between sync.slop_s "
+                f"({self.sync.slop_s} s: a camera within the slop is not missing) and "
+                f"sync.reset_after_jump_s ({self.sync.reset_after_jump_s} s: a clock jump)"
             )
         if mc.mode == "degrade" and mc.max_missing >= len(self.cameras):
             raise ValueError(

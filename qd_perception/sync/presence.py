@@ -9,8 +9,10 @@ frame does not bring it back only to be missed again a moment later).
 
 Judged on stamps, not arrival times, so a bag replayed at any rate or under sim time behaves like
 the live run. When every input stops, nothing moves on and nothing becomes missing (the end of a
-bag is not a camera failure). Feed only accepted messages (after the input checks): a camera
-whose every image is refused is missing too.
+bag is not a camera failure). A stamp more than ``jump_s`` after every stamp seen, or before its
+own stream's newest, is a clock jump (a bag looping, a simulator restarting): the tracker starts
+over from it, so the streams that follow the jump within ``timeout_s`` are not missing. Feed only
+accepted messages (after the input checks): a camera whose every image is refused is missing too.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from collections.abc import Sequence
 
 
 class StreamPresence:
-    """Missing-stream tracker over ``streams`` (see the module docstring); stamps in ns."""
+    """Missing-stream tracker over ``streams`` (see the module docstring); stamps in ns.
 
-    def __init__(self, streams: Sequence[str], timeout_s: float) -> None:
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    ``jump_s``: the synchroniser's ``reset_after_jump_s``; it must exceed ``timeout_s``.
+    """
+
+    def __init__(self, streams: Sequence[str], timeout_s: float, jump_s: float) -> None:
+        if not 0 < timeout_s < jump_s:
+            raise ValueError(f"need 0 < timeout_s < jump_s, got timeout_s={timeout_s}, jump_s={jump_s}")
         self.streams = tuple(streams)
         self._timeout = round(timeout_s * 1e9)
+        self._jump = round(jump_s * 1e9)
         self.reset()
 
     def reset(self) -> None:
@@ -44,6 +50,12 @@ class StreamPresence:
         if stream not in self.streams:
             raise KeyError(f"unknown stream {stream!r}; streams: {self.streams}")
         before = set(self._missing)
+        own = self._newest.get(stream)
+        if self._newest and (
+            stamp_ns > max(self._newest.values()) + self._jump
+            or (own is not None and stamp_ns < own - self._jump)
+        ):
+            self.reset()
         prev = self._newest.get(stream)
         if self._first is None:
             self._first = stamp_ns

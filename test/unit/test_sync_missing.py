@@ -12,7 +12,7 @@ CAMS = ("front", "left", "back")
 
 
 def test_presence_silent_stale_and_back():
-    p = StreamPresence(CAMS, timeout_s=0.3)
+    p = StreamPresence(CAMS, timeout_s=0.3, jump_s=2.0)
     for k in range(3):  # all stream at 10 Hz
         assert not any(p.observe(c, k * 100 * MS) for c in CAMS)
     # "back" falls silent: missing once the others are more than 0.3 s past its last stamp
@@ -32,7 +32,7 @@ def test_presence_silent_stale_and_back():
 
 
 def test_presence_never_heard_from_and_everything_stopping():
-    p = StreamPresence(CAMS, timeout_s=0.3)
+    p = StreamPresence(CAMS, timeout_s=0.3, jump_s=2.0)
     for k in range(3):
         p.observe("front", k * 100 * MS)
         p.observe("left", k * 100 * MS)
@@ -42,9 +42,26 @@ def test_presence_never_heard_from_and_everything_stopping():
     p.reset()
     assert p.missing == () and not p.observe("left", 10 * MS)
     with pytest.raises(ValueError, match="timeout_s"):
-        StreamPresence(CAMS, 0.0)
+        StreamPresence(CAMS, 0.0, 1.0)
+    with pytest.raises(ValueError, match="jump_s"):
+        StreamPresence(CAMS, 1.0, 1.0)
     with pytest.raises(KeyError, match="unknown stream"):
         p.observe("radar", 0)
+
+
+def test_presence_starts_over_after_a_clock_jump():
+    p = StreamPresence(CAMS, timeout_s=0.3, jump_s=1.0)
+    for c in CAMS:  # e.g. probe messages stamped near 0 before the data starts
+        p.observe(c, 1)
+    # the data starts at 100 s, the cameras 1 ms apart: nobody lags, nobody is missing
+    assert not any(p.observe(c, 100_000 * MS + i * MS) for i, c in enumerate(CAMS))
+    for k in range(1, 5):
+        p.observe("front", (100_000 + 100 * k) * MS)
+        p.observe("left", (100_000 + 100 * k) * MS)
+    assert p.missing == ("back",)
+    # the bag loops back to 10 s: a fresh start, "back" is not missing until it lags again
+    assert p.observe("front", 10_000 * MS) and p.missing == ()
+    assert not p.observe("left", 10_001 * MS) and not p.observe("back", 10_002 * MS)
 
 
 def test_sets_form_without_a_suspended_stream_and_need_it_again_after():
