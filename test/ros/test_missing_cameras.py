@@ -157,7 +157,8 @@ def test_wait_publishes_nothing_and_names_the_missing_camera(driver, tmp_path, n
             return rig.level() == DiagnosticStatus.ERROR and rig.diag().get("missing_cameras") == SILENT
 
         assert rig.stream_until(waiting, FIVE, five), (rig.diag(), proc.output()[-3000:])
-        assert rig.diags[-1].status[0].message.startswith(f"no output: waiting for missing camera(s) {SILENT}")
+        message = rig.diags[-1].status[0].message
+        assert message.startswith(f"no output: waiting for missing camera(s) {SILENT}")
         frames_out = int(rig.diag()["frames_out"])
         # five more sets the node has received (its counters say so) still give nothing
         received = int(rig.diag()["sync.CAM_FRONT.received"])
