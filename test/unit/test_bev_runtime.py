@@ -1,8 +1,9 @@
-"""Camera BEV runtime with a missing camera (``Frame.missing_cameras``) and its temporal state.
+"""Camera BEV runtime: a missing camera (``Frame.missing_cameras``) and the temporal-state guards.
 
 A missing camera's image and K are zeros; the zero K empties its ``bev_mask`` rows inside the
 network, so the result equals a run with every camera whose mask rows for that camera were
-emptied by hand, for torch and ONNX Runtime alike. A non-finite BEV is never kept as history.
+emptied by hand, for torch and ONNX Runtime alike. A non-finite BEV is never kept as history;
+an ego jump drops it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from qd_perception.config import from_dict
 from qd_perception.models.bevformer import BEVFormer, BEVFormerConfig
 from qd_perception.models.bevformer import model as model_module
 from qd_perception.models.bevformer.inputs import MissingCameraError
-from qd_perception.runtime.bev import OrtBEVDetector, TorchBEVDetector
+from qd_perception.runtime.bev import MAX_EGO_SPEED_MPS, OrtBEVDetector, TorchBEVDetector
 from qd_perception.train.export_bev import example_frames, export_onnx
 
 MISSING = "CAM_BACK"
@@ -130,3 +131,15 @@ def test_nonfinite_bev_is_not_kept_as_history():
     assert det.prepare(f1).prev_valid[0] == 0  # the next frame starts without history
     det.detect(f0)
     assert np.isfinite(det.state.bev).all() and det.nonfinite_resets == 1
+
+
+def test_ego_jump_drops_the_history():
+    cfg = _cfg()
+    det = TorchBEVDetector(BEVFormer(cfg))
+    f0, f1 = example_frames(cfg, 2)  # 0.5 s apart, 2.5 m: driving
+    det.detect(f0)
+    assert det.prepare(f1).prev_valid[0] == 1 and det.resets == 0
+    pose = f1.ego2global.copy()
+    pose[0, 3] += MAX_EGO_SPEED_MPS * 0.5  # a localisation reset: 35 m more in 0.5 s
+    assert det.prepare(dataclasses.replace(f1, ego2global=pose)).prev_valid[0] == 0
+    assert det.resets == 1 and det.state is None
