@@ -181,3 +181,22 @@ def test_wait_publishes_nothing_and_names_the_missing_camera(driver, tmp_path, n
         assert rig.level() != DiagnosticStatus.ERROR
     finally:
         assert proc.stop(timeout=20) == 0, proc.output()[-2000:]
+
+
+@pytest.mark.parametrize(
+    "params,expected",
+    [
+        ({"missing_cameras": {"mode": "skip"}}, "missing_cameras.mode: 'skip' is not one of"),
+        ({"missing_cameras": {"timeout_s": 0.02}}, "must lie between sync.slop_s"),
+        ({"missing_cameras": {"timeout_s": 1.5}}, "sync.reset_after_jump_s (1.0 s: a clock jump)"),
+        ({"missing_cameras": {"max_missing": 0}}, "max_missing must be >= 1"),
+        ({"missing_cameras": {"mode": "degrade", "max_missing": 6}}, "must leave a camera: there are 6"),
+    ],
+)
+def test_missing_cameras_parameters_are_validated(params, expected):
+    from qd_perception.config import ConfigError, from_dict
+    from qd_perception.ros.node_config import DetectorNodeConfig
+
+    with pytest.raises(ConfigError) as e:
+        from_dict(DetectorNodeConfig, params, where="bev_detector")
+    assert expected in str(e.value)
