@@ -143,3 +143,32 @@ def test_ego_jump_drops_the_history():
     pose[0, 3] += MAX_EGO_SPEED_MPS * 0.5  # a localisation reset: 35 m more in 0.5 s
     assert det.prepare(dataclasses.replace(f1, ego2global=pose)).prev_valid[0] == 0
     assert det.resets == 1 and det.state is None
+
+
+def test_missing_camera_in_the_quantized_graph(tmp_path):
+    """The W8A8 ORT artefact (integer kernels, Q/DQ) also drops a camera whose K is zero: its image
+    changes nothing, and the artefact follows the torch fake-quant model on a degraded frame as
+    closely as on full ones."""
+    from qd_perception.quant.bev import BEVQATConfig, calibrate_bev, quantize_bevformer, write_bev_artefact
+    from qd_perception.train.bev_data import BEVDataset
+
+    torch.manual_seed(0)
+    cfg = _cfg(score_threshold=0.0)
+    fp = BEVFormer(cfg).eval()
+    q = quantize_bevformer(fp, "w8a8")
+    calibrate_bev(q, BEVDataset(example_frames(cfg, 2), cfg), [0, 1])
+    info = write_bev_artefact(q, fp, tmp_path, BEVQATConfig(method="ptq", bits="w8a8"), tmp_path / "fp.pt")
+    odet = OrtBEVDetector(tmp_path)
+    (frame,) = example_frames(cfg, 1)
+    x = odet.prepare(_without(frame))
+    k = cfg.camera_names.index(MISSING)
+    noisy = x.images.copy()
+    noisy[0, k] = np.random.default_rng(1).integers(0, 256, noisy[0, k].shape)
+    a = odet._infer(x)
+    b = odet._infer(dataclasses.replace(x, images=noisy))
+    for u, v in zip(a, b):
+        assert np.array_equal(u, v)
+    tq = TorchBEVDetector(q)
+    # as close as the artefact is to its fake-quant model on full frames (quantization rounding)
+    full = info["parity_max_abs_diff"]["bev"]
+    assert np.abs(tq._infer(x)[2] - a[2]).max() <= max(2 * full, 1e-3)
