@@ -446,8 +446,8 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 self.stats["degraded_frames"] += 1
                 if self.degraded_since is None:
                     self.degraded_since = stamp_ns
-                self._warn(
-                    "degraded",
+                self._warn(  # throttled per set of missing cameras: a new failure is logged at once
+                    f"degraded.{','.join(missing)}",
                     f"degraded: detections at {stamp_ns / 1e9:.3f} s without camera(s) {list(missing)} "
                     f"[degraded_frames={self.stats['degraded_frames']}]",
                     period_s=5.0,

@@ -11,8 +11,11 @@ Judged on stamps, not arrival times, so a bag replayed at any rate or under sim 
 the live run. When every input stops, nothing moves on and nothing becomes missing (the end of a
 bag is not a camera failure). A stamp more than ``jump_s`` after every stamp seen, or before its
 own stream's newest, is a clock jump (a bag looping, a simulator restarting): the tracker starts
-over from it, so the streams that follow the jump within ``timeout_s`` are not missing. Feed only
-accepted messages (after the input checks): a camera whose every image is refused is missing too.
+over from it, so the streams that follow the jump within ``timeout_s`` are not missing. Any other
+message more than ``jump_s`` behind the others (one delivered late from before a jump, a sensor
+clock far behind) is ignored: it neither counts as the stream's newest nor moves the others.
+Feed only accepted messages (after the input checks): a camera whose every image is refused is
+missing too.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class StreamPresence:
             or (own is not None and stamp_ns < own - self._jump)
         ):
             self.reset()
+        elif self._newest and stamp_ns < max(self._newest.values()) - self._jump:
+            return False  # a stray message from long before the others, not its stream jumping
         prev = self._newest.get(stream)
         if self._first is None:
             self._first = stamp_ns

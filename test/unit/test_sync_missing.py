@@ -54,6 +54,8 @@ def test_presence_starts_over_after_a_clock_jump():
     for c in CAMS:  # e.g. probe messages stamped near 0 before the data starts
         p.observe(c, 1)
     # the data starts at 100 s, the cameras 1 ms apart: nobody lags, nobody is missing
+    assert not p.observe("front", 100_000 * MS)
+    assert not p.observe("back", 2)  # a probe delivered late: ignored, "back" is not stale
     assert not any(p.observe(c, 100_000 * MS + i * MS) for i, c in enumerate(CAMS))
     for k in range(1, 5):
         p.observe("front", (100_000 + 100 * k) * MS)
