@@ -45,6 +45,9 @@ class Frame:
     cameras: tuple[CameraInput, ...] = ()
     ego_velocity: np.ndarray | None = None  # (3,) m/s, ego frame, from odometry
     gt: Detections | None = None  # ground truth in the ego frame, when known
+    #: rig cameras known to be absent (a failed or silent sensor): camera models run without
+    #: them instead of refusing the frame (see ``models.bevformer.inputs.camera_tensors``)
+    missing_cameras: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

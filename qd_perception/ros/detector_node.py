@@ -36,6 +36,12 @@ named after the node) carry the counters and latency percentiles as key/values:
   percentiles are replaced by ``pipeline_latency_ms: n/a (...)``.
 * ``ready`` (1 once the warm-up detection ran, before any subscription), ``warmup_ms``,
   ``frames_in``, ``frames_out``, ``sync.<input>.dropped``...
+* missing cameras (``missing_cameras.*``, :class:`~qd_perception.ros.node_config.MissingCameras`):
+  ``missing_cameras`` (the cameras missing now, comma-separated), ``degraded_frames`` (outputs
+  made without some camera), ``degraded`` / ``degraded.cameras`` / ``degraded.since`` (the
+  last output, the cameras it lacked, the stamp of the first output of the current degraded
+  run). Level ERROR while a missing camera holds every output back (``wait``), WARN while
+  outputs are degraded; a change is published at once, not at the next period.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from qd_perception.ros.params import declare_config
 from qd_perception.runtime.factory import DetectorConfig, build_detector
 from qd_perception.runtime.sweeps import SweepAccumulator
 from qd_perception.sync.approximate_time import ApproximateTimePolicy, SyncedSet
+from qd_perception.sync.presence import StreamPresence
 from qd_perception.topics import DETECTIONS_OUTPUT, DIAGNOSTICS_OUTPUT, MARKERS_OUTPUT
 
 ODOM = "odom"
@@ -71,13 +78,6 @@ def _percentiles(values: deque[float]) -> dict[str, float]:
     a = np.fromiter(values, float)
     p50, p95, p99 = np.percentile(a, [50, 95, 99])
     return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(a.max())}
-
-
-def temporal_state_poisoned(detector: Any) -> bool:
-    """True when ``detector`` keeps a temporal state (``detector.state.bev``, the camera BEV
-    history) that holds a non-finite value: fed back, it would poison every later frame."""
-    bev = getattr(getattr(detector, "state", None), "bev", None)
-    return bev is not None and not bool(np.isfinite(bev).all())
 
 
 def make_node(node_name: str, default_detector: str) -> Any:
@@ -122,6 +122,17 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 required, cfg.sync, optional=optional, pivot=required[0], on_reset=self._on_reset
             )
             self.sweeps = SweepAccumulator(cfg.sweeps)
+            # over every required stream (a lidar moving on shows silent cameras too); only
+            # cameras are ever left out of a set
+            self.presence = (
+                StreamPresence(required, cfg.missing_cameras.timeout_s, cfg.sync.reset_after_jump_s)
+                if self.use_cameras
+                else None
+            )
+            self.last_missing: tuple[str, ...] = ()  # cameras the last output lacked
+            self._announced_missing: tuple[str, ...] = ()  # missing cameras last logged
+            self.degraded_since: int | None = None  # stamp of the first output of a degraded run
+            self._diag_lock = threading.Lock()
             self._last_log: dict[str, float] = {}
             self.frontend = SensorFrontEnd(
                 cfg.input_checks, self.lidar2ego, cfg.lidar_frame, cfg.frame_id, self._warn,
@@ -218,6 +229,8 @@ def make_node(node_name: str, default_detector: str) -> Any:
 
         def _offer(self, stream: str, stamp_ns: int, payload: Any, t_recv: float) -> None:
             self.last_arrival[stream] = t_recv
+            if self.presence is not None and self.presence.observe(stream, stamp_ns):
+                self._missing_changed(stamp_ns)
             arrivals = self._arrival[stream]
             arrivals[stamp_ns] = t_recv
             if len(arrivals) > 4 * self.cfg.sync.queue_size + 8:  # dropped by the policy: forget
@@ -236,7 +249,9 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 self.last_set_time = time.monotonic()
                 # the set is complete once its newest member has arrived
                 t_newest = max(
-                    self._arrival[s].pop(st, t_recv) for s, st in zip(self.policy.required, out.stamps_ns)
+                    self._arrival[s].pop(st, t_recv)
+                    for s, st in zip(self.policy.required, out.stamps_ns)
+                    if st is not None
                 )
                 with self._lock:
                     if self._mailbox is not None:
@@ -275,6 +290,48 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 self._reset_pending = True
                 self._mailbox = None
                 self._skipped = []
+            if self.presence is not None:  # stamps before the jump say nothing about after it
+                self.presence.reset()
+                self.policy.set_suspended(())
+                self._announced_missing = ()
+
+        # -- missing cameras (executor thread) -------------------------------------------------
+        def _missing_cameras(self) -> tuple[str, ...]:
+            return tuple(s for s in self.presence.missing if s != LIDAR) if self.presence is not None else ()
+
+        def _degrading(self, missing: tuple[str, ...]) -> bool:
+            """Whether sets form without the ``missing`` cameras (else every output waits)."""
+            mc = self.cfg.missing_cameras
+            return mc.mode == "degrade" and 0 < len(missing) <= mc.max_missing
+
+        def _missing_changed(self, stamp_ns: int) -> None:
+            """The set of missing cameras changed: suspend them in the synchroniser when degrading,
+            say so in the log and publish the diagnostics at once."""
+            missing = self._missing_cameras()
+            if missing == self._announced_missing:
+                return  # a change of the lidar only (the stall warning names a silent lidar)
+            self._announced_missing = missing
+            mc = self.cfg.missing_cameras
+            degrade = self._degrading(missing)
+            self.policy.set_suspended(missing if degrade else ())
+            n = len(self.cfg.cameras)
+            if not missing:
+                self.get_logger().info(f"every camera is back at {stamp_ns / 1e9:.3f} s: all {n} in use")
+            else:
+                if degrade:
+                    why = (
+                        f"running on the other {n - len(missing)} (missing_cameras.mode: degrade), "
+                        "every output flagged in the diagnostics"
+                    )
+                elif mc.mode == "wait":
+                    why = "no output until they are back (missing_cameras.mode: wait)"
+                else:
+                    why = f"no output: more than missing_cameras.max_missing={mc.max_missing}"
+                self.get_logger().warning(
+                    f"camera(s) {list(missing)} missing: no image within {mc.timeout_s:g} s of the "
+                    f"other inputs at {stamp_ns / 1e9:.3f} s; {why}"
+                )
+            self._publish_diagnostics()
 
         def _check_stall(self) -> None:
             now = time.monotonic()
@@ -354,9 +411,16 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 points=points,
                 cameras=cameras,
                 ego_velocity=odom[1] if odom is not None else None,
+                missing_cameras=item.missing,
             )
+            resets = getattr(self.detector, "nonfinite_resets", 0)
             dets: Detections = self.detector.detect(frame)
-            self._check_temporal_state(stamp_ns)
+            if getattr(self.detector, "nonfinite_resets", 0) != resets:
+                self._warn(
+                    "temporal_state",
+                    f"non-finite temporal state after the frame at {stamp_ns / 1e9:.3f} s: history "
+                    f"reset [temporal_state_resets={self.detector.nonfinite_resets}]",
+                )
             # serialized CDR, published as is (ros/cdr.py: no message objects to build)
             self.pub_det.publish(detections_to_cdr(dets, stamp_ns, cfg.frame_id))
             if self.pub_markers.get_subscription_count():
@@ -364,6 +428,7 @@ def make_node(node_name: str, default_detector: str) -> Any:
                     detections_to_markers_cdr(dets, stamp_ns, cfg.frame_id, cfg.marker_lifetime_s)
                 )
             self.stats["frames_out"] += 1
+            self._flag_degraded(item.missing, stamp_ns)
             self.processing_ms.append((time.monotonic() - t_newest) * 1e3)
             now_ns = self.get_clock().now().nanoseconds  # sim time under use_sim_time + /clock
             # 0 under use_sim_time before the first /clock: no clock to compare with yet
@@ -372,20 +437,25 @@ def make_node(node_name: str, default_detector: str) -> Any:
             else:
                 self.stats["unrelated_stamps"] += 1
 
-        def _check_temporal_state(self, stamp_ns: int) -> None:
-            """A non-finite temporal state (BEV history) would poison every later frame: drop it.
-
-            The inputs are validated on arrival, so this is the last line of defence (a model
-            that overflows on valid input); counted as ``temporal_state_resets``.
-            """
-            if temporal_state_poisoned(self.detector):
-                self.detector.reset()
-                self.stats["temporal_state_resets"] += 1
-                self._warn(
-                    "temporal_state",
-                    f"non-finite temporal state after the frame at {stamp_ns / 1e9:.3f} s: history reset "
-                    f"[temporal_state_resets={self.stats['temporal_state_resets']}]",
+        def _flag_degraded(self, missing: tuple[str, ...], stamp_ns: int) -> None:
+            """Account an output made without ``missing`` cameras (none: a full one); a change
+            between degraded and full is published in the diagnostics at once."""
+            changed = missing != self.last_missing
+            self.last_missing = missing
+            if missing:
+                self.stats["degraded_frames"] += 1
+                if self.degraded_since is None:
+                    self.degraded_since = stamp_ns
+                self._warn(  # throttled per set of missing cameras: a new failure is logged at once
+                    f"degraded.{','.join(missing)}",
+                    f"degraded: detections at {stamp_ns / 1e9:.3f} s without camera(s) {list(missing)} "
+                    f"[degraded_frames={self.stats['degraded_frames']}]",
+                    period_s=5.0,
                 )
+            else:
+                self.degraded_since = None
+            if changed:
+                self._publish_diagnostics()
 
         # -- diagnostics -------------------------------------------------------------------
         def diagnostics(self) -> dict[str, float | int | str]:
@@ -400,11 +470,20 @@ def make_node(node_name: str, default_detector: str) -> Any:
                 "sync.late": sum(c.late for c in sync.streams.values()),
             }
             for name, c in sync.streams.items():
-                for k in ("received", "matched", "dropped", "late"):
+                for k in ("received", "matched", "dropped", "late", "suspended"):
                     out[f"sync.{name}.{k}"] = getattr(c, k)
             for k in ("frames_in", "frames_out", "skipped_no_subscribers", "dropped_busy", "detector_errors",
-                      "missing_odometry", "stall_warnings", "temporal_state_resets"):  # fmt: skip
+                      "missing_odometry", "stall_warnings"):  # fmt: skip
                 out[k] = self.stats[k]
+            out["temporal_state_resets"] = getattr(self.detector, "nonfinite_resets", 0)
+            if self.presence is not None:
+                out["missing_cameras.mode"] = self.cfg.missing_cameras.mode
+                out["missing_cameras"] = ",".join(self._missing_cameras())
+                out["degraded_frames"] = self.stats["degraded_frames"]
+                out["degraded"] = int(bool(self.last_missing))
+                out["degraded.cameras"] = ",".join(self.last_missing)
+                since = self.degraded_since
+                out["degraded.since"] = f"{since // 10**9}.{since % 10**9:09d}" if since is not None else ""
             for k in ("nonfinite_points", "out_of_range_points"):
                 out[k] = self.frontend.stats[k]
             out["bad_input"] = sum(self.bad_input.values())
@@ -424,21 +503,34 @@ def make_node(node_name: str, default_detector: str) -> Any:
             return out
 
         def _publish_diagnostics(self) -> None:
+            """Publish the diagnostics (timer, and at once on a missing-camera change; from the
+            executor and the worker thread, hence the lock)."""
             DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
             d = self.diagnostics()
             problems = d["bad_input"] or d["detector_errors"] or d["sync.late"] or d["temporal_state_resets"]
             level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+            message = (
+                f"{d['frames_out']} frames out, {d['sync.dropped']} inputs dropped, "
+                f"{d['bad_input']} bad inputs"
+            )
+            missing = self._missing_cameras()
+            if missing and not self._degrading(missing):
+                level = DiagnosticStatus.ERROR
+                message = f"no output: waiting for missing camera(s) {', '.join(missing)}; {message}"
+            elif self.last_missing or missing:
+                level = max(level, DiagnosticStatus.WARN)
+                message = f"degraded: detections without {', '.join(self.last_missing or missing)}; {message}"
             st = DiagnosticStatus(
                 level=level,
                 name=self.get_fully_qualified_name(),
-                message=f"{d['frames_out']} frames out, {d['sync.dropped']} inputs dropped, "
-                f"{d['bad_input']} bad inputs",
+                message=message,
                 hardware_id=self.cfg.detector.name,
                 values=[KeyValue(key=k, value=str(v)) for k, v in d.items()],
             )
             msg = DiagnosticArray(status=[st])
-            msg.header.stamp = self.get_clock().now().to_msg()
-            self.pub_diag.publish(msg)
+            with self._diag_lock:
+                msg.header.stamp = self.get_clock().now().to_msg()
+                self.pub_diag.publish(msg)
 
         def stop(self) -> None:
             with self._lock:

@@ -48,17 +48,18 @@ def subscribe_sensor_inputs(
 
 
 def camera_inputs(
-    streams: Sequence[str], stamps_ns: Sequence[int], msgs: dict[str, Any], camera_K: dict, rig: Any
+    streams: Sequence[str], stamps_ns: Sequence[int | None], msgs: dict[str, Any], camera_K: dict, rig: Any
 ) -> tuple[CameraInput, ...]:
     """The cameras of one synchronised set as model inputs.
 
     ``streams``/``stamps_ns``: the policy's required streams and their matched stamps (the lidar
-    stream is skipped); ``msgs[cam]``: (H, W, 3) image; ``camera_K[cam]``: (K, (H, W)) from its
-    CameraInfo, used when it matches the image size, else the rig's K scaled to the image.
+    stream and the missing cameras of the set, stamp None, are skipped); ``msgs[cam]``: (H, W, 3)
+    image; ``camera_K[cam]``: (K, (H, W)) from its CameraInfo, used when it matches the image
+    size, else the rig's K scaled to the image.
     """
     cams = []
     for cam, stamp in zip(streams, stamps_ns):
-        if cam == LIDAR:
+        if cam == LIDAR or stamp is None:
             continue
         img = msgs[cam]
         K_res = camera_K.get(cam)

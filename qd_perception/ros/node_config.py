@@ -21,6 +21,7 @@ Topics of a detector node (relative to the node, remapped by the launch files, s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from qd_perception.geometry.rig import DEFAULT_CAMERAS
 from qd_perception.ros.frontend import InputChecks
@@ -30,10 +31,41 @@ from qd_perception.sync.approximate_time import SyncConfig
 
 
 @dataclass(frozen=True)
+class MissingCameras:
+    """What a detector node does while some of its cameras are missing (parameters
+    ``missing_cameras.*``; docs/ros.md, "Missing cameras").
+
+    A camera is missing once the other inputs' stamps are more than ``timeout_s`` past its newest
+    accepted image (silent, stale, or every image refused); it is back after two images in a row
+    in step with the others (:class:`qd_perception.sync.presence.StreamPresence`).
+
+    mode: ``wait`` (default): no output while a camera is missing (diagnostics ERROR naming it);
+        ``degrade``: run on the cameras present (a missing camera contributes nothing: its
+        ``bev_mask`` rows are empty) and flag every such output (diagnostics WARN, log).
+    timeout_s: how far the other inputs may move on before a camera counts as missing; between
+        ``sync.slop_s`` and ``sync.reset_after_jump_s``.
+    max_missing: ``degrade`` runs with at most this many cameras missing; with more it waits.
+    """
+
+    mode: Literal["wait", "degrade"] = "wait"
+    timeout_s: float = 0.5
+    max_missing: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("wait", "degrade"):
+            raise ValueError(f"missing_cameras.mode: {self.mode!r} is neither 'wait' nor 'degrade'")
+        if not self.timeout_s > 0:
+            raise ValueError(f"missing_cameras.timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_missing < 1:
+            raise ValueError(f"missing_cameras.max_missing must be >= 1, got {self.max_missing}")
+
+
+@dataclass(frozen=True)
 class DetectorNodeConfig:
     """Parameters of ``lidar_detector`` and ``bev_detector``.
 
     input_checks: limits of the message checks (:class:`~qd_perception.ros.frontend.InputChecks`).
+    missing_cameras: wait for or run without missing cameras (:class:`MissingCameras`).
     inputs: modalities to synchronise in addition to the detector's own ("lidar", "cameras"),
         e.g. to run a lidar detector only on frames where all cameras are present.
     cameras: rig camera names (topics use the lower-case name).
@@ -54,6 +86,7 @@ class DetectorNodeConfig:
     sync: SyncConfig = field(default_factory=lambda: SyncConfig(slop_s=0.05, queue_size=10))
     sweeps: SweepConfig = field(default_factory=SweepConfig)
     input_checks: InputChecks = field(default_factory=InputChecks)
+    missing_cameras: MissingCameras = field(default_factory=MissingCameras)
     rig: str = "nuscenes_like"
     inputs: tuple[str, ...] = ()
     cameras: tuple[str, ...] = DEFAULT_CAMERAS
@@ -79,6 +112,18 @@ class DetectorNodeConfig:
             raise ValueError("diagnostics_period_s and stall_warn_s must be > 0")
         if self.latency_stamp_window_s <= 0:
             raise ValueError("latency_stamp_window_s must be > 0")
+        mc = self.missing_cameras
+        if not self.sync.slop_s < mc.timeout_s < self.sync.reset_after_jump_s:
+            raise ValueError(
+                f"missing_cameras.timeout_s ({mc.timeout_s} s) must lie between sync.slop_s "
+                f"({self.sync.slop_s} s: a camera within the slop is not missing) and "
+                f"sync.reset_after_jump_s ({self.sync.reset_after_jump_s} s: a clock jump)"
+            )
+        if mc.mode == "degrade" and mc.max_missing >= len(self.cameras):
+            raise ValueError(
+                f"missing_cameras.max_missing ({mc.max_missing}) must leave a camera: "
+                f"there are {len(self.cameras)}"
+            )
 
 
 def camera_key(camera: str) -> str:

@@ -63,6 +63,10 @@ _INPUT_NOTES = {
     "input_checks.max_range_m": "points beyond are removed (out_of_range_points)",
     "input_checks.max_future_s": "stamps further ahead are dropped (bad_input.*_stamp_future)",
 }
+_MISSING_NOTES = {
+    "missing_cameras.mode": "wait: no output while a camera is missing | degrade (docs/ros.md)",
+    "missing_cameras.timeout_s": "missing once the other inputs are this far ahead of it",
+}
 
 NODES: tuple[NodeParams, ...] = (
     NodeParams(
@@ -87,13 +91,17 @@ Relative model paths resolve against the package share directory.
 detector.threads: torch + ONNX Runtime compute threads (0 = every core; give each node its share).
 inputs: add "cameras" to run only on frames where all cameras are present too.
 image_size: [H, W] every image must have ([0, 0]: any). sweeps.max_sweeps: lidar sweeps merged.""",
-        notes={"sweeps.max_sweeps": "the CPU presets were trained on 5 sweeps", **_INPUT_NOTES},
+        notes={
+            "sweeps.max_sweeps": "the CPU presets were trained on 5 sweeps",
+            **_INPUT_NOTES,
+            **_MISSING_NOTES,
+        },
     ),
     NodeParams(
         "bev_detector",
         _DETECTOR,
         values={"detector.name": "bev", "detector.model_path": "weights/bevformer_nano.pt"},
-        notes=_INPUT_NOTES,
+        notes={**_INPUT_NOTES, **_MISSING_NOTES},
         header="""\
 bev_detector parameters (declared from qd_perception.ros.node_config.DetectorNodeConfig:
 unknown keys and wrong types stop the node with an error naming the parameter).
@@ -101,6 +109,9 @@ detector.name: bev (camera BEV detector); model_path / model_config: its artefac
 model_path defaults to the shipped nano model trained on the synthetic world (docs/benchmarks.md);
 relative paths resolve against the package share directory.
 The six cameras are synchronised within sync.slop_s; odometry (optional) gives the ego pose.
+missing_cameras.mode: wait (default: no output while a camera is missing, diagnostics ERROR) |
+  degrade (run on the cameras present, at most max_missing missing; every such output is
+  flagged in the diagnostics: WARN, missing_cameras, degraded_frames).
 detector.threads: torch + ONNX Runtime compute threads (0 = every core; give each node its share).""",
     ),
     NodeParams(

@@ -5,7 +5,13 @@ The temporal state (previous BEV, its scene, timestamp and ego pose) lives here,
 network: each call feeds ``prev_bev``, ``prev_valid`` and ``prev_from_cur`` (ego_prev <- ego_cur,
 from the two ``ego2global`` poses, i.e. odometry) and keeps the returned BEV. The state is dropped
 (``prev_valid = 0``) on a scene change, a clock jump backwards, a gap longer than
-``max_time_gap_s``, or :meth:`reset`.
+``max_time_gap_s``, an ego jump (the pose moved faster than :data:`MAX_EGO_SPEED_MPS`: a
+localisation reset, whose "motion" would slide the history off the grid), or :meth:`reset`; a
+returned BEV with a non-finite value is never kept (fed
+back, it would poison every later frame; counted in ``nonfinite_resets``).
+
+A frame may declare cameras missing (``Frame.missing_cameras``, a failed sensor): the network
+then runs on the others, the missing ones see no BEV point (``inputs.camera_tensors``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ ONNX_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_codes", "bev")
 ONNX_CONFIG_KEY = "qd_perception.bevformer.config"
 #: the graph's file name inside an artefact directory
 ARTEFACT_ONNX = "bevformer.onnx"
+#: ego speed (m/s) above which a pose change between two frames is a jump, not motion
+MAX_EGO_SPEED_MPS = 70.0
 
 
 @dataclass
@@ -63,7 +71,8 @@ class BEVDetectorBase:
         self.score_threshold = cfg.score_threshold if score_threshold is None else score_threshold
         self.state: TemporalState | None = None
         self.last_timing = Timing()
-        self.resets = 0  # temporal resets other than the first frame (scene change, clock jump)
+        self.resets = 0  # temporal resets other than the first frame (scene, clock or ego jump)
+        self.nonfinite_resets = 0  # returned BEVs not kept as history because not finite
 
     def reset(self) -> None:
         self.state = None
@@ -74,6 +83,9 @@ class BEVDetectorBase:
             return False
         dt = (frame.timestamp_us - s.timestamp_us) * 1e-6
         ok = s.scene_token == frame.scene_token and 0.0 < dt <= self.cfg.max_time_gap_s
+        if ok:
+            moved = np.linalg.norm(np.asarray(frame.ego2global)[:3, 3] - s.ego2global[:3, 3])
+            ok = bool(moved <= MAX_EGO_SPEED_MPS * dt)
         if not ok:
             self.resets += 1
             self.state = None
@@ -108,10 +120,14 @@ class BEVDetectorBase:
         t1 = time.perf_counter()
         cls, box, bev = self._infer(x)
         t2 = time.perf_counter()
-        self.state = TemporalState(
-            np.asarray(bev, np.float32), frame.scene_token, int(frame.timestamp_us),
-            np.asarray(frame.ego2global, np.float64),
-        )  # fmt: skip
+        bev = np.asarray(bev, np.float32)
+        if np.isfinite(bev).all():
+            self.state = TemporalState(
+                bev, frame.scene_token, int(frame.timestamp_us), np.asarray(frame.ego2global, np.float64)
+            )
+        else:  # the inputs are validated upstream: a model overflowing on valid input
+            self.state = None
+            self.nonfinite_resets += 1
         d = decode_predictions(
             cls[0], box[0], self.score_threshold, self.cfg.max_detections, self.cfg.pc_range
         )

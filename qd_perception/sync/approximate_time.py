@@ -21,7 +21,10 @@ Differences, chosen for a detector that consumes the sets in time order:
   clock jump backwards (bag loop, simulator restart): queues are cleared, ``resets`` counted,
   and the ``on_reset`` callback runs so temporal state downstream can be forgotten;
 - *optional* streams (e.g. odometry) never hold a set back: each emitted set carries the optional
-  stream's message nearest to the reference stamp within ``optional_max_age_s``, or ``None``.
+  stream's message nearest to the reference stamp within ``optional_max_age_s``, or ``None``;
+- a required stream can be *suspended* (:meth:`ApproximateTimePolicy.set_suspended`, e.g. a
+  camera known to be missing, see :mod:`qd_perception.sync.presence`): sets then form without it
+  and name it in ``SyncedSet.missing``, until it is resumed.
 
 Stamps are integer nanoseconds (``builtin_interfaces/Time`` as ``sec * 10**9 + nanosec``).
 """
@@ -67,12 +70,13 @@ class SyncConfig:
 
 @dataclass
 class StreamCounters:
-    """Per-stream counters. ``received = matched + dropped + late + queued``."""
+    """Per-stream counters. ``received = matched + dropped + late + suspended + queued``."""
 
     received: int = 0
     matched: int = 0
     dropped: int = 0  # evicted by queue size or superseded by a newer emitted set
     late: int = 0  # not newer than what was already emitted
+    suspended: int = 0  # arrived while the stream was suspended (not used)
 
 
 @dataclass
@@ -93,12 +97,16 @@ class SyncCounters:
 
 @dataclass(frozen=True)
 class SyncedSet(Generic[M]):
-    """One emitted set. ``messages[i]`` belongs to ``required[i]``; stamps in ns."""
+    """One emitted set. ``messages[i]`` belongs to ``required[i]``; stamps in ns.
 
-    stamp_ns: int  # reference stamp: the pivot stream's stamp
-    stamps_ns: tuple[int, ...]
-    messages: tuple[M, ...]
+    A stream suspended when the set formed is named in ``missing``; its message and stamp are None.
+    """
+
+    stamp_ns: int  # reference stamp: the pivot stream's stamp (the first present one if suspended)
+    stamps_ns: tuple[int | None, ...]
+    messages: tuple[M | None, ...]
     optional: dict[str, M | None]
+    missing: tuple[str, ...] = ()
 
 
 class _Queue(Generic[M]):
@@ -175,6 +183,7 @@ class ApproximateTimePolicy(Generic[M]):
         self._optional: dict[str, _Queue[M]] = {n: _Queue() for n in self.optional_names}
         self._last_emitted: list[int | None] = [None] * len(self.required)
         self._last_ref: int | None = None
+        self._suspended: frozenset[int] = frozenset()
         self._on_reset = on_reset
         self.counters = SyncCounters(streams={n: StreamCounters() for n in names})
 
@@ -189,6 +198,9 @@ class ApproximateTimePolicy(Generic[M]):
             raise KeyError(f"unknown stream {stream!r}; streams: {self.required + self.optional_names}")
         c = self.counters.streams[stream]
         c.received += 1
+        if i in self._suspended:
+            c.suspended += 1
+            return None
         if self._last_ref is not None and stamp_ns < self._last_ref - self._jump:
             self.reset(
                 f"clock jumped back on {stream!r}: {stamp_ns / 1e9:.3f} s "
@@ -222,6 +234,29 @@ class ApproximateTimePolicy(Generic[M]):
     def queued(self) -> dict[str, int]:
         return {n: len(q) for n, q in zip(self.required, self._queues)}
 
+    @property
+    def suspended(self) -> tuple[str, ...]:
+        """The suspended required streams, in ``required`` order."""
+        return tuple(n for j, n in enumerate(self.required) if j in self._suspended)
+
+    def set_suspended(self, streams: Sequence[str]) -> None:
+        """Form sets without ``streams`` (required streams known to be missing) until a later
+        call no longer names them; at least one required stream must stay.
+
+        A newly suspended stream's queued messages are dropped (counted) and its later messages
+        are counted as ``suspended`` and not used; a resumed stream is required again from its
+        next message on. The reset of :meth:`reset` leaves the suspension as it is.
+        """
+        unknown = sorted(set(streams) - set(self.required))
+        if unknown:
+            raise KeyError(f"cannot suspend {unknown}: not required streams {self.required}")
+        new = frozenset(self._index[n] for n in streams)
+        if len(new) == len(self.required):
+            raise ValueError("cannot suspend every required stream")
+        for j in new - self._suspended:
+            self.counters.streams[self.required[j]].dropped += self._queues[j].clear()
+        self._suspended = new
+
     # -- internals -------------------------------------------------------------------------
     def _add_optional(self, stream: str, stamp_ns: int, msg: M) -> None:
         c = self.counters.streams[stream]
@@ -242,7 +277,7 @@ class ApproximateTimePolicy(Generic[M]):
         left_i: list[int | None] = [None] * n
         right_i: list[int | None] = [None] * n
         for j, q in enumerate(self._queues):
-            if j == i:
+            if j == i or j in self._suspended:
                 continue
             li, ri = q.nearest_around(t)
             dl = t - q.stamps[li] if li is not None else math.inf
@@ -252,7 +287,7 @@ class ApproximateTimePolicy(Generic[M]):
             left_d[j], right_d[j], left_i[j], right_i[j] = dl, dr, li, ri
         # Window [t - a, t + b]: choose a among {0, left distances}; streams whose left
         # distance exceeds a need their right stamp, so b = max of their right distances.
-        order = sorted((j for j in range(n) if j != i), key=lambda j: left_d[j])
+        order = sorted((j for j in range(n) if j != i and j not in self._suspended), key=lambda j: left_d[j])
         best: tuple[float, float, float] | None = None  # (spread, a, b)
         suffix_max_right = [0.0] * (len(order) + 1)
         for k in range(len(order) - 1, -1, -1):
@@ -270,7 +305,7 @@ class ApproximateTimePolicy(Generic[M]):
         chosen: list[int] = [0] * n
         chosen[i] = -1
         for j in range(n):
-            if j == i:
+            if j == i or j in self._suspended:
                 continue
             ok_l, ok_r = left_d[j] <= a, right_d[j] <= b
             if ok_l and (not ok_r or left_d[j] <= right_d[j]):
@@ -280,26 +315,32 @@ class ApproximateTimePolicy(Generic[M]):
         return self._emit(i, t, chosen)
 
     def _emit(self, i: int, t: int, chosen: list[int]) -> SyncedSet[M]:
-        stamps: list[int] = []
-        msgs: list[M] = []
+        stamps: list[int | None] = []
+        msgs: list[M | None] = []
         for j, q in enumerate(self._queues):
-            if j == i:
-                k = bisect.bisect_right(q.stamps, t) - 1  # the message just inserted
-            else:
-                k = chosen[j]
+            if j in self._suspended:
+                stamps.append(None)
+                msgs.append(None)
+                continue
+            k = bisect.bisect_right(q.stamps, t) - 1 if j == i else chosen[j]  # i: just inserted
             stamps.append(q.stamps[k])
             msgs.append(q.msgs[k])
         for j, (name, q) in enumerate(zip(self.required, self._queues)):
-            removed = q.drop_through(stamps[j])
+            stamp = stamps[j]
+            if stamp is None:
+                continue
+            removed = q.drop_through(stamp)
             c = self.counters.streams[name]
             c.matched += 1
             c.dropped += removed - 1  # older unmatched messages can no longer form a newer set
-            self._last_emitted[j] = stamps[j]
+            self._last_emitted[j] = stamp
         ref = stamps[self._pivot_i]
+        if ref is None:  # the pivot is suspended: the first present stream gives the reference
+            ref = next(st for st in stamps if st is not None)
         self._last_ref = ref
         self.counters.sets += 1
         optional = {name: self._take_optional(name, q, ref) for name, q in self._optional.items()}
-        return SyncedSet(ref, tuple(stamps), tuple(msgs), optional)
+        return SyncedSet(ref, tuple(stamps), tuple(msgs), optional, self.suspended)
 
     def _take_optional(self, name: str, q: _Queue[M], ref: int) -> M | None:
         li, ri = q.nearest_around(ref)

@@ -154,16 +154,3 @@ def test_stamp_ahead_of_node_clock_refused():
     # a sensor clock 2 s ahead of this machine's: refused future_resync - 1 times, then followed
     got = [fe.odometry("odom", _odom(1002 * S + k * S // 10)) is not None for k in range(5)]
     assert got == [False, False, True, True, True]
-
-
-def test_poisoned_temporal_state_detected():
-    from types import SimpleNamespace
-
-    from qd_perception.ros.detector_node import temporal_state_poisoned
-
-    bev = np.zeros((1, 4, 2), np.float32)
-    assert not temporal_state_poisoned(SimpleNamespace(state=SimpleNamespace(bev=bev)))
-    assert not temporal_state_poisoned(SimpleNamespace(state=None))  # no history yet
-    assert not temporal_state_poisoned(object())  # a detector without temporal state
-    bev[0, 1, 0] = np.nan
-    assert temporal_state_poisoned(SimpleNamespace(state=SimpleNamespace(bev=bev)))

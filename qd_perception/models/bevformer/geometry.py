@@ -74,6 +74,10 @@ def project_to_cameras(
     Returns:
         uv: (N, B, Q, Z, 2) normalised image coordinates [u/W, v/H] (meaningless where not visible).
         bev_mask: (N, B, Q, Z) bool, BEVFormer's mask: depth > eps and 0 < u/W < 1 and 0 < v/H < 1.
+
+    A camera whose K is all zeros sees no point (every depth is 0): its mask rows are empty. That
+    is how a missing camera is taken out of a frame (``inputs.camera_tensors``), in the torch
+    model and in exported graphs, without another network input.
     """
     H, W = image_hw
     ego2cam = invert_rigid(cam2ego)  # (B, N, 4, 4)

@@ -24,12 +24,14 @@ class MissingCameraError(ValueError):
 class CameraTensors:
     """One frame's camera inputs at the network resolution.
 
-    images: (N, 3, H, W) uint8 RGB; intrinsics: (N, 3, 3) float32; cam2ego: (N, 4, 4) float32.
+    images: (N, 3, H, W) uint8 RGB; intrinsics: (N, 3, 3) float32; cam2ego: (N, 4, 4) float32;
+    present: (N,) bool, False for a camera the frame declares missing (its image and K are zeros).
     """
 
     images: np.ndarray
     intrinsics: np.ndarray
     cam2ego: np.ndarray
+    present: np.ndarray
 
 
 def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -52,15 +54,32 @@ def scale_intrinsics(K: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, 
 
 
 def camera_tensors(frame: Frame, cfg: BEVFormerConfig) -> CameraTensors:
-    """Select, order and resize the cameras of ``frame`` for the model ``cfg``."""
+    """Select, order and resize the cameras of ``frame`` for the model ``cfg``.
+
+    A camera of ``cfg.camera_names`` absent from ``frame.cameras`` is an error unless the frame
+    names it in ``missing_cameras`` (which wins over an image it still carries): then its image
+    is zeros and its K is all zeros. A zero K projects every point to depth 0, so the camera's
+    ``bev_mask`` rows are empty (:func:`~qd_perception.models.bevformer.geometry.project_to_cameras`)
+    and it contributes nothing to spatial cross-attention; the mask is computed inside the
+    network, so this holds for the torch model and for every exported or quantized graph alike.
+    """
     by_name = {c.name: c for c in frame.cameras}
-    missing = [n for n in cfg.camera_names if n not in by_name]
+    declared = set(frame.missing_cameras)
+    missing = [n for n in cfg.camera_names if n not in by_name and n not in declared]
     if missing:
         raise MissingCameraError(f"frame {frame.token}: missing camera(s) {missing}; has {sorted(by_name)}")
+    if len(declared & set(cfg.camera_names)) == len(cfg.camera_names):
+        raise MissingCameraError(f"frame {frame.token}: every camera is declared missing")
     H, W = cfg.image_size
-    imgs, Ks, Es = [], [], []
+    imgs, Ks, Es, present = [], [], [], []
     for n in cfg.camera_names:
-        c = by_name[n]
+        c = by_name.get(n) if n not in declared else None
+        present.append(c is not None)
+        if c is None:
+            imgs.append(np.zeros((3, H, W), np.uint8))
+            Ks.append(np.zeros((3, 3)))
+            Es.append(np.eye(4))  # unused: nothing projects into a camera with K = 0
+            continue
         if c.image.ndim != 3 or c.image.shape[2] != 3 or c.image.dtype != np.uint8:
             raise MissingCameraError(
                 f"frame {frame.token} camera {n}: expected (H, W, 3) uint8, "
@@ -70,4 +89,6 @@ def camera_tensors(frame: Frame, cfg: BEVFormerConfig) -> CameraTensors:
         imgs.append(resize_image(c.image, (H, W)))
         Ks.append(scale_intrinsics(np.asarray(c.intrinsics, np.float64), hw, (H, W)))
         Es.append(np.asarray(c.cam2ego, np.float64))
-    return CameraTensors(np.stack(imgs), np.stack(Ks).astype(np.float32), np.stack(Es).astype(np.float32))
+    return CameraTensors(
+        np.stack(imgs), np.stack(Ks).astype(np.float32), np.stack(Es).astype(np.float32), np.array(present)
+    )
