@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,23 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=0.2, help="playback speed factor (1.0 = real time)")
     p.add_argument("--set", nargs="*", default=[], metavar="NODE.PARAM=VALUE", help="node parameters")
     p.add_argument("--workers", type=int, default=2, help="processes for the scene generation")
-
-
-def share_cores(graph: str, given: list[str]) -> list[str]:
-    """``<node>.detector.threads=N`` for every detector node of ``graph`` whose threads the user did
-    not set: the cores split between them. With the libraries' default pools each node would use
-    every core and they would slow each other down (measured, docs/benchmarks.md issue 5)."""
-    from qd_perception.ros.graph import GRAPHS
-
-    detectors = [s.name for s in GRAPHS.get(graph, ()) if s.detector]
-    if not detectors:
-        return []
-    threads = max(1, (os.cpu_count() or 1) // len(detectors))
-    return [
-        f"{name}.detector.threads={threads}"
-        for name in detectors
-        if not any(g.startswith(f"{name}.detector.threads=") for g in given)
-    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     t_sim = time.time() - t0
     print(f"demo: replaying {bag} through the '{args.launch}' graph at rate {args.rate}")
     try:
-        overrides = (*share_cores(args.launch, args.set), *args.set)
-        opts = ReplayOptions((bag,), args.out / "replay", args.launch, args.rate, overrides=overrides)
+        # the detector nodes split the cores (ros.graph.core_share) unless --set gives threads
+        opts = ReplayOptions((bag,), args.out / "replay", args.launch, args.rate, overrides=tuple(args.set))
         m = replay(opts)
     except (FileNotFoundError, ValueError, KeyError, TimeoutError, RuntimeError) as e:
         print(f"demo: replay failed: {e}", file=sys.stderr)

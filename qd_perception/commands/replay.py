@@ -266,10 +266,11 @@ def run_bag(opts: ReplayOptions, bag: Path, work: Path, specs: list, skipped: li
     node = rclpy.create_node("replay_bag_player")
     try:
         try:
+            share = graph.core_share(specs)
             for s in specs:
                 params = graph.params_path(s, opts.params.get(s.name))
                 argv = [sys.executable, "-m", s.module, *s.arguments]
-                procs.start(s.name, [*argv, *graph.ros_arguments(s, params, opts.log_level)])
+                procs.start(s.name, [*argv, *graph.ros_arguments(s, params, opts.log_level, share)])
             say(f"replay: started {[s.name for s in specs]}; waiting for the detectors' outputs")
             detectors = _wait_for_detectors(
                 node, [s for s in specs if s.detector], procs, opts.startup_timeout_s, skipped, say

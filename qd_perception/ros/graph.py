@@ -13,6 +13,7 @@ the camera model lands) is left out with a message, so ``bev`` starts "every det
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,15 +121,29 @@ def params_path(spec: NodeSpec, override: str | Path | None = None) -> Path | No
     return paths.config_dir() / spec.params if spec.params else None
 
 
-def effective_detector(spec: NodeSpec, params: Path | None) -> str:
-    """The detector a node will run: its parameter file's ``detector.name`` or the default."""
+def _detector_param(spec: NodeSpec, params: Path | None, key: str) -> Any:
+    """``detector.<key>`` of ``spec``'s parameter file (flat or nested form), None if unset."""
     if params is None or not params.exists():
-        return spec.detector
+        return None
     data = yaml.safe_load(params.read_text()) or {}
     node = data.get(spec.name) or data.get("/**") or {}
     ros = node.get("ros__parameters", {}) if isinstance(node, dict) else {}
-    name = ros.get("detector.name") or (ros.get("detector") or {}).get("name")
-    return name or spec.detector
+    value = ros.get(f"detector.{key}")
+    return value if value is not None else (ros.get("detector") or {}).get(key)
+
+
+def effective_detector(spec: NodeSpec, params: Path | None) -> str:
+    """The detector a node will run: its parameter file's ``detector.name`` or the default."""
+    return _detector_param(spec, params, "name") or spec.detector
+
+
+def core_share(specs: list[NodeSpec] | tuple[NodeSpec, ...], cpus: int | None = None) -> int:
+    """Compute threads for each detector node of a graph run side by side on one machine: the
+    cores split evenly between the detectors (at least 1; 0 when the graph has none). With the
+    libraries' default pools every node would use every core and they would slow each other
+    down (measured, docs/benchmarks.md, issue 5)."""
+    n = sum(1 for s in specs if s.detector)
+    return max(1, (cpus or os.cpu_count() or 1) // n) if n else 0
 
 
 def nodes(graph: str, param_overrides: dict[str, str] | None = None) -> tuple[list[NodeSpec], list[str]]:
@@ -150,11 +165,18 @@ def nodes(graph: str, param_overrides: dict[str, str] | None = None) -> tuple[li
     return keep, skipped
 
 
-def ros_arguments(spec: NodeSpec, params: Path | None, log_level: str = "info") -> list[str]:
-    """``--ros-args`` of a node started as a plain process (the pip launcher)."""
+def ros_arguments(
+    spec: NodeSpec, params: Path | None, log_level: str = "info", threads: int = 0
+) -> list[str]:
+    """``--ros-args`` of a node started as a plain process (the pip launcher, replay).
+
+    ``threads`` (:func:`core_share`) is given to a detector node whose parameter file leaves
+    ``detector.threads`` at 0 ("not chosen"); a file that sets it wins."""
     args = ["--ros-args", "-r", f"__node:={spec.name}", "--log-level", log_level]
     if params is not None:
         args += ["--params-file", str(params)]
+    if threads and spec.detector and not _detector_param(spec, params, "threads"):
+        args += ["-p", f"detector.threads:={int(threads)}"]
     for a, b in spec.remaps:
         args += ["-r", f"{a}:={b}"]
     return args
@@ -163,7 +185,8 @@ def ros_arguments(spec: NodeSpec, params: Path | None, log_level: str = "info") 
 def launch_description(graph: str) -> Any:
     """``launch.LaunchDescription`` of ``graph`` for ``ros2 launch`` (launch/*.launch.py).
 
-    Launch arguments: ``log_level`` (default info) and ``<node>_params`` (parameter file).
+    Launch arguments: ``log_level`` (default info), ``<node>_params`` (parameter file) and, for
+    detector nodes, ``<node>_threads`` (default: :func:`core_share` of this machine).
     """
     from launch.actions import DeclareLaunchArgument, LogInfo
     from launch.substitutions import LaunchConfiguration
@@ -173,6 +196,7 @@ def launch_description(graph: str) -> Any:
 
     entries: list[Any] = [DeclareLaunchArgument("log_level", default_value="info")]
     specs, skipped = nodes(graph)
+    share = core_share(specs)
     entries += [LogInfo(msg=f"[qd_perception {graph}] {s}") for s in skipped]
     for spec in specs:
         arg = f"{spec.name}_params"
@@ -182,12 +206,22 @@ def launch_description(graph: str) -> Any:
                 arg, default_value=str(default or ""), description=f"{spec.name} parameters"
             )
         )
+        parameters: list[Any] = [LaunchConfiguration(arg)] if default else []
+        if spec.detector:
+            # the core share of the pip launcher, as a launch argument (it wins over the file)
+            threads = f"{spec.name}_threads"
+            entries.append(
+                DeclareLaunchArgument(
+                    threads, default_value=str(share), description=f"{spec.name} detector.threads"
+                )
+            )
+            parameters.append({"detector.threads": LaunchConfiguration(threads)})
         entries.append(
             Node(
                 package=PACKAGE,
                 executable=spec.executable,
                 name=spec.name,
-                parameters=[LaunchConfiguration(arg)] if default else [],
+                parameters=parameters,
                 remappings=list(spec.remaps),
                 arguments=[*spec.arguments, "--ros-args", "--log-level", LaunchConfiguration("log_level")],
                 output="screen",

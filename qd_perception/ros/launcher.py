@@ -19,14 +19,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from qd_perception.ros.graph import NodeSpec, nodes, params_path, ros_arguments
+from qd_perception.ros.graph import NodeSpec, core_share, nodes, params_path, ros_arguments
 from qd_perception.ros.processes import stop_processes
 
 _REPO = Path(__file__).resolve().parents[2]
 
 
-def node_command(spec: NodeSpec, params: Path | None, log_level: str = "info") -> list[str]:
-    return [sys.executable, "-m", spec.module, *spec.arguments, *ros_arguments(spec, params, log_level)]
+def node_command(spec: NodeSpec, params: Path | None, log_level: str = "info", threads: int = 0) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        spec.module,
+        *spec.arguments,
+        *ros_arguments(spec, params, log_level, threads),
+    ]
 
 
 def _pump(name: str, stream, out) -> None:
@@ -66,8 +72,10 @@ def run_graph(
 
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        share = core_share(specs)
         for spec in specs:
-            cmd = node_command(spec, params_path(spec, (param_overrides or {}).get(spec.name)), log_level)
+            params = params_path(spec, (param_overrides or {}).get(spec.name))
+            cmd = node_command(spec, params, log_level, share)
             out.write(f"[launch] {spec.name}: {' '.join(cmd)}\n")
             p = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -88,7 +88,8 @@ detector.name: centerpoint (default: the LiDAR-PTQ INT8 artefact of the shipped 
   backend: auto (from model_path: .pt -> torch, ONNX directory -> onnxruntime) | torch |
   onnxruntime (an `export lidar` or `quantize lidar` directory) | tensorrt.
 Relative model paths resolve against the package share directory.
-detector.threads: torch + ONNX Runtime compute threads (0 = every core; give each node its share).
+detector.threads: torch + ONNX Runtime compute threads; 0 = not chosen: every core when the node
+  runs alone, the cores split between the detector nodes when a graph is launched.
 inputs: add "cameras" to run only on frames where all cameras are present too.
 image_size: [H, W] every image must have ([0, 0]: any). sweeps.max_sweeps: lidar sweeps merged.""",
         notes={
@@ -112,7 +113,8 @@ The six cameras are synchronised within sync.slop_s; odometry (optional) gives t
 missing_cameras.mode: wait (default: no output while a camera is missing, diagnostics ERROR) |
   degrade (run on the cameras present, at most max_missing missing; every such output is
   flagged in the diagnostics: WARN, missing_cameras, degraded_frames).
-detector.threads: torch + ONNX Runtime compute threads (0 = every core; give each node its share).""",
+detector.threads: torch + ONNX Runtime compute threads; 0 = not chosen: every core when the node
+  runs alone, the cores split between the detector nodes when a graph is launched.""",
     ),
     NodeParams(
         "calibration_recorder",

@@ -31,6 +31,19 @@ def test_graph_description():
         graph.nodes("radar")
 
 
+def test_detector_nodes_split_the_cores_unless_their_file_sets_threads(tmp_path):
+    bev, _ = graph.nodes("bev")
+    assert graph.core_share(bev, cpus=2) == 1 and graph.core_share(bev, cpus=16) == 8
+    assert graph.core_share(graph.GRAPHS["lidar"], cpus=2) == 2
+    lidar = graph.LIDAR_DETECTOR
+    args = graph.ros_arguments(lidar, graph.params_path(lidar), threads=1)  # shipped file: threads 0
+    assert args[args.index("-p") + 1] == "detector.threads:=1"
+    own = tmp_path / "own.yaml"
+    own.write_text("lidar_detector:\n  ros__parameters:\n    detector.threads: 2\n")
+    assert "-p" not in graph.ros_arguments(lidar, own, threads=1)  # the user's choice wins
+    assert "-p" not in graph.ros_arguments(graph.CALIBRATION_RECORDER, None, threads=1)  # no detector
+
+
 def test_output_topics_follow_the_graph_remaps():
     lidar = graph.LIDAR_DETECTOR
     assert graph.output_topic(lidar, DETECTIONS_OUTPUT) == "/lidar_detector/output/detections"
