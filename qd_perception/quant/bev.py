@@ -291,10 +291,14 @@ def qat_step(
     index: int,
     cfg: BEVQATConfig,
     distill: bool,
+    extra_loss: Callable[..., torch.Tensor] | None = None,
 ) -> tuple[float, float, float]:
     """One optimisation step of the fake-quant student on sample ``index``; returns
     (total, detection, distillation or nan). The task loss is ``detection_loss`` (the one entry
-    point); ``teacher`` (frozen float model) runs on the same inputs with its own history."""
+    point); ``teacher`` (frozen float model) runs on the same inputs with its own history.
+    ``extra_loss(qmodel, outputs, dataset, index)`` (e.g. TempDistiller's
+    ``distill.temporal.TemporalDistillLoss``), when given, is added to the total at every step
+    and counted in the distillation value."""
     qmodel.train()
     out, batch = forward_sample(qmodel, dataset, index, cfg.queue_length)
     det = detection_loss(out, batch.targets, qmodel.cfg, extra=batch)
@@ -307,6 +311,10 @@ def qat_step(
         if d is not None:
             total = total + cfg.distill.weight * d
             d_val = float(d.detach())
+    if extra_loss is not None:
+        e = extra_loss(qmodel, out, dataset, index)
+        total = total + e
+        d_val = float(e.detach()) + (0.0 if math.isnan(d_val) else d_val)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if cfg.grad_clip > 0:
@@ -334,6 +342,7 @@ def run_qat(
     validate: Callable[[nn.Module, int], tuple[float, float]] | None = None,
     max_steps: int = 0,
     progress: bool = True,
+    extra_loss: nn.Module | None = None,
 ) -> tuple[nn.Module, QATState]:
     """Quantize ``fp_model`` (not modified) by ``cfg.method`` on ``dataset`` (a ``BEVDataset``).
 
@@ -342,6 +351,9 @@ def run_qat(
     same config continues. ``validate(model, epoch)`` -> (NDS, mAP) runs after each epoch (the
     val-NDS curve). ``max_steps`` stops after that many steps in this call (tests; 0 = none).
     Returns the calibrated / trained fake-quant model (every stage quantized) and the state.
+    ``extra_loss``: an extra loss term (see :func:`qat_step`) whose parameters (e.g. TempDistiller's
+    generators) are optimized with the student's and checkpointed with them; it is on at every
+    step, whatever ``distill`` says (which may be ``none`` or VGD besides).
     """
     from tqdm import tqdm
 
@@ -358,6 +370,12 @@ def run_qat(
                 f"{state_path} was written with another config or model; use another --out or delete it"
             )
         qmodel.load_state_dict(saved["state_dict"])
+        if (saved.get("extra_loss") is None) != (extra_loss is None):
+            raise ConfigError(
+                f"{state_path} was written with{'out' if extra_loss else ''} an extra loss term"
+            )
+        if extra_loss is not None:
+            extra_loss.load_state_dict(saved["extra_loss"])
         from qd_perception.quant.model import set_mode
 
         set_mode(qmodel, "quantize")  # ranges come from the checkpoint
@@ -372,7 +390,8 @@ def run_qat(
         teacher = copy.deepcopy(fp_model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(qmodel.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [*qmodel.parameters(), *(extra_loss.parameters() if extra_loss is not None else ())]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
     n = len(dataset)
@@ -386,6 +405,7 @@ def run_qat(
             "state_dict": qmodel.state_dict(),
             "optimizer": optimizer.state_dict(),
             "state": state.__dict__,
+            "extra_loss": extra_loss.state_dict() if extra_loss is not None else None,
         }
         _save_atomic(payload, state_path)
         plot_curves(state, cfg, out / "qat_curves.png")
@@ -405,7 +425,7 @@ def run_qat(
             for g in optimizer.param_groups:
                 g["lr"] = lr
             tot, det, dis = qat_step(
-                qmodel, teacher, optimizer, dataset, int(order[state.position]), cfg, distill
+                qmodel, teacher, optimizer, dataset, int(order[state.position]), cfg, distill, extra_loss
             )
             state.history.append([state.step, state.epoch, tot, det, dis])
             state.position += 1

@@ -5,7 +5,9 @@ The temporal state (previous BEV, its scene, timestamp and ego pose) lives here,
 network: each call feeds ``prev_bev``, ``prev_valid`` and ``prev_from_cur`` (ego_prev <- ego_cur,
 from the two ``ego2global`` poses, i.e. odometry) and keeps the returned BEV. The state is dropped
 (``prev_valid = 0``) on a scene change, a clock jump backwards, a gap longer than
-``max_time_gap_s``, or :meth:`reset`.
+``max_time_gap_s``, or :meth:`reset`. A model trained without history (``train bev
+--queue-length 1``, e.g. a TempDistiller student) is never fed one (``history=False``): it never
+saw a valid previous BEV in training.
 """
 
 from __future__ import annotations
@@ -58,8 +60,11 @@ class BEVDetectorBase:
 
     modalities: tuple[str, ...] = ("cameras",)
 
-    def __init__(self, cfg: BEVFormerConfig, score_threshold: float | None = None) -> None:
+    def __init__(
+        self, cfg: BEVFormerConfig, score_threshold: float | None = None, history: bool = True
+    ) -> None:
         self.cfg = cfg
+        self.history = history  # feed the previous frame's BEV (False: every frame as a scene start)
         self.score_threshold = cfg.score_threshold if score_threshold is None else score_threshold
         self.state: TemporalState | None = None
         self.last_timing = Timing()
@@ -70,7 +75,7 @@ class BEVDetectorBase:
 
     def _history_valid(self, frame: Frame) -> bool:
         s = self.state
-        if s is None:
+        if s is None or not self.history:
             return False
         dt = (frame.timestamp_us - s.timestamp_us) * 1e-6
         ok = s.scene_token == frame.scene_token and 0.0 < dt <= self.cfg.max_time_gap_s
@@ -127,16 +132,25 @@ class BEVDetectorBase:
 class TorchBEVDetector(BEVDetectorBase):
     """FP32 torch backend (also runs fake-quantized models: any module tree with the same forward)."""
 
-    def __init__(self, model, score_threshold: float | None = None, device: str = "cpu") -> None:
-        super().__init__(model.cfg, score_threshold)
+    def __init__(
+        self, model, score_threshold: float | None = None, device: str = "cpu", history: bool = True
+    ) -> None:
+        super().__init__(model.cfg, score_threshold, history)
         self.device = device
         self.model = model.to(device).eval()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, score_threshold: float | None = None, device: str = "cpu"):
-        from qd_perception.models.bevformer.checkpoint import load_checkpoint
+        """The checkpoint's model; without history when it was trained with ``queue_length`` 1."""
+        from qd_perception.models.bevformer.checkpoint import (
+            model_from_checkpoint,
+            read_checkpoint,
+            trained_queue_length,
+        )
 
-        return cls(load_checkpoint(path), score_threshold, device)
+        ckpt = read_checkpoint(path)
+        history = trained_queue_length(ckpt) != 1
+        return cls(model_from_checkpoint(ckpt, path), score_threshold, device, history)
 
     def _infer(self, x: NetworkInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import torch
