@@ -371,9 +371,8 @@ def run_qat(
             )
         qmodel.load_state_dict(saved["state_dict"])
         if (saved.get("extra_loss") is None) != (extra_loss is None):
-            raise ConfigError(
-                f"{state_path} was written with{'out' if extra_loss else ''} an extra loss term"
-            )
+            had = "without" if extra_loss is not None else "with"
+            raise ConfigError(f"{state_path} was written {had} an extra loss term; use another --out")
         if extra_loss is not None:
             extra_loss.load_state_dict(saved["extra_loss"])
         from qd_perception.quant.model import set_mode
