@@ -15,8 +15,8 @@ the same whatever the world size, and a run resumes on another one.
 
 TempDistiller (``--distill temporal --teacher CKPT``, ``qd_perception/distill/temporal.py``): the
 model trained here is the short-history student (``--queue-length``), initialised from the
-teacher's weights (``--student-init teacher``, default) or from scratch; the frozen teacher sees
-its own, longer queue of the same samples. The checkpoint stays a plain BEVFormer checkpoint
+teacher's weights (``--init TEACHER``) or from scratch; the frozen teacher sees its own, longer
+queue of the same samples. The checkpoint stays a plain BEVFormer checkpoint
 (``eval bev`` and the runtime load it) with the generators' weights and the distillation config
 beside it, so a distillation run resumes like any other.
 """
@@ -93,6 +93,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the weights every N training minutes in <out>.snapshots/")  # fmt: skip
     p.add_argument("--cache-dir", default="", help="image cache root (default ~/.cache/qd_perception/bev)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint at --out")
+    p.add_argument("--init", default="", help="start from these weights (same model config; fresh "
+                   "optimizer and schedule), e.g. the teacher's for a TempDistiller student")  # fmt: skip
     p.add_argument(
         "--release", default="", help="also write the weights alone (no optimizer) here at the end"
     )
@@ -102,8 +104,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="temporal: a long-history --teacher teaches this --queue-length student")  # fmt: skip
     g.add_argument("--teacher", default="", help="teacher checkpoint from `train bev` (long queue)")
     g.add_argument("--distill-config", default="", help="default config/distill/temporal.yaml")
-    g.add_argument("--student-init", choices=("teacher", "scratch"), default="teacher",
-                   help="student weights at the start: the teacher's or a fresh initialisation")  # fmt: skip
     add_runtime_arguments(p.add_argument_group("devices and processes (torchrun)"))
 
 
@@ -288,19 +288,18 @@ def distill_batch_loss(trainee, tb):
 @dataclass(frozen=True)
 class DistillSetup:
     """What ``--distill temporal`` resolved to: the frozen teacher (CPU), its queue length, the
-    TempDistiller config, the student's initialisation, and ``record`` (plain data kept in the
-    checkpoint; a resume must match it)."""
+    TempDistiller config, and ``record`` (plain data kept in the checkpoint; a resume must match
+    it)."""
 
     teacher: object
     teacher_queue: int
     config: object
-    student_init: str
     record: dict
 
 
 def distill_setup(args: argparse.Namespace, cfg, tcfg: TrainConfig, dist: Dist) -> DistillSetup | None:
-    """The distillation of ``args`` (``--distill``, ``--teacher``, ``--distill-config``,
-    ``--student-init``), None for plain training. Rank 0 reads the teacher and hands it on."""
+    """The distillation of ``args`` (``--distill``, ``--teacher``, ``--distill-config``), None for
+    plain training. Rank 0 reads the teacher and hands it on."""
     from qd_perception.distill.temporal import load_temporal_config
     from qd_perception.models.bevformer.checkpoint import read_checkpoint
     from qd_perception.models.bevformer.config import BEVFormerConfig
@@ -329,15 +328,9 @@ def distill_setup(args: argparse.Namespace, cfg, tcfg: TrainConfig, dist: Dist) 
         raise ConfigError(
             f"the student's --queue-length {tcfg.queue_length} exceeds the teacher's queue {queue}"
         )
-    if args.student_init == "teacher":
-        same = {**to_dict(tcfg_model), "name": cfg.name} == to_dict(cfg)
-        if not same:
-            raise ConfigError(
-                "--student-init teacher needs the teacher's model config (use --student-init scratch)"
-            )
     # what a resume must repeat (the teacher file may move: its path is kept beside, not compared)
     record = {"kind": kind, "teacher_queue_length": queue, "config": to_dict(dcfg)}
-    return DistillSetup(teacher, queue, dcfg, args.student_init, record)
+    return DistillSetup(teacher, queue, dcfg, record)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -394,8 +387,11 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
                 f"{out} was trained with another distillation setup ({saved}); use --restart or another --out"
             )
         model.load_state_dict(ckpt["state_dict"])
-    elif distill is not None and distill.student_init == "teacher":
-        model.load_state_dict(distill.teacher.state_dict())
+    elif args.init:
+        init = dist.broadcast(read_checkpoint(args.init) if dist.is_main else None)
+        if {**init["model_config"], "name": cfg.name} != to_dict(cfg):
+            raise ConfigError(f"--init {args.init} has another model config than --config")
+        model.load_state_dict(init["state_dict"])
     model.to(dist.device)
     trained = model  # the module the optimizer and DDP see: the student, or student + generators
     if distill is not None:
@@ -453,8 +449,7 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
         extra = {}
         if distill is not None:
             gen = cpu_state(trained.distiller.state_dict())
-            extra["distill"] = {"record": distill.record, "state_dict": gen, "teacher": str(args.teacher),
-                                "student_init": distill.student_init}  # fmt: skip
+            extra["distill"] = {"record": distill.record, "state_dict": gen, "teacher": str(args.teacher)}
         write(
             out, optimizer=cpu_state(optimizer.state_dict()), train_config=to_dict(tcfg), state=state,
             data={"dataroot": str(args.data), "version": args.version, "split": args.split, "samples": n},

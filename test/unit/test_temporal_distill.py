@@ -210,7 +210,7 @@ def test_qd_bev_loop_takes_tempdistiller_as_extra_loss(teacher, tmp_path):
 
 # ---- CLI end to end -----------------------------------------------------------------------------
 def test_train_bev_distill_temporal_end_to_end(tmp_path):
-    from qd_perception.models.bevformer.checkpoint import load_checkpoint
+    from qd_perception.models.bevformer.checkpoint import load_checkpoint, save_checkpoint
     from qd_perception.runtime.bev import load_bev_detector
     from qd_perception.sim.generate import GenerateConfig, generate
 
@@ -226,7 +226,7 @@ def test_train_bev_distill_temporal_end_to_end(tmp_path):
     assert main([*common, "--out", str(teacher), "--queue-length", "3", "--epochs", "1"]) == 0
     student = tmp_path / "student.pt"
     distill = [*common, "--out", str(student), "--queue-length", "1", "--distill", "temporal",
-               "--teacher", str(teacher)]  # fmt: skip
+               "--teacher", str(teacher), "--init", str(teacher)]  # fmt: skip
     assert main([*distill, "--epochs", "1"]) == 0
     first = torch.load(student, weights_only=False)
     assert first["state"]["step"] == 3 and first["train_config"]["queue_length"] == 1
@@ -240,7 +240,10 @@ def test_train_bev_distill_temporal_end_to_end(tmp_path):
         for k, v in second["distill"]["state_dict"].items()
     )
     # a resume with another distillation setup is refused, not silently mixed
-    assert main([*distill[:-4], "--epochs", "3"]) == 2
+    assert main([*distill[:-6], "--epochs", "3"]) == 2
+    # --init needs the same model config
+    other = save_checkpoint(tmp_path / "other.pt", _model(2, TWO_STAGE))
+    assert main([*common, "--out", str(tmp_path / "x.pt"), "--init", str(other)]) == 2
     # the student is a plain BEVFormer checkpoint: the runtime loads it with the short queue
     load_checkpoint(student)
     assert load_bev_detector(student).history is False
