@@ -209,21 +209,32 @@ def test_qd_bev_loop_takes_tempdistiller_as_extra_loss(teacher, tmp_path):
 
 
 # ---- CLI end to end -----------------------------------------------------------------------------
-def test_train_bev_distill_temporal_end_to_end(tmp_path):
-    from qd_perception.models.bevformer.checkpoint import load_checkpoint, save_checkpoint
-    from qd_perception.runtime.bev import load_bev_detector
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory):
+    """A tiny synthetic data set (one train scene of 3 keyframes), the model YAML, the common
+    ``train bev`` arguments and a queue-3 teacher trained on it for one epoch."""
     from qd_perception.sim.generate import GenerateConfig, generate
 
+    tmp = tmp_path_factory.mktemp("tempdistill_cli")
     data = generate(
         GenerateConfig(scenes=2, samples=3, seed=5, resolution=(64, 112), val_fraction=0.5, workers=1),
-        tmp_path / "ds", show_progress=False,
+        tmp / "ds", show_progress=False,
     )  # fmt: skip
-    model_yaml = tmp_path / "bevformer_tdtest.model.yaml"
+    model_yaml = tmp / "bevformer_tdtest.model.yaml"
     model_yaml.write_text(yaml.safe_dump({"arch": "bevformer", "model": TINY}))
-    common = ["train", "bev", "--config", str(model_yaml), "--data", str(data), "--warmup-steps", "1",
-              "--cache-dir", str(tmp_path / "cache"), "--no-augment"]  # fmt: skip
-    teacher = tmp_path / "teacher.pt"
-    assert main([*common, "--out", str(teacher), "--queue-length", "3", "--epochs", "1"]) == 0
+    common = ["--config", str(model_yaml), "--data", str(data), "--warmup-steps", "1",
+              "--cache-dir", str(tmp / "cache"), "--no-augment", "--threads", "1"]  # fmt: skip
+    teacher = tmp / "teacher.pt"
+    assert main(["train", "bev", *common, "--out", str(teacher), "--queue-length", "3", "--epochs", "1"]) == 0
+    return data, common, teacher
+
+
+def test_train_bev_distill_temporal_end_to_end(cli_setup, tmp_path):
+    from qd_perception.models.bevformer.checkpoint import load_checkpoint, save_checkpoint
+    from qd_perception.runtime.bev import load_bev_detector
+
+    data, common, teacher = cli_setup
+    common = ["train", "bev", *common]
     student = tmp_path / "student.pt"
     distill = [*common, "--out", str(student), "--queue-length", "1", "--distill", "temporal",
                "--teacher", str(teacher), "--init", str(teacher)]  # fmt: skip
@@ -245,26 +256,32 @@ def test_train_bev_distill_temporal_end_to_end(tmp_path):
     other = save_checkpoint(tmp_path / "other.pt", _model(2, TWO_STAGE))
     assert main([*common, "--out", str(tmp_path / "x.pt"), "--init", str(other)]) == 2
     # the student is a plain BEVFormer checkpoint: the runtime loads it with the short queue
-    load_checkpoint(student)
-    assert load_bev_detector(student).history is False
-    assert load_bev_detector(teacher).history is True
+    # (a queue-1 model is fed no previous BEV; the queue-3 teacher is)
+    frames = example_frames(load_checkpoint(student).cfg, 2)
+    for path, fed in ((student, 0.0), (teacher, 1.0)):
+        det = load_bev_detector(path)
+        det.detect(frames[0])
+        assert det.prepare(frames[1]).prev_valid.tolist() == [fed]
     out = tmp_path / "eval"
-    assert (
-        main(
-            [
-                "eval",
-                "bev",
-                "--model",
-                str(student),
-                "--data",
-                str(data),
-                "--out",
-                str(out),
-                "--pictures",
-                "0",
-            ]
-        )
-        == 0
-    )
+    argv = ["eval", "bev", "--model", str(student), "--data", str(data), "--out", str(out), "--pictures", "0"]
+    assert main(argv) == 0
     assert json.loads((out / "latency.json").read_text())["frames"] == 3
     assert "nds" in json.loads((out / "metrics.json").read_text())
+
+
+def test_train_bev_distill_temporal_under_torchrun(cli_setup, tmp_path):
+    """Two gloo processes: student and generators are one DDP module, so the ranks hold the same
+    student weights afterwards; rank 0's checkpoint carries the generators."""
+    from test_train_distributed import BEV_WORKER, torchrun
+
+    _, common, teacher = cli_setup
+    out = tmp_path / "student.pt"
+    torchrun(str(BEV_WORKER), "--ranks-out", str(tmp_path / "ranks"), *common, "--out", str(out),
+             "--device", "cpu", "--queue-length", "1", "--distill", "temporal", "--teacher", str(teacher),
+             "--init", str(teacher), "--epochs", "1")  # fmt: skip
+    r0, r1 = (torch.load(tmp_path / "ranks" / f"rank{k}.pt", weights_only=True) for k in (0, 1))
+    stats = {k for k in r0 if k.endswith((".running_mean", ".running_var", ".num_batches_tracked"))}
+    assert all(torch.equal(r0[k], r1[k]) for k in r0.keys() - stats), "the ranks diverged"
+    ckpt = torch.load(out, weights_only=False)
+    assert ckpt["world_size"] == 2 and ckpt["state"]["step"] == 2  # 3 samples on 2 ranks
+    assert "bev_generator.net.0.weight" in ckpt["distill"]["state_dict"]
