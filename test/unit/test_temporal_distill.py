@@ -285,3 +285,21 @@ def test_train_bev_distill_temporal_under_torchrun(cli_setup, tmp_path):
     ckpt = torch.load(out, weights_only=False)
     assert ckpt["world_size"] == 2 and ckpt["state"]["step"] == 2  # 3 samples on 2 ranks
     assert "bev_generator.net.0.weight" in ckpt["distill"]["state_dict"]
+
+
+def test_quantize_bev_w4a6_short_queue_student_with_tempdistiller(cli_setup, tmp_path):
+    """``quantize bev --temporal-teacher``: a W4A6 queue-1 student (float weights: the teacher's
+    here) distilled from the FP32 queue-3 teacher; the artefact is written, the generators are in
+    the QAT state, and a teacher with a shorter queue than the student is refused."""
+    data, _, teacher = cli_setup
+    out = tmp_path / "q"
+    argv = ["quantize", "bev", "--model", str(teacher), "--data", str(data), "--method", "qat",
+            "--bits", "w4a6", "--epochs", "1", "--max-samples", "2", "--calib-samples", "2",
+            "--queue-length", "1", "--temporal-teacher", str(teacher), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    state = torch.load(out / "qat_state.pt", weights_only=False)
+    assert "distiller.bev_generator.net.0.weight" in state["extra_loss"]
+    assert all(math.isfinite(r[4]) and r[4] > 0 for r in state["state"]["history"])
+    assert (out / "bevformer.onnx").is_file()
+    long = [*argv[:-2], "--queue-length", "4", "--out", str(tmp_path / "q4")]
+    assert main(long) == 2
