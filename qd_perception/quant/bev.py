@@ -527,18 +527,18 @@ def plot_curves(state: QATState, cfg: BEVQATConfig, path: Path) -> None:
 
 
 # ---- artefact -----------------------------------------------------------------------------------
-def export_quantized_onnx(qmodel: nn.Module, path: str | Path, flavour: Target = "ort") -> Path:
+def export_quantized_onnx(
+    qmodel: nn.Module, path: str | Path, flavour: Target = "ort", history: bool = True
+) -> Path:
     """The fake-quant model as a Q/DQ ONNX graph with the ``export bev`` contract (inputs, outputs,
     config in the metadata), via :func:`qd_perception.quant.export.export_onnx` (``ort``: Q/DQ on
     layer outputs too; ``trt``: inputs and weights only). Sub-8-bit grids are int8 Q/DQ preceded by
-    a clamp (see ``quant/tensor_quant.py``)."""
-    import json
-
+    a clamp (see ``quant/tensor_quant.py``). ``history``: see ``train.export_bev.export_onnx``."""
     import onnx
 
     from qd_perception.models.bevformer.model import BEVFormerExportWrapper
     from qd_perception.quant.export import export_onnx
-    from qd_perception.runtime.bev import ONNX_CONFIG_KEY, ONNX_INPUTS, ONNX_OUTPUTS, BEVDetectorBase
+    from qd_perception.runtime.bev import ONNX_INPUTS, ONNX_OUTPUTS, BEVDetectorBase, onnx_metadata
     from qd_perception.train.export_bev import OPSET, example_frames
 
     cfg = qmodel.cfg
@@ -550,8 +550,9 @@ def export_quantized_onnx(qmodel: nn.Module, path: str | Path, flavour: Target =
             BEVFormerExportWrapper(qmodel), args, path, flavour, ONNX_INPUTS, ONNX_OUTPUTS, opset=OPSET
         )
     m = onnx.load(str(path))
-    entry = m.metadata_props.add()
-    entry.key, entry.value = ONNX_CONFIG_KEY, json.dumps(to_dict(cfg))
+    for key, value in onnx_metadata(cfg, history).items():
+        entry = m.metadata_props.add()
+        entry.key, entry.value = key, value
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     onnx.save(m, tmp)
@@ -588,7 +589,9 @@ def write_bev_artefact(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_quantized_onnx(qmodel, out / ARTEFACT_ONNX, cfg.target)
+    from qd_perception.runtime.bev import uses_history
+
+    onnx_path = export_quantized_onnx(qmodel, out / ARTEFACT_ONNX, cfg.target, uses_history(cfg.queue_length))
     _write_yaml(out / "model.yaml", {"arch": ARCH, "model": to_dict(qmodel.cfg)})
     size, fp = model_size(qmodel), model_size(fp_model)
     wbits, abits = parse_bits(cfg.bits)

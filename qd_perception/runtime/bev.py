@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from qd_perception.classes import CLASS_NAMES, attribute_for
-from qd_perception.config import ConfigError, from_dict
+from qd_perception.config import ConfigError, from_dict, to_dict
 from qd_perception.data.types import Detections, Frame, Timing
 from qd_perception.model_files import ort_session
 from qd_perception.models.bevformer.coder import decode_predictions
@@ -33,8 +33,22 @@ ONNX_INPUTS: tuple[str, ...] = ("images", "intrinsics", "cam2ego", "prev_bev", "
 ONNX_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_codes", "bev")
 #: metadata key holding the model config JSON in exported ONNX files
 ONNX_CONFIG_KEY = "qd_perception.bevformer.config"
+#: metadata key: "0" when the graph's model was trained without history (queue 1), else "1"
+ONNX_HISTORY_KEY = "qd_perception.bevformer.history"
 #: the graph's file name inside an artefact directory
 ARTEFACT_ONNX = "bevformer.onnx"
+
+
+def onnx_metadata(cfg: BEVFormerConfig, history: bool = True) -> dict[str, str]:
+    """The metadata an exported BEVFormer graph carries (model config, history use): what
+    :class:`OrtBEVDetector` reads back."""
+    return {ONNX_CONFIG_KEY: json.dumps(to_dict(cfg)), ONNX_HISTORY_KEY: "1" if history else "0"}
+
+
+def uses_history(queue_length: int | None) -> bool:
+    """A model trained with ``queue_length`` frames is fed the previous BEV at inference unless it
+    never saw one (queue 1); unknown (None) counts as with history."""
+    return queue_length != 1
 
 
 @dataclass
@@ -149,7 +163,7 @@ class TorchBEVDetector(BEVDetectorBase):
         )
 
         ckpt = read_checkpoint(path)
-        history = trained_queue_length(ckpt) != 1
+        history = uses_history(trained_queue_length(ckpt))
         return cls(model_from_checkpoint(ckpt, path), score_threshold, device, history)
 
     def _infer(self, x: NetworkInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -185,7 +199,7 @@ class OrtBEVDetector(BEVDetectorBase):
         names = tuple(i.name for i in self.session.get_inputs())
         if names != ONNX_INPUTS:
             raise ConfigError(f"{path}: inputs {names}, expected {ONNX_INPUTS}")
-        super().__init__(cfg, score_threshold)
+        super().__init__(cfg, score_threshold, history=meta.get(ONNX_HISTORY_KEY, "1") != "0")
 
     def _infer(self, x: NetworkInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cls, box, bev = self.session.run(list(ONNX_OUTPUTS), {k: getattr(x, k) for k in ONNX_INPUTS})
