@@ -106,7 +106,8 @@ class TemporalDistillConfig:
         """Term -> used for these queue lengths (switch on, weight > 0, frame rule of the paper)."""
         full = t_student == t_teacher
         regen = not full or self.full_frames_regeneration
-        rule = {"bev": regen, "pv": regen, "relation": full, "decoder": full}
+        # frame-to-frame relations need two frames
+        rule = {"bev": regen, "pv": regen, "relation": full and t_teacher > 1, "decoder": full}
         return {t: bool(getattr(self, t) and getattr(self, f"{t}_weight") > 0 and rule[t]) for t in TERMS}
 
 

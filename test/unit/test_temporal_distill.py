@@ -59,6 +59,7 @@ def test_shipped_config_loads_with_the_papers_ratio_and_temperature():
     assert cfg.mask_ratio == 0.5 and cfg.temperature == 0.5
     assert cfg.active(4, 1) == {"bev": True, "pv": True, "relation": False, "decoder": False}
     assert cfg.active(2, 2) == {"bev": False, "pv": False, "relation": True, "decoder": True}
+    assert cfg.active(1, 1)["relation"] is False  # one frame has no frame-to-frame relation
 
 
 @pytest.mark.parametrize(
