@@ -301,9 +301,11 @@ def distill_setup(args: argparse.Namespace, cfg, tcfg: TrainConfig, dist: Dist) 
     """The distillation of ``args`` (``--distill``, ``--teacher``, ``--distill-config``), None for
     plain training. Rank 0 reads the teacher and hands it on."""
     from qd_perception.distill.temporal import load_temporal_config
-    from qd_perception.models.bevformer.checkpoint import read_checkpoint
-    from qd_perception.models.bevformer.config import BEVFormerConfig
-    from qd_perception.models.bevformer.model import BEVFormer
+    from qd_perception.models.bevformer.checkpoint import (
+        model_from_checkpoint,
+        read_checkpoint,
+        trained_queue_length,
+    )
     from qd_perception.paths import config_dir
 
     kind = getattr(args, "distill", "none")
@@ -315,13 +317,8 @@ def distill_setup(args: argparse.Namespace, cfg, tcfg: TrainConfig, dist: Dist) 
         raise ConfigError(f"--distill {kind} needs --teacher CKPT")
     dcfg = load_temporal_config(args.distill_config or config_dir() / "distill" / "temporal.yaml")
     ckpt = dist.broadcast(read_checkpoint(args.teacher) if dist.is_main else None)
-    tcfg_model = from_dict(
-        BEVFormerConfig, ckpt["model_config"], where=f"{Path(args.teacher).name}.model_config"
-    )
-    teacher = BEVFormer(tcfg_model)
-    teacher.load_state_dict(ckpt["state_dict"])
-    trained_queue = int((ckpt.get("train_config") or {}).get("queue_length", 0))
-    queue = dcfg.teacher_queue_length or trained_queue
+    teacher = model_from_checkpoint(ckpt, args.teacher)
+    queue = dcfg.teacher_queue_length or trained_queue_length(ckpt) or 0
     if queue < 1:
         raise ConfigError(f"{args.teacher} records no training queue length: set teacher_queue_length")
     if tcfg.queue_length > queue:
