@@ -197,20 +197,20 @@ def _temporal_loss(args: argparse.Namespace, student, queue_length: int):
     """TempDistiller from ``--temporal-teacher`` into the ``queue_length`` student (its queue: the
     ``--temporal-config``'s ``teacher_queue_length`` or the one it was trained with)."""
     from qd_perception.config import ConfigError
-    from qd_perception.distill.temporal import TemporalDistillLoss, load_temporal_config
-    from qd_perception.models.bevformer.checkpoint import (
-        model_from_checkpoint,
-        read_checkpoint,
-        trained_queue_length,
+    from qd_perception.distill.temporal import (
+        TemporalDistillLoss,
+        load_temporal_config,
+        teacher_from_checkpoint,
     )
+    from qd_perception.models.bevformer.checkpoint import read_checkpoint
     from qd_perception.paths import config_dir
 
     tcfg = load_temporal_config(args.temporal_config or config_dir() / "distill" / "temporal.yaml")
-    ckpt = read_checkpoint(args.temporal_teacher)
-    queue = tcfg.teacher_queue_length or trained_queue_length(ckpt) or 0
+    teacher, queue = teacher_from_checkpoint(
+        read_checkpoint(args.temporal_teacher), args.temporal_teacher, tcfg
+    )
     if queue < queue_length:
         raise ConfigError(f"--temporal-teacher queue {queue} is shorter than --queue-length {queue_length}")
-    teacher = model_from_checkpoint(ckpt, args.temporal_teacher)
     print(f"TempDistiller: teacher {args.temporal_teacher} (queue {queue}) -> student queue {queue_length}")
     return TemporalDistillLoss(teacher, student.cfg, tcfg, queue, queue_length)
 

@@ -116,6 +116,20 @@ def load_temporal_config(path: str | Path) -> TemporalDistillConfig:
     return load_yaml(TemporalDistillConfig, path, key="temporal")
 
 
+def teacher_from_checkpoint(
+    ckpt: dict, path: str | Path, cfg: TemporalDistillConfig
+) -> tuple[nn.Module, int]:
+    """The teacher BEVFormer of a checkpoint dict (``models.bevformer.checkpoint.read_checkpoint``
+    of ``path``) and the frames it sees: ``cfg.teacher_queue_length``, else the queue it was
+    trained with. ConfigError when neither says."""
+    from qd_perception.models.bevformer.checkpoint import model_from_checkpoint, trained_queue_length
+
+    queue = cfg.teacher_queue_length or trained_queue_length(ckpt) or 0
+    if queue < 1:
+        raise ConfigError(f"{path} records no training queue length: set teacher_queue_length")
+    return model_from_checkpoint(ckpt, path), queue
+
+
 # ---- pure tensor functions ----------------------------------------------------------------------
 def random_keep_mask(shape: tuple[int, ...], ratio: float, device=None, generator=None) -> torch.Tensor:
     """Float mask of ``shape``: 0 with probability ``ratio`` (masked), else 1 (the paper's

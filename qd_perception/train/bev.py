@@ -300,12 +300,8 @@ class DistillSetup:
 def distill_setup(args: argparse.Namespace, cfg, tcfg: TrainConfig, dist: Dist) -> DistillSetup | None:
     """The distillation of ``args`` (``--distill``, ``--teacher``, ``--distill-config``), None for
     plain training. Rank 0 reads the teacher and hands it on."""
-    from qd_perception.distill.temporal import load_temporal_config
-    from qd_perception.models.bevformer.checkpoint import (
-        model_from_checkpoint,
-        read_checkpoint,
-        trained_queue_length,
-    )
+    from qd_perception.distill.temporal import load_temporal_config, teacher_from_checkpoint
+    from qd_perception.models.bevformer.checkpoint import read_checkpoint
     from qd_perception.paths import config_dir
 
     kind = getattr(args, "distill", "none")
@@ -317,10 +313,7 @@ def distill_setup(args: argparse.Namespace, cfg, tcfg: TrainConfig, dist: Dist) 
         raise ConfigError(f"--distill {kind} needs --teacher CKPT")
     dcfg = load_temporal_config(args.distill_config or config_dir() / "distill" / "temporal.yaml")
     ckpt = dist.broadcast(read_checkpoint(args.teacher) if dist.is_main else None)
-    teacher = model_from_checkpoint(ckpt, args.teacher)
-    queue = dcfg.teacher_queue_length or trained_queue_length(ckpt) or 0
-    if queue < 1:
-        raise ConfigError(f"{args.teacher} records no training queue length: set teacher_queue_length")
+    teacher, queue = teacher_from_checkpoint(ckpt, args.teacher, dcfg)
     if tcfg.queue_length > queue:
         raise ConfigError(
             f"the student's --queue-length {tcfg.queue_length} exceeds the teacher's queue {queue}"
