@@ -309,3 +309,30 @@ def test_quantize_bev_w4a6_short_queue_student_with_tempdistiller(cli_setup, tmp
     assert load_bev_detector(out).history is False  # the W4A6 artefact of a queue-1 student
     long = [*argv[:-2], "--queue-length", "4", "--out", str(tmp_path / "q4")]
     assert main(long) == 2
+
+
+def test_benchmark_table_and_figure_from_a_result(tmp_path):
+    """The benchmark's table and PNG from a result as its real run writes it (a model without
+    predictions has no mAVE and no bootstrap), so an hour of training does not end in a crash."""
+    from benchmarks.temporal_distill import markdown, plot
+
+    lat = {"p50": 10.0, "p95": 12.0}
+    r = {
+        "teacher_queue": 4, "student_queue": 1, "minutes": 1.0, "cpu": "x86_64, avx512_vnni yes",
+        "train": {"student": {"steps": 10}, "distilled": {"steps": 8}},
+        "eval": {"teacher": {"nds": 0.2, "map": 0.1, "mave": 0.8},
+                 "student": {"nds": 0.1, "map": 0.05, "mave": 1.1}, "distilled": {"nds": 0.0, "map": 0.0}},
+        "latency": {"runtime_ms": {"teacher": lat, "distilled": lat},
+                    "queue_ms": {"teacher": lat, "distilled": lat}},
+    }  # fmt: skip
+    md = markdown(r)
+    assert "| distilled | 1 | 8 | 0.0000 | 0.0000 | n/a | 10.0 | 10.0 |" in md
+    r["bootstrap"] = {
+        "std": {m: {"nds": 0.01, "map": 0.02} for m in ("teacher", "student", "distilled")},
+        "diff_std": {"distilled-student": {"nds_std": 0.005, "map_std": 0.004}},
+    }
+    md = markdown(r)
+    assert "| teacher | 4 | - | 0.2000 ± 0.0100 | 0.1000 ± 0.0200 | 0.800 |" in md
+    assert "NDS distilled - student: -0.1000 ± 0.0050" in md
+    plot(r, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 0
