@@ -171,7 +171,10 @@ def _run_bev(args: argparse.Namespace) -> int:
     dataset = BEVDataset(reader, fp.cfg)
     validate = None
     if args.val_data is not None:
-        validate = validator(args.val_data, args.version, args.val_split, args.out / "val")
+        from qd_perception.runtime.bev import uses_history
+
+        history = uses_history(cfg.queue_length)
+        validate = validator(args.val_data, args.version, args.val_split, args.out / "val", history)
     print(f"{args.method} {args.bits} ({args.target}): {len(dataset)} samples of {args.data}, "
           f"{cfg.total_epochs} epochs, distillation {kind}")  # fmt: skip
     extra_loss = None

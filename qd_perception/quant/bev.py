@@ -454,10 +454,11 @@ def run_qat(
 
 
 def validator(
-    dataroot: str | Path, version: str, split: str, out_dir: str | Path
+    dataroot: str | Path, version: str, split: str, out_dir: str | Path, history: bool = True
 ) -> Callable[[nn.Module, int], tuple[float, float]]:
     """``validate(model, epoch) -> (NDS, mAP)`` for :func:`run_qat`: runs the (fake-quant) model
-    through the torch runtime over ``split`` in scene/time order (temporal state as online) and
+    through the torch runtime over ``split`` in scene/time order (temporal state as online;
+    ``history=False``: none, as the runtime runs a queue-1 model) and
     scores it with the devkit into ``out_dir/epoch_<k>``. No prediction at all scores 0 / 0 (the
     devkit cannot score an empty submission)."""
     from qd_perception.data.nuscenes import NuScenesReader
@@ -468,7 +469,7 @@ def validator(
     reader = NuScenesReader(dataroot, version, split, nsweeps=0, load_images=True)
 
     def validate(model: nn.Module, epoch: int) -> tuple[float, float]:
-        det = TorchBEVDetector(model)
+        det = TorchBEVDetector(model, history=history)
         preds = {}
         for i in range(len(reader)):
             f = reader[i]

@@ -302,11 +302,12 @@ def test_quantize_bev_w4a6_short_queue_student_with_tempdistiller(cli_setup, tmp
     argv = ["quantize", "bev", "--model", str(teacher), "--data", str(data), "--method", "qat",
             "--bits", "w4a6", "--epochs", "1", "--max-samples", "2", "--calib-samples", "2",
             "--queue-length", "1", "--temporal-teacher", str(teacher), "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
+    assert main([*argv, "--val-data", str(data)]) == 0  # validated as the runtime runs it: no history
     state = torch.load(out / "qat_state.pt", weights_only=False)
     assert "distiller.bev_generator.net.0.weight" in state["extra_loss"]
     assert all(math.isfinite(r[4]) and r[4] > 0 for r in state["state"]["history"])
     assert load_bev_detector(out).history is False  # the W4A6 artefact of a queue-1 student
+    assert len(yaml.safe_load((out / "quant.yaml").read_text())["val"]) == 1
     long = [*argv[:-2], "--queue-length", "4", "--out", str(tmp_path / "q4")]
     assert main(long) == 2
 
