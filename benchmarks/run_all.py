@@ -4,10 +4,10 @@
 script of ``benchmarks/`` with the arguments of its docs/benchmarks.md row; an entry whose inputs
 (trained weights in ``weights/``) are missing is skipped with the reason. The scripts that need a
 data set generated first (``classical_baseline``, ``lidar_path_profile``, ``quant_error_bars``,
-``quant_lidar_ablation``, ``quant_ptq_vs_qat``) or run for an hour (``ptq_closed_loop``) are not in
-the suite: their docstrings give the commands. Each script prints its markdown rows; this module
-prints, at the end, which benchmarks ran, which were skipped and which failed, and exits non-zero
-when one failed::
+``quant_lidar_ablation``, ``quant_ptq_vs_qat``, ``temporal_distill``) or run for an hour
+(``ptq_closed_loop``) are not in the suite: their docstrings give the commands. Each script prints
+its markdown rows; this module prints, at the end, which benchmarks ran, which were skipped and
+which failed, and exits non-zero when one failed::
 
     python -m benchmarks.run_all                 # the whole suite (long)
     python -m benchmarks.run_all --only sync_policy sim_world_timing

@@ -138,6 +138,9 @@ def _add_bev_arguments(sub) -> None:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--combine", choices=COMBINES, default="product", help="VGD: mean(L_view*L_bev) or sum")
     g.add_argument("--distill-start-epoch", type=int, default=d.distill_start_epoch)
+    h = "also TempDistiller from this long-history FP32 model (docs/distillation.md)"
+    g.add_argument("--temporal-teacher", type=Path, default=None, help=h)
+    g.add_argument("--temporal-config", type=Path, default=None, help="default config/distill/temporal.yaml")
     v = p.add_argument_group("validation curve")
     v.add_argument("--val-data", type=Path, default=None, help="dataroot scored after every epoch (NDS)")
     v.add_argument("--val-split", default="val")
@@ -176,10 +179,18 @@ def _run_bev(args: argparse.Namespace, runtime: Runtime, dist: Dist) -> int:
     dataset = BEVDataset(reader, fp.cfg)
     validate = None
     if args.val_data is not None:
-        validate = validator(args.val_data, args.version, args.val_split, args.out / "val")
+        from qd_perception.runtime.bev import uses_history
+
+        history = uses_history(cfg.queue_length)
+        validate = validator(args.val_data, args.version, args.val_split, args.out / "val", history)
     dist.log(f"{args.method} {args.bits} ({args.target}): {len(dataset)} samples of {args.data}, "
              f"{cfg.total_epochs} epochs, distillation {kind}")  # fmt: skip
-    qmodel, state = run_qat(fp, dataset, cfg, args.out, validate, runtime=runtime, dist=dist)
+    extra_loss = None
+    if args.temporal_teacher is not None:
+        extra_loss = _temporal_loss(args, fp, cfg.queue_length)
+    qmodel, state = run_qat(
+        fp, dataset, cfg, args.out, validate, runtime=runtime, dist=dist, extra_loss=extra_loss
+    )
     if not dist.is_main:
         return 0
     extra = {
@@ -201,6 +212,28 @@ def _run_bev(args: argparse.Namespace, runtime: Runtime, dist: Dist) -> int:
               f"detections: {info['parity_detections']}")  # fmt: skip
     print(f"artefact in {args.out} ({time.perf_counter() - t0:.1f} s)")
     return 0
+
+
+def _temporal_loss(args: argparse.Namespace, student, queue_length: int):
+    """TempDistiller from ``--temporal-teacher`` into the ``queue_length`` student (its queue: the
+    ``--temporal-config``'s ``teacher_queue_length`` or the one it was trained with)."""
+    from qd_perception.config import ConfigError
+    from qd_perception.distill.temporal import (
+        TemporalDistillLoss,
+        load_temporal_config,
+        teacher_from_checkpoint,
+    )
+    from qd_perception.models.bevformer.checkpoint import read_checkpoint
+    from qd_perception.paths import config_dir
+
+    tcfg = load_temporal_config(args.temporal_config or config_dir() / "distill" / "temporal.yaml")
+    teacher, queue = teacher_from_checkpoint(
+        read_checkpoint(args.temporal_teacher), args.temporal_teacher, tcfg
+    )
+    if queue < queue_length:
+        raise ConfigError(f"--temporal-teacher queue {queue} is shorter than --queue-length {queue_length}")
+    print(f"TempDistiller: teacher {args.temporal_teacher} (queue {queue}) -> student queue {queue_length}")
+    return TemporalDistillLoss(teacher, student.cfg, tcfg, queue, queue_length)
 
 
 def _run_qat(args: argparse.Namespace, runtime: Runtime, dist: Dist) -> int:

@@ -332,14 +332,28 @@ class QATLoss:
     distill: torch.Tensor | float
 
 
-def qat_loss(student: nn.Module, teacher: nn.Module | None, tb, cfg: BEVQATConfig, distill: bool) -> QATLoss:
+def qat_loss(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    tb,
+    cfg: BEVQATConfig,
+    distill: bool,
+    extra_loss: nn.Module | None = None,
+) -> QATLoss:
     """Loss of the fake-quant ``student`` (the model or its DDP wrapper, train mode) on a
     ``TemporalBatch``: ``train bev``'s forward (``train.bev.batch_forward``: the history encoded
     by the bare module without gradients) and detection loss, plus, when ``distill``, the
     distillation from the frozen float ``teacher`` on the same inputs with its own history. The
-    losses are computed in float32 whatever the autocast precision of the forwards."""
+    losses are computed in float32 whatever the autocast precision of the forwards.
+
+    ``extra_loss(student, outputs, tb)`` (e.g. TempDistiller's
+    ``distill.temporal.TemporalDistillLoss``), when given, is added at every step and counted in
+    the distillation value; ``tb`` then carries its longer queue (``extra_loss.queue_length``)
+    and the student sees the newest ``cfg.queue_length`` frames of it."""
+    from qd_perception.distill.temporal import last_frames
     from qd_perception.train.bev import as_float32, batch_forward
 
+    long_tb, tb = tb, (last_frames(tb, cfg.queue_length) if extra_loss is not None else tb)
     out = batch_forward(student, tb)
     b = tb.current
     with torch.autocast(b.images.device.type, enabled=False):
@@ -353,6 +367,10 @@ def qat_loss(student: nn.Module, teacher: nn.Module | None, tb, cfg: BEVQATConfi
             if d is not None:
                 total = total + cfg.distill.weight * d
                 d_val = d.detach()
+        if extra_loss is not None:
+            e = extra_loss(unwrap(student), out, long_tb)
+            total = total + e
+            d_val = e.detach() + (0.0 if isinstance(d_val, float) else d_val)
     return QATLoss(total, det.detach(), d_val)
 
 
@@ -392,6 +410,7 @@ def run_qat(
     runtime: Runtime | None = None,
     dist: Dist | None = None,
     make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    extra_loss: nn.Module | None = None,
 ) -> tuple[nn.Module, QATState]:
     """Quantize ``fp_model`` (on the CPU, not modified) by ``cfg.method`` on ``dataset`` (a
     ``BEVDataset``).
@@ -411,6 +430,10 @@ def run_qat(
     per micro-batch, ``runtime.grad_accum`` micro-batches per step, DDP averages the gradients;
     rank 0 alone writes the checkpoint, the curves and the progress bar. Returns the calibrated /
     trained fake-quant model (every stage quantized, eval mode, on the CPU) and the state.
+    ``extra_loss``: an extra loss term (see :func:`qat_loss`) whose parameters (e.g.
+    TempDistiller's generators) are optimized with the student's and checkpointed with them; it
+    is on at every step, whatever ``distill`` says (which may be ``none`` or VGD besides). One
+    process only: its parameters are outside the DDP wrapper.
     """
     from tqdm import tqdm
 
@@ -420,6 +443,8 @@ def run_qat(
 
     runtime = runtime or Runtime(device="cpu")
     dist = dist or Dist()
+    if extra_loss is not None and dist.world_size > 1:
+        raise ConfigError("an extra loss term (TempDistiller in QD-BEV) runs in one process only for now")
     amp_dtype(runtime.amp, dist.device)  # a bad choice fails now, not after the calibration
     out = Path(out_dir)
     state_path = out / STATE_NAME
@@ -438,6 +463,11 @@ def run_qat(
                 f"{state_path} was written with another config or model; use another --out or delete it"
             )
         qmodel.load_state_dict(saved["state_dict"])
+        if (saved.get("extra_loss") is None) != (extra_loss is None):
+            had = "without" if extra_loss is not None else "with"
+            raise ConfigError(f"{state_path} was written {had} an extra loss term; use another --out")
+        if extra_loss is not None:
+            extra_loss.load_state_dict(saved["extra_loss"])
         set_mode(qmodel, "quantize")  # ranges come from the checkpoint
         state = QATState(**saved["state"])
         dist.log(f"resuming {state_path}: epoch {state.epoch} position {state.position} step {state.step}")
@@ -456,7 +486,8 @@ def run_qat(
         teacher = copy.deepcopy(fp_model).to(dist.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    optimizer = (make_optimizer or default_optimizer(cfg))(list(qmodel.parameters()))
+    params = [*qmodel.parameters(), *(extra_loss.parameters() if extra_loss is not None else ())]
+    optimizer = (make_optimizer or default_optimizer(cfg))(params)
     if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
     n = len(dataset)
@@ -464,7 +495,8 @@ def run_qat(
     step_samples = cfg.batch_size * dist.world_size * runtime.grad_accum  # global samples per step
     steps_per_epoch = math.ceil(per_epoch / step_samples)
     total_steps = cfg.total_epochs * steps_per_epoch
-    samples = TemporalSamples(dataset, cfg.queue_length, NO_AUGMENT)
+    queue = max(cfg.queue_length, extra_loss.queue_length) if extra_loss is not None else cfg.queue_length
+    samples = TemporalSamples(dataset, queue, NO_AUGMENT)
     # BatchNorm is folded into the convs: nothing to synchronise, no SyncBatchNorm.
     ddp = wrap(qmodel, dist, sync_bn="off")
     stepper = Stepper(ddp, optimizer, dist, runtime.amp, cfg.grad_clip)
@@ -480,6 +512,7 @@ def run_qat(
             "state": state.__dict__,
             "world_size": dist.world_size,
             "grad_accum": runtime.grad_accum,
+            "extra_loss": extra_loss.state_dict() if extra_loss is not None else None,
         }
         _save_atomic(payload, state_path)
         plot_curves(state, cfg, out / "qat_curves.png")
@@ -501,7 +534,7 @@ def run_qat(
         )  # fmt: skip
 
         def loss_fn(model: nn.Module, tb, distill: bool = distill) -> QATLoss:
-            return qat_loss(model, teacher, tb, cfg, distill)
+            return qat_loss(model, teacher, tb, cfg, distill, extra_loss)
 
         for micro in accumulate(loader, runtime.grad_accum):
             # the schedule's step from the samples done: the same point of the run on any world size
@@ -541,10 +574,11 @@ def run_qat(
 
 
 def validator(
-    dataroot: str | Path, version: str, split: str, out_dir: str | Path
+    dataroot: str | Path, version: str, split: str, out_dir: str | Path, history: bool = True
 ) -> Callable[[nn.Module, int], tuple[float, float]]:
     """``validate(model, epoch) -> (NDS, mAP)`` for :func:`run_qat`: runs the (fake-quant) model
-    through the torch runtime over ``split`` in scene/time order (temporal state as online) and
+    through the torch runtime over ``split`` in scene/time order (temporal state as online;
+    ``history=False``: none, as the runtime runs a queue-1 model) and
     scores it with the devkit into ``out_dir/epoch_<k>``. No prediction at all scores 0 / 0 (the
     devkit cannot score an empty submission)."""
     from qd_perception.data.nuscenes import NuScenesReader
@@ -556,7 +590,7 @@ def validator(
 
     def validate(model: nn.Module, epoch: int) -> tuple[float, float]:
         # on the model's own device: the detector moves the module, which may be training on a GPU
-        det = TorchBEVDetector(model, device=str(next(model.parameters()).device))
+        det = TorchBEVDetector(model, device=str(next(model.parameters()).device), history=history)
         preds = {}
         for i in range(len(reader)):
             f = reader[i]
@@ -615,18 +649,18 @@ def plot_curves(state: QATState, cfg: BEVQATConfig, path: Path) -> None:
 
 
 # ---- artefact -----------------------------------------------------------------------------------
-def export_quantized_onnx(qmodel: nn.Module, path: str | Path, flavour: Target = "ort") -> Path:
+def export_quantized_onnx(
+    qmodel: nn.Module, path: str | Path, flavour: Target = "ort", history: bool = True
+) -> Path:
     """The fake-quant model as a Q/DQ ONNX graph with the ``export bev`` contract (inputs, outputs,
     config in the metadata), via :func:`qd_perception.quant.export.export_onnx` (``ort``: Q/DQ on
     layer outputs too; ``trt``: inputs and weights only). Sub-8-bit grids are int8 Q/DQ preceded by
-    a clamp (see ``quant/tensor_quant.py``)."""
-    import json
-
+    a clamp (see ``quant/tensor_quant.py``). ``history``: see ``train.export_bev.export_onnx``."""
     import onnx
 
     from qd_perception.models.bevformer.model import BEVFormerExportWrapper
     from qd_perception.quant.export import export_onnx
-    from qd_perception.runtime.bev import ONNX_CONFIG_KEY, ONNX_INPUTS, ONNX_OUTPUTS, BEVDetectorBase
+    from qd_perception.runtime.bev import ONNX_INPUTS, ONNX_OUTPUTS, BEVDetectorBase, onnx_metadata
     from qd_perception.train.export_bev import OPSET, example_frames
 
     cfg = qmodel.cfg
@@ -638,8 +672,9 @@ def export_quantized_onnx(qmodel: nn.Module, path: str | Path, flavour: Target =
             BEVFormerExportWrapper(qmodel), args, path, flavour, ONNX_INPUTS, ONNX_OUTPUTS, opset=OPSET
         )
     m = onnx.load(str(path))
-    entry = m.metadata_props.add()
-    entry.key, entry.value = ONNX_CONFIG_KEY, json.dumps(to_dict(cfg))
+    for key, value in onnx_metadata(cfg, history).items():
+        entry = m.metadata_props.add()
+        entry.key, entry.value = key, value
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     onnx.save(m, tmp)
@@ -679,7 +714,9 @@ def write_bev_artefact(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_quantized_onnx(qmodel, out / ARTEFACT_ONNX, cfg.target)
+    from qd_perception.runtime.bev import uses_history
+
+    onnx_path = export_quantized_onnx(qmodel, out / ARTEFACT_ONNX, cfg.target, uses_history(cfg.queue_length))
     _write_yaml(out / "model.yaml", {"arch": ARCH, "model": to_dict(qmodel.cfg)})
     size, fp = model_size(qmodel), model_size(fp_model)
     wbits, abits = parse_bits(cfg.bits)

@@ -12,6 +12,9 @@ back, it would poison every later frame; counted in ``nonfinite_resets``).
 
 A frame may declare cameras missing (``Frame.missing_cameras``, a failed sensor): the network
 then runs on the others, the missing ones see no BEV point (``inputs.camera_tensors``).
+
+A model trained without history (``train bev --queue-length 1``, e.g. a TempDistiller student)
+is never fed one (``history=False``): it never saw a valid previous BEV in training.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from qd_perception.classes import CLASS_NAMES, attribute_for
-from qd_perception.config import ConfigError, from_dict
+from qd_perception.config import ConfigError, from_dict, to_dict
 from qd_perception.data.types import Detections, Frame, Timing
 from qd_perception.model_files import ort_session
 from qd_perception.models.bevformer.coder import decode_predictions
@@ -37,10 +40,24 @@ ONNX_INPUTS: tuple[str, ...] = ("images", "intrinsics", "cam2ego", "prev_bev", "
 ONNX_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_codes", "bev")
 #: metadata key holding the model config JSON in exported ONNX files
 ONNX_CONFIG_KEY = "qd_perception.bevformer.config"
+#: metadata key: "0" when the graph's model was trained without history (queue 1), else "1"
+ONNX_HISTORY_KEY = "qd_perception.bevformer.history"
 #: the graph's file name inside an artefact directory
 ARTEFACT_ONNX = "bevformer.onnx"
 #: ego speed (m/s) above which a pose change between two frames is a jump, not motion
 MAX_EGO_SPEED_MPS = 70.0
+
+
+def onnx_metadata(cfg: BEVFormerConfig, history: bool = True) -> dict[str, str]:
+    """The metadata an exported BEVFormer graph carries (model config, history use): what
+    :class:`OrtBEVDetector` reads back."""
+    return {ONNX_CONFIG_KEY: json.dumps(to_dict(cfg)), ONNX_HISTORY_KEY: "1" if history else "0"}
+
+
+def uses_history(queue_length: int | None) -> bool:
+    """A model trained with ``queue_length`` frames is fed the previous BEV at inference unless it
+    never saw one (queue 1); unknown (None) counts as with history."""
+    return queue_length != 1
 
 
 @dataclass
@@ -66,8 +83,11 @@ class BEVDetectorBase:
 
     modalities: tuple[str, ...] = ("cameras",)
 
-    def __init__(self, cfg: BEVFormerConfig, score_threshold: float | None = None) -> None:
+    def __init__(
+        self, cfg: BEVFormerConfig, score_threshold: float | None = None, history: bool = True
+    ) -> None:
         self.cfg = cfg
+        self.history = history  # feed the previous frame's BEV (False: every frame as a scene start)
         self.score_threshold = cfg.score_threshold if score_threshold is None else score_threshold
         self.state: TemporalState | None = None
         self.last_timing = Timing()
@@ -79,7 +99,7 @@ class BEVDetectorBase:
 
     def _history_valid(self, frame: Frame) -> bool:
         s = self.state
-        if s is None:
+        if s is None or not self.history:
             return False
         dt = (frame.timestamp_us - s.timestamp_us) * 1e-6
         ok = s.scene_token == frame.scene_token and 0.0 < dt <= self.cfg.max_time_gap_s
@@ -143,16 +163,25 @@ class BEVDetectorBase:
 class TorchBEVDetector(BEVDetectorBase):
     """FP32 torch backend (also runs fake-quantized models: any module tree with the same forward)."""
 
-    def __init__(self, model, score_threshold: float | None = None, device: str = "cpu") -> None:
-        super().__init__(model.cfg, score_threshold)
+    def __init__(
+        self, model, score_threshold: float | None = None, device: str = "cpu", history: bool = True
+    ) -> None:
+        super().__init__(model.cfg, score_threshold, history)
         self.device = device
         self.model = model.to(device).eval()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, score_threshold: float | None = None, device: str = "cpu"):
-        from qd_perception.models.bevformer.checkpoint import load_checkpoint
+        """The checkpoint's model; without history when it was trained with ``queue_length`` 1."""
+        from qd_perception.models.bevformer.checkpoint import (
+            model_from_checkpoint,
+            read_checkpoint,
+            trained_queue_length,
+        )
 
-        return cls(load_checkpoint(path), score_threshold, device)
+        ckpt = read_checkpoint(path)
+        history = uses_history(trained_queue_length(ckpt))
+        return cls(model_from_checkpoint(ckpt, path), score_threshold, device, history)
 
     def _infer(self, x: NetworkInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import torch
@@ -187,7 +216,7 @@ class OrtBEVDetector(BEVDetectorBase):
         names = tuple(i.name for i in self.session.get_inputs())
         if names != ONNX_INPUTS:
             raise ConfigError(f"{path}: inputs {names}, expected {ONNX_INPUTS}")
-        super().__init__(cfg, score_threshold)
+        super().__init__(cfg, score_threshold, history=meta.get(ONNX_HISTORY_KEY, "1") != "0")
 
     def _infer(self, x: NetworkInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cls, box, bev = self.session.run(list(ONNX_OUTPUTS), {k: getattr(x, k) for k in ONNX_INPUTS})

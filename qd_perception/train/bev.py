@@ -13,6 +13,13 @@ epoch's seeded order dealt round-robin over the ranks (one process: the order of
 DDP gradient averaging, ``--grad-accum`` micro-batches per optimizer step (``no_sync`` on all but
 the last), rank 0 alone writes files and draws the progress bar; the checkpoint is the same
 whatever the world size, and a run resumes on another one.
+
+TempDistiller (``--distill temporal --teacher CKPT``, ``qd_perception/distill/temporal.py``): the
+model trained here is the short-history student (``--queue-length``), initialised from the
+teacher's weights (``--init TEACHER``) or from scratch; the frozen teacher sees its own, longer
+queue of the same samples. The checkpoint stays a plain BEVFormer checkpoint
+(``eval bev`` and the runtime load it) with the generators' weights and the distillation config
+beside it, so a distillation run resumes like any other.
 """
 
 from __future__ import annotations
@@ -62,6 +69,10 @@ class TrainConfig:
             raise ConfigError("epochs, queue_length and batch_size must be >= 1")
 
 
+#: ``--distill`` choices ("none": plain training)
+DISTILL_KINDS: tuple[str, ...] = ("none", "temporal")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="config/models/bevformer_<preset>.model.yaml")
     p.add_argument("--data", required=True, help="nuScenes-format dataroot")
@@ -84,10 +95,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the weights every N training minutes in <out>.snapshots/")  # fmt: skip
     p.add_argument("--cache-dir", default="", help="image cache root (default ~/.cache/qd_perception/bev)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint at --out")
+    p.add_argument("--init", default="", help="start from these weights (same model config; fresh "
+                   "optimizer and schedule), e.g. the teacher's for a TempDistiller student")  # fmt: skip
     p.add_argument(
         "--release", default="", help="also write the weights alone (no optimizer) here at the end"
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    g = p.add_argument_group("distillation (TempDistiller, docs/distillation.md)")
+    g.add_argument("--distill", choices=DISTILL_KINDS, default="none",
+                   help="temporal: a long-history --teacher teaches this --queue-length student")  # fmt: skip
+    g.add_argument("--teacher", default="", help="teacher checkpoint from `train bev` (long queue)")
+    g.add_argument("--distill-config", default="", help="default config/distill/temporal.yaml")
     add_runtime_arguments(p.add_argument_group("devices and processes (torchrun)"))
 
 
@@ -101,25 +119,40 @@ def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) ->
     return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def encode_history_frames(model, tb) -> list:
+    """``BEVEncoding`` (bev, bev_mask, img_feats) of every history frame of a
+    :class:`~qd_perception.train.bev_data.TemporalBatch`, oldest first, each fed the previous
+    one's BEV, without gradients (eval mode, as BEVFormer). Empty without history."""
+    import torch
+
+    if not tb.history:
+        return []
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for k, hb in enumerate(tb.history):
+            kw = {}
+            if out:
+                kw = dict(prev_bev=out[-1].bev, prev_valid=tb.valid[k - 1], prev_from_cur=tb.motion[k - 1])
+            out.append(model.encode(hb.images, hb.intrinsics, hb.cam2ego, **kw))
+    model.train(was_training)
+    return out
+
+
+def history_inputs(tb, history: list):
+    """(prev_bev, prev_valid, prev_from_cur) of the current frame from
+    :func:`encode_history_frames`' result, all None without history."""
+    if not history:
+        return None, None, None
+    return history[-1].bev, tb.valid[-1], tb.motion[-1]
+
+
 def encode_history(model, tb):
     """BEV of the history frames of a :class:`~qd_perception.train.bev_data.TemporalBatch`,
     oldest first, without gradients (eval mode, as BEVFormer). Returns (prev_bev, prev_valid,
     prev_from_cur) for the current frame, all None without history."""
-    import torch
-
-    if not tb.history:
-        return None, None, None
-    was_training = model.training
-    model.eval()
-    prev_bev = None
-    with torch.no_grad():
-        for k, hb in enumerate(tb.history):
-            kw = {}
-            if prev_bev is not None:
-                kw = dict(prev_bev=prev_bev, prev_valid=tb.valid[k - 1], prev_from_cur=tb.motion[k - 1])
-            prev_bev = model.encode(hb.images, hb.intrinsics, hb.cam2ego, **kw).bev
-    model.train(was_training)
-    return prev_bev, tb.valid[-1], tb.motion[-1]
+    return history_inputs(tb, encode_history_frames(model, tb))
 
 
 def batch_to(tb, device):
@@ -205,7 +238,8 @@ def epoch_order(n: int, seed: int, epoch: int, position: int, dist: Dist, limit:
 
 
 def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
-    """history rows [step, total, cls, bbox(, dense heatmap, dense codes)] -> PNG (atomic)."""
+    """history rows [step, total, cls, bbox(, dense heatmap, dense codes, perspective, distillation
+    ...)] -> PNG (atomic)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,6 +259,8 @@ def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
             cols += [(4, "dense heatmap"), (5, "dense codes")]
         if width > 6 and np.nansum(np.abs(h[:, 6])) > 0:
             cols += [(6, "perspective")]
+        if h.shape[1] > 7 and h[:, 7].any():
+            cols += [(7, "TempDistiller (weighted sum)")]
         for col, name in cols:
             rows = np.isfinite(h[:, col])
             if rows.sum() >= k:
@@ -257,6 +293,51 @@ def open_cached_dataset(dataroot: str, version: str, split: str, cfg, cache_root
         return CachedBEVDataset(cache, cfg)
     reader = NuScenesReader(dataroot, version, split, nsweeps=0, load_images=True)
     return CachedBEVDataset.build(reader, cfg, cache)
+
+
+def distill_batch_loss(trainee, tb):
+    """:func:`batch_loss` of ``train bev --distill temporal``: ``trainee`` is a
+    :class:`~qd_perception.distill.temporal.TemporalTrainee` (or its DDP wrapper) and ``tb``
+    carries the teacher's queue. Returns its ``DistillBreakdown``."""
+    return trainee(tb)
+
+
+@dataclass(frozen=True)
+class DistillSetup:
+    """What ``--distill temporal`` resolved to: the frozen teacher (CPU), its queue length, the
+    TempDistiller config, and ``record`` (plain data kept in the checkpoint; a resume must match
+    it)."""
+
+    teacher: object
+    teacher_queue: int
+    config: object
+    record: dict
+
+
+def distill_setup(args: argparse.Namespace, cfg, tcfg: TrainConfig, dist: Dist) -> DistillSetup | None:
+    """The distillation of ``args`` (``--distill``, ``--teacher``, ``--distill-config``), None for
+    plain training. Rank 0 reads the teacher and hands it on."""
+    from qd_perception.distill.temporal import load_temporal_config, teacher_from_checkpoint
+    from qd_perception.models.bevformer.checkpoint import read_checkpoint
+    from qd_perception.paths import config_dir
+
+    kind = getattr(args, "distill", "none")
+    if kind == "none":
+        if getattr(args, "teacher", ""):
+            raise ConfigError("--teacher needs --distill temporal")
+        return None
+    if not args.teacher:
+        raise ConfigError(f"--distill {kind} needs --teacher CKPT")
+    dcfg = load_temporal_config(args.distill_config or config_dir() / "distill" / "temporal.yaml")
+    ckpt = dist.broadcast(read_checkpoint(args.teacher) if dist.is_main else None)
+    teacher, queue = teacher_from_checkpoint(ckpt, args.teacher, dcfg)
+    if tcfg.queue_length > queue:
+        raise ConfigError(
+            f"the student's --queue-length {tcfg.queue_length} exceeds the teacher's queue {queue}"
+        )
+    # what a resume must repeat (the teacher file may move: its path is kept beside, not compared)
+    record = {"kind": kind, "teacher_queue_length": queue, "config": to_dict(dcfg)}
+    return DistillSetup(teacher, queue, dcfg, record)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -301,12 +382,31 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
     # Rank 0 reads the checkpoint and hands it to the others: --out need not be on a shared disk.
     ckpt = read_checkpoint(out) if dist.is_main and out.exists() and not args.restart else None
     ckpt = dist.broadcast(ckpt)
+    distill = distill_setup(args, cfg, tcfg, dist)
     if ckpt is not None:
         if ckpt["model_config"] != to_dict(cfg):
             raise ConfigError(f"{out} was trained with another model config; use --restart or another --out")
+        saved = (ckpt.get("distill") or {}).get("record")
+        if saved != (distill.record if distill else None):
+            raise ConfigError(
+                f"{out} was trained with another distillation setup ({saved}); use --restart or another --out"
+            )
         model.load_state_dict(ckpt["state_dict"])
+    elif args.init:
+        init = dist.broadcast(read_checkpoint(args.init) if dist.is_main else None)
+        if {**init["model_config"], "name": cfg.name} != to_dict(cfg):
+            raise ConfigError(f"--init {args.init} has another model config than --config")
+        model.load_state_dict(init["state_dict"])
     model.to(dist.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    trained = model  # the module the optimizer and DDP see: the student, or student + generators
+    if distill is not None:
+        from qd_perception.distill.temporal import TemporalTrainee
+
+        trained = TemporalTrainee(model, distill.teacher.to(dist.device), distill.config,
+                                  distill.teacher_queue, tcfg.queue_length).to(dist.device)  # fmt: skip
+        if ckpt is not None:
+            trained.distiller.load_state_dict(ckpt["distill"]["state_dict"])
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         tcfg = from_dict(TrainConfig, {**ckpt["train_config"], "epochs": tcfg.epochs,
@@ -323,9 +423,8 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
     dist.barrier()
     if not dist.is_main:
         base = open_cached_dataset(args.data, args.version, args.split, cfg, args.cache_dir)
-    samples = TemporalSamples(
-        base, tcfg.queue_length, AugmentConfig() if tcfg.augment else NO_AUGMENT, tcfg.seed
-    )
+    queue = max(tcfg.queue_length, distill.teacher_queue) if distill else tcfg.queue_length
+    samples = TemporalSamples(base, queue, AugmentConfig() if tcfg.augment else NO_AUGMENT, tcfg.seed)
     n = len(samples)
     bs = tcfg.batch_size
     step_samples = bs * dist.world_size * runtime.grad_accum  # global samples per optimizer step
@@ -335,9 +434,15 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
         dist.log(f"schedule: {per_epoch} steps per epoch now (total {total})")
     png = out.with_suffix(".loss.png")
     snap_dir = out.with_suffix(".snapshots")
-    ddp = wrap(model, dist, runtime.sync_bn, bs)
+    ddp = wrap(trained, dist, runtime.sync_bn, bs)
     stepper = Stepper(ddp, optimizer, dist, runtime.amp, tcfg.grad_clip)
     names = ("total", "cls", "bbox", "dense_heatmap", "dense_reg", "perspective")
+    loss_fn = batch_loss
+    if distill is not None:
+        from qd_perception.distill.temporal import DISTILL_LOG_NAMES
+
+        names = (*names, *DISTILL_LOG_NAMES)
+        loss_fn = distill_batch_loss
 
     def write(path, **extra) -> Path:
         # the bare module's weights on the CPU: the same file whatever the world size or device
@@ -346,10 +451,14 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
     def save() -> None:
         if not dist.is_main:
             return
+        extra = {}
+        if distill is not None:
+            gen = cpu_state(trained.distiller.state_dict())
+            extra["distill"] = {"record": distill.record, "state_dict": gen, "teacher": str(args.teacher)}
         write(
             out, optimizer=cpu_state(optimizer.state_dict()), train_config=to_dict(tcfg), state=state,
             data={"dataroot": str(args.data), "version": args.version, "split": args.split, "samples": n},
-            world_size=dist.world_size, grad_accum=runtime.grad_accum,
+            world_size=dist.world_size, grad_accum=runtime.grad_accum, **extra,
         )  # fmt: skip
         title = f"BEVFormer-{cfg.name} training ({n} samples, batch {step_samples})"
         plot_loss_curve(state["history"], png, title)
@@ -381,7 +490,7 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
             for g in optimizer.param_groups:
                 frac = state["elapsed_s"] / (60 * tcfg.max_minutes) if tcfg.max_minutes else 0.0
                 g["lr"] = tcfg.lr * lr_factor(at, total, tcfg.warmup_steps, frac)
-            losses = stepper.step([batch_to(tb, dist.device) for tb in micro], batch_loss)
+            losses = stepper.step([batch_to(tb, dist.device) for tb in micro], loss_fn)
             terms = dist.mean_terms(losses, names)
             state["history"].append([state["step"], *(terms[k] for k in names)])
             taken = min(step_samples, n - state["position"])  # the padded tail counts once

@@ -61,14 +61,14 @@ def example_frames(cfg, n: int = 2, seed: int = 0, speed_mps: float = 5.0):
     return frames
 
 
-def export_onnx(model, path: str | Path) -> Path:
-    """Trace ``model`` (eval mode) into ``path`` atomically, with the config in the metadata."""
+def export_onnx(model, path: str | Path, history: bool = True) -> Path:
+    """Trace ``model`` (eval mode) into ``path`` atomically, with the config and ``history`` (feed
+    it the previous BEV at inference: False for a model trained with queue 1) in the metadata."""
     import onnx
     import torch
 
-    from qd_perception.config import to_dict
     from qd_perception.models.bevformer.model import BEVFormerExportWrapper
-    from qd_perception.runtime.bev import ONNX_CONFIG_KEY, ONNX_INPUTS, ONNX_OUTPUTS, BEVDetectorBase
+    from qd_perception.runtime.bev import ONNX_INPUTS, ONNX_OUTPUTS, BEVDetectorBase, onnx_metadata
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,8 +86,9 @@ def export_onnx(model, path: str | Path) -> Path:
             input_names=list(ONNX_INPUTS), output_names=list(ONNX_OUTPUTS),
         )  # fmt: skip
     m = onnx.load(str(tmp))
-    entry = m.metadata_props.add()
-    entry.key, entry.value = ONNX_CONFIG_KEY, json.dumps(to_dict(cfg))
+    for key, value in onnx_metadata(cfg, history).items():
+        entry = m.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save(m, str(tmp))
     os.replace(tmp, path)
     return path
@@ -150,12 +151,20 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from qd_perception.config import to_dict
-    from qd_perception.models.bevformer.checkpoint import ARCH, load_checkpoint
+    from qd_perception.models.bevformer.checkpoint import (
+        ARCH,
+        model_from_checkpoint,
+        read_checkpoint,
+        trained_queue_length,
+    )
+    from qd_perception.runtime.bev import uses_history
 
-    model = load_checkpoint(args.model)
+    ckpt = read_checkpoint(args.model)
+    model = model_from_checkpoint(ckpt, args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_onnx(model, out / "bevformer.onnx")
+    history = uses_history(trained_queue_length(ckpt))
+    onnx_path = export_onnx(model, out / "bevformer.onnx", history)
     tmp = out / ".model.yaml.tmp"
     tmp.write_text(yaml.safe_dump({"arch": ARCH, "model": to_dict(model.cfg)}, sort_keys=False))
     os.replace(tmp, out / "model.yaml")

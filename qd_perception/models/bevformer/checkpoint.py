@@ -38,9 +38,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def trained_queue_length(ckpt: dict[str, Any]) -> int | None:
+    """The ``queue_length`` (frames per training sample, current included) a checkpoint of
+    ``train bev`` was trained with, None when it does not say."""
+    q = (ckpt.get("train_config") or {}).get("queue_length")
+    return int(q) if q is not None else None
+
+
 def load_checkpoint(path: str | Path) -> BEVFormer:
     """Model (eval mode) from a checkpoint written by :func:`save_checkpoint`."""
-    ckpt = read_checkpoint(path)
+    return model_from_checkpoint(read_checkpoint(path), path)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> BEVFormer:
+    """Model (eval mode) from a checkpoint dict (:func:`read_checkpoint`) read from ``path``."""
     cfg = from_dict(BEVFormerConfig, ckpt["model_config"], where=f"{Path(path).name}.model_config")
     model = BEVFormer(cfg)
     try:
