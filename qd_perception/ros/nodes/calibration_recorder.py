@@ -349,10 +349,11 @@ def make_node(argv_unused: Any = None) -> Any:
     from std_srvs.srv import Trigger
 
     from qd_perception.data.calib_store import CalibrationStore
+    from qd_perception.data.rosbag import detections_from_msg
     from qd_perception.data.types import Frame
     from qd_perception.geometry.rig import load_rig
     from qd_perception.msg import Detection3DArray
-    from qd_perception.ros.convert import msg_to_detections, stamp_to_ns
+    from qd_perception.ros.convert import stamp_to_ns
     from qd_perception.ros.frontend import SensorFrontEnd
     from qd_perception.ros.params import declare_config
     from qd_perception.runtime.sweeps import SweepAccumulator
@@ -509,7 +510,7 @@ def make_node(argv_unused: Any = None) -> Any:
         def _on_detections(self, msg: Any) -> None:
             try:
                 stamp = stamp_to_ns(msg.header.stamp)
-                dets = msg_to_detections(msg)
+                dets = detections_from_msg(msg)
             except Exception as e:  # whatever a malformed message provokes: a counted drop
                 self.frontend.drop(
                     "detections", "detections_malformed", f"{type(e).__name__}: {str(e)[:200]}"
