@@ -105,11 +105,10 @@ detector.threads: torch + ONNX Runtime compute threads (0 = every core; give eac
     ),
     NodeParams(
         "calibration_recorder",
-        "qd_perception.ros.nodes.calibration_recorder:CalibrationRecorderConfig",
+        "qd_perception.ros.calibration:CalibrationRecorderConfig",
         header="""\
-calibration_recorder parameters (declared from
-qd_perception.ros.nodes.calibration_recorder.CalibrationRecorderConfig: unknown keys and wrong
-types stop the node with an error naming the parameter).
+calibration_recorder parameters (declared from qd_perception.ros.calibration.CalibrationRecorderConfig:
+unknown keys and wrong types stop the node with an error naming the parameter).
 out_dir: the calibration set (index.json + frames/*.npz + recorder.json); restarting the node
   resumes it (refused when it was recorded with another sweep count: frames would be mixed).
 store.*: qd_perception.data.calib_store.CalibStoreConfig — capacity (frames kept), sample_every

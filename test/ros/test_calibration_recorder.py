@@ -17,7 +17,7 @@ from ros_harness import ROOT, Driver, NodeProcess
 
 from qd_perception.config import ConfigError
 from qd_perception.data.calib_store import CalibrationSet
-from qd_perception.ros.nodes.calibration_recorder import (
+from qd_perception.ros.calibration import (
     LAYOUT_FILE,
     CalibrationRecorderConfig,
     check_and_write_layout,

@@ -227,7 +227,7 @@ def test_calibration_recorder_param_file_matches_its_schema():
     import yaml
 
     from qd_perception.config import from_dict
-    from qd_perception.ros.nodes.calibration_recorder import NODE_NAME, CalibrationRecorderConfig, ptq_argv
+    from qd_perception.ros.calibration import NODE_NAME, CalibrationRecorderConfig, ptq_argv
     from qd_perception.ros.params import nest
 
     root = Path(__file__).resolve().parents[2]
