@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qd_perception.data.nuscenes import NuScenesReader
 from qd_perception.eval.lidar import predict
 from qd_perception.eval.nuscenes_eval import evaluate
+from qd_perception.quant.calib import ACT_PRESETS
 from qd_perception.quant.lidar import (
     calibration_frames,
     load_ptq_config,
@@ -49,7 +50,7 @@ from qd_perception.runtime.centerpoint import (
     load_checkpoint,
 )
 
-CALIBRATORS = ("minmax", "percentile", "mse", "entropy", "uh")
+CALIBRATORS = tuple(ACT_PRESETS)  # minmax, percentile, mse, entropy, uh
 
 
 def calibration_subset(

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from qd_perception.config import to_dict
 from qd_perception.data.types import Frame
+from qd_perception.quant.calib import ACT_PRESETS
 from qd_perception.quant.config import Target, cpu_has_vnni, preset
 from qd_perception.quant.export import fold_weight_quantization, int32_bias_overflows
 from qd_perception.quant.model import calibrate, fold_bn, quantize_model, quantizers
@@ -37,8 +38,10 @@ from qd_perception.quant.nn.modules import QuantModule
 from qd_perception.quant.ptq.lidar_ptq import LidarPTQConfig, PTQReport, run_lidar_ptq
 from qd_perception.quant.size import model_size
 
-Method = Literal["lidar_ptq", "minmax", "percentile", "mse", "entropy", "uh"]
-METHODS: tuple[str, ...] = ("lidar_ptq", "minmax", "percentile", "mse", "entropy", "uh")
+#: ``quantize lidar --method``: the LiDAR-PTQ pipeline, then the activation presets of the
+#: calibrator table (``minmax``, ``percentile``, ``mse``, ``entropy``, ``uh``).
+METHODS: tuple[str, ...] = ("lidar_ptq", *ACT_PRESETS)
+Method = Literal[METHODS]  # type: ignore[valid-type]
 QUANT_YAML = "quant.yaml"
 
 
