@@ -37,17 +37,17 @@ from qd_perception.data.nuscenes import NuScenesReader
 from qd_perception.eval.lidar import predict
 from qd_perception.eval.nuscenes_eval import evaluate
 from qd_perception.quant.calib import ACT_PRESETS
-from qd_perception.quant.lidar import (
-    calibration_frames,
-    load_ptq_config,
-    quantize_centerpoint,
-    write_artefact,
-)
 from qd_perception.runtime.centerpoint import (
     CenterPointPipeline,
     OrtCenterPointDetector,
     TorchCenterPointDetector,
     load_checkpoint,
+)
+from qd_perception.train.quantize_lidar import (
+    calibration_frames,
+    load_ptq_config,
+    quantize_centerpoint,
+    write_artefact,
 )
 
 CALIBRATORS = tuple(ACT_PRESETS)  # minmax, percentile, mse, entropy, uh

@@ -1,6 +1,6 @@
 """QD-BEV for the BEVFormer camera detector: quantized model, PTQ, standard / progressive QAT with
 optional distillation from the float model, deployable ONNX Runtime artefact
-(``qd-perception quantize bev``; papers.md section 1, docs/quantization.md).
+(``qd-perception quantize bev``; docs/quantization.md).
 
 **Stages.** Every top-level submodule of :class:`~qd_perception.models.bevformer.BEVFormer` is one
 stage (:data:`STAGE_OF_MODULE`); a top-level module not in the table (e.g. an auxiliary head)
