@@ -62,7 +62,7 @@ from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inpu
 from qd_perception.ros.markers import detections_to_markers_cdr
 from qd_perception.ros.node_config import DetectorNodeConfig
 from qd_perception.ros.params import declare_config
-from qd_perception.runtime.factory import DetectorConfig, build_detector
+from qd_perception.runtime.factory import build_detector
 from qd_perception.runtime.sweeps import SweepAccumulator
 from qd_perception.sync.approximate_time import ApproximateTimePolicy, SyncedSet
 from qd_perception.topics import DETECTIONS_OUTPUT, DIAGNOSTICS_OUTPUT, MARKERS_OUTPUT
@@ -89,14 +89,13 @@ class DetectorNode(Node):
     """The detector node over the shared front-end (:class:`SensorFrontEnd`) and a ``Detector``
     (data path, counters and diagnostics: the module docstring).
 
-    ``node_name``: the node's default name; ``default_detector``: the detector-factory entry it
-    runs when its parameters name none.
+    ``node_name``: the node's default name; ``defaults``: its parameters where neither a parameter
+    file nor ``-p`` sets them (``node_config.LIDAR_DETECTOR_DEFAULTS``, ...).
     """
 
-    def __init__(self, node_name: str, default_detector: str) -> None:
+    def __init__(self, node_name: str, defaults: DetectorNodeConfig) -> None:
         super().__init__(node_name)
-        base = DetectorNodeConfig(detector=DetectorConfig(name=default_detector))
-        self.cfg: DetectorNodeConfig = declare_config(self, DetectorNodeConfig, base=base)
+        self.cfg: DetectorNodeConfig = declare_config(self, DetectorNodeConfig, base=defaults)
         cfg = self.cfg
         self.rig = load_rig(cfg.rig)
         self.lidar2ego = self.rig.lidar2ego()
@@ -446,7 +445,7 @@ class DetectorNode(Node):
         self._worker.join(timeout=5.0)
 
 
-def main_for(node_name: str, default_detector: str, argv: list[str] | None = None) -> int:
+def main_for(node_name: str, defaults: DetectorNodeConfig, argv: list[str] | None = None) -> int:
     """Entry point of a detector node executable: returns the process exit code.
 
     SIGINT and SIGTERM stop the node cleanly (worker joined, summary logged, exit code 0);
@@ -462,4 +461,4 @@ def main_for(node_name: str, default_detector: str, argv: list[str] | None = Non
             f"{d['sync.dropped']} inputs dropped, {d['bad_input']} bad inputs"
         )
 
-    return run_node(node_name, lambda: DetectorNode(node_name, default_detector), args=argv, finish=finish)
+    return run_node(node_name, lambda: DetectorNode(node_name, defaults), args=argv, finish=finish)

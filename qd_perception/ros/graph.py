@@ -21,7 +21,7 @@ import yaml
 
 from qd_perception import paths
 from qd_perception.geometry.rig import DEFAULT_CAMERAS
-from qd_perception.ros.node_config import camera_key
+from qd_perception.ros.node_config import BEV_DETECTOR_DEFAULTS, LIDAR_DETECTOR_DEFAULTS, camera_key
 from qd_perception.topics import (
     DETECTIONS_OUTPUT,
     LIDAR_TOPIC,
@@ -86,7 +86,7 @@ LIDAR_DETECTOR = NodeSpec(
     module="qd_perception.ros.nodes.lidar_detector",
     params="lidar_detector.param.yaml",
     remaps=detector_remaps(),
-    detector="classical",  # as lidar_detector.DEFAULT_DETECTOR; its param file names centerpoint
+    detector=LIDAR_DETECTOR_DEFAULTS.detector.name,
 )
 BEV_DETECTOR = NodeSpec(
     name="bev_detector",
@@ -94,7 +94,7 @@ BEV_DETECTOR = NodeSpec(
     module="qd_perception.ros.nodes.bev_detector",
     params="bev_detector.param.yaml",
     remaps=detector_remaps(),
-    detector="bev",
+    detector=BEV_DETECTOR_DEFAULTS.detector.name,
 )
 
 #: The calibration recorder takes the lidar detector's inputs, plus its detections (object mix).

@@ -81,6 +81,21 @@ class DetectorNodeConfig:
             raise ValueError("latency_stamp_window_s must be > 0")
 
 
+#: ``lidar_detector``'s parameters where neither a parameter file nor ``-p`` sets them (what
+#: ``config/lidar_detector.param.yaml`` ships): the LiDAR-PTQ INT8 artefact of the shipped pillar
+#: CenterPoint, run by ONNX Runtime (``backend: auto`` follows ``model_path``: the FP32 checkpoint
+#: ``weights/centerpoint_pillar_cpu.pt`` runs in torch), on the 5 merged sweeps it was trained on.
+LIDAR_DETECTOR_DEFAULTS = DetectorNodeConfig(
+    detector=DetectorConfig(
+        name="centerpoint", model_path="weights/centerpoint_pillar_int8_ort", backend="auto"
+    ),
+    sweeps=SweepConfig(max_sweeps=5),
+)
+#: ``bev_detector``'s parameters without a parameter file: the camera BEV detector; its model
+#: (``detector.model_path``) comes from the parameter file (``config/bev_detector.param.yaml``).
+BEV_DETECTOR_DEFAULTS = DetectorNodeConfig(detector=DetectorConfig(name="bev"))
+
+
 def camera_key(camera: str) -> str:
     """Topic segment of a camera: ``CAM_FRONT`` -> ``cam_front``."""
     return camera.lower()

@@ -1,8 +1,9 @@
 """The shipped parameter files ``config/<node>.param.yaml``, generated from the config dataclasses.
 
 Each node's parameters are the leaves of its frozen config dataclass (``DetectorNodeConfig``,
-``CalibrationRecorderConfig``) with the defaults the node declares, plus the few values the
-shipped file sets differently (:data:`NODES`: the lidar node runs CenterPoint on 5 sweeps, ...).
+``CalibrationRecorderConfig``) with the defaults the node declares (``LIDAR_DETECTOR_DEFAULTS``,
+...), plus the few values the shipped file sets differently (:data:`NODES`: the camera node's
+model).
 The header comments and inline notes live here too, so a new or renamed field reaches the file,
 and the parameter table of docs/ros.md, by running::
 
@@ -21,6 +22,8 @@ from typing import Any
 import yaml
 
 from qd_perception.fileio import atomic_write_text
+from qd_perception.ros.calibration import CalibrationRecorderConfig
+from qd_perception.ros.node_config import BEV_DETECTOR_DEFAULTS, LIDAR_DETECTOR_DEFAULTS
 from qd_perception.ros.params import flatten_defaults
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,33 +34,30 @@ TABLE_END = "<!-- end of parameters -->"
 
 @dataclass(frozen=True)
 class NodeParams:
-    """How one node's parameter file is made: its config class, the shipped values that differ
-    from the node's defaults, the header comment and inline notes (parameter -> comment)."""
+    """How one node's parameter file is made: the config the node declares its parameters from
+    (its defaults), the shipped values that differ from them, the header comment and inline notes
+    (parameter -> comment)."""
 
     node: str
-    config: str  # "module:Class"
+    defaults: Any  # a frozen config dataclass instance
     values: dict[str, Any] = field(default_factory=dict)
     header: str = ""
     notes: dict[str, str] = field(default_factory=dict)
 
     def config_class(self) -> type:
-        import importlib
-
-        module, _, name = self.config.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return type(self.defaults)
 
     def parameters(self, with_empty: bool = False) -> dict[str, Any]:
         """Dotted name -> value, in the dataclass's field order. Empty lists are left out of the
         files (``with_empty=False``): the ROS parameter-file parser cannot type an empty sequence,
         and the node's default (the same empty list) applies."""
-        params = flatten_defaults(self.config_class())
+        params = flatten_defaults(self.config_class(), base=self.defaults)
         unknown = sorted(set(self.values) - set(params))
         if unknown:
             raise KeyError(f"{self.node}: values for parameters the config has not: {unknown}")
         return {k: v for k, v in {**params, **self.values}.items() if with_empty or v != []}
 
 
-_DETECTOR = "qd_perception.ros.node_config:DetectorNodeConfig"
 _INPUT_NOTES = {
     "input_checks.max_points": "larger clouds are dropped unread (bad_input.pointcloud_too_large)",
     "input_checks.max_range_m": "points beyond are removed (out_of_range_points)",
@@ -67,16 +67,11 @@ _INPUT_NOTES = {
 NODES: tuple[NodeParams, ...] = (
     NodeParams(
         "lidar_detector",
-        _DETECTOR,
-        values={
-            "detector.name": "centerpoint",
-            "detector.model_path": "weights/centerpoint_pillar_int8_ort",
-            "detector.backend": "auto",
-            "sweeps.max_sweeps": 5,
-        },
+        LIDAR_DETECTOR_DEFAULTS,
         header="""\
 lidar_detector parameters (declared from qd_perception.ros.node_config.DetectorNodeConfig:
-unknown keys and wrong types stop the node with an error naming the parameter).
+unknown keys and wrong types stop the node with an error naming the parameter). These are the
+node's defaults (node_config.LIDAR_DETECTOR_DEFAULTS): without this file it runs the same.
 detector.name: centerpoint (default: the LiDAR-PTQ INT8 artefact of the shipped pillar model,
   weights/centerpoint_pillar_int8_ort, run by ONNX Runtime; FP32: model_path
   weights/centerpoint_pillar_cpu.pt, the float checkpoint it was quantized from) | classical
@@ -91,7 +86,7 @@ image_size: [H, W] every image must have ([0, 0]: any). sweeps.max_sweeps: lidar
     ),
     NodeParams(
         "bev_detector",
-        _DETECTOR,
+        BEV_DETECTOR_DEFAULTS,
         values={"detector.name": "bev", "detector.model_path": "weights/bevformer_nano.pt"},
         notes=_INPUT_NOTES,
         header="""\
@@ -105,7 +100,7 @@ detector.threads: torch + ONNX Runtime compute threads (0 = every core; give eac
     ),
     NodeParams(
         "calibration_recorder",
-        "qd_perception.ros.calibration:CalibrationRecorderConfig",
+        CalibrationRecorderConfig(),
         header="""\
 calibration_recorder parameters (declared from qd_perception.ros.calibration.CalibrationRecorderConfig:
 unknown keys and wrong types stop the node with an error naming the parameter).
