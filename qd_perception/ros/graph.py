@@ -21,12 +21,17 @@ import yaml
 
 from qd_perception import paths
 from qd_perception.geometry.rig import DEFAULT_CAMERAS
-from qd_perception.ros.node_config import BEV_DETECTOR_DEFAULTS, LIDAR_DETECTOR_DEFAULTS, camera_key
+from qd_perception.ros.node_config import BEV_DETECTOR_DEFAULTS, LIDAR_DETECTOR_DEFAULTS
 from qd_perception.topics import (
+    DETECTIONS_INPUT,
     DETECTIONS_OUTPUT,
     LIDAR_TOPIC,
+    ODOM_INPUT,
     ODOM_TOPIC,
+    POINTCLOUD_INPUT,
+    camera_info_input,
     camera_info_topic,
+    image_input,
     image_topic,
     node_topic,
 )
@@ -62,12 +67,12 @@ def detector_remaps(
     cameras: tuple[str, ...] = DEFAULT_CAMERAS, lidar: bool = True
 ) -> tuple[tuple[str, str], ...]:
     """Remaps from a detector node's ``~/input/*`` topics to the sensing topics."""
-    out: list[tuple[str, str]] = [("~/input/odom", ODOM_TOPIC)]
+    out: list[tuple[str, str]] = [(ODOM_INPUT, ODOM_TOPIC)]
     if lidar:
-        out.append(("~/input/pointcloud", LIDAR_TOPIC))
+        out.append((POINTCLOUD_INPUT, LIDAR_TOPIC))
     for cam in cameras:
-        out.append((f"~/input/{camera_key(cam)}/image", image_topic(cam)))
-        out.append((f"~/input/{camera_key(cam)}/camera_info", camera_info_topic(cam)))
+        out.append((image_input(cam), image_topic(cam)))
+        out.append((camera_info_input(cam), camera_info_topic(cam)))
     return tuple(out)
 
 
@@ -103,7 +108,7 @@ CALIBRATION_RECORDER = NodeSpec(
     executable="calibration_recorder",
     module="qd_perception.ros.nodes.calibration_recorder",
     params="calibration_recorder.param.yaml",
-    remaps=(*detector_remaps(), ("~/input/detections", output_topic(LIDAR_DETECTOR, DETECTIONS_OUTPUT))),
+    remaps=(*detector_remaps(), (DETECTIONS_INPUT, output_topic(LIDAR_DETECTOR, DETECTIONS_OUTPUT))),
 )
 
 #: graph name -> nodes. ``replay.launch.py`` adds the bag player to one of these.

@@ -4,18 +4,9 @@ The same frozen dataclass is declared as ROS parameters (:mod:`qd_perception.ros
 written to ``config/<node>.param.yaml`` and used by the pip launcher. Parameter names are the
 dotted field paths, e.g. ``detector.name``, ``sync.slop_s``, ``sweeps.max_sweeps``.
 
-Topics of a detector node (relative to the node, remapped by the launch files, see
-:mod:`qd_perception.ros.graph`):
-
-======================================  ===========================================================
-``~/input/pointcloud``                  ``PointCloud2`` in frame ``lidar_frame`` or ``frame_id``
-``~/input/<camera lower>/image``        ``Image`` (rgb8, bgr8, rgba8, bgra8, mono8)
-``~/input/<camera lower>/camera_info``  ``CameraInfo`` (K; the rig's K scaled when absent)
-``~/input/odom``                        ``nav_msgs/Odometry`` (``map`` <- ``base_link``), optional
-``~/output/detections``                 ``qd_perception/msg/Detection3DArray`` (``frame_id``, stamp)
-``~/output/markers``                    ``visualization_msgs/MarkerArray``
-``~/output/diagnostics``                ``diagnostic_msgs/DiagnosticArray`` (counters, latency)
-======================================  ===========================================================
+Topics of a detector node: :data:`qd_perception.topics.DETECTOR_PORTS` (relative to the node,
+remapped by the launch files, see :mod:`qd_perception.ros.graph`; the table in docs/ros.md is
+generated from it).
 """
 
 from __future__ import annotations
@@ -94,8 +85,3 @@ LIDAR_DETECTOR_DEFAULTS = DetectorNodeConfig(
 #: ``bev_detector``'s parameters without a parameter file: the camera BEV detector; its model
 #: (``detector.model_path``) comes from the parameter file (``config/bev_detector.param.yaml``).
 BEV_DETECTOR_DEFAULTS = DetectorNodeConfig(detector=DetectorConfig(name="bev"))
-
-
-def camera_key(camera: str) -> str:
-    """Topic segment of a camera: ``CAM_FRONT`` -> ``cam_front``."""
-    return camera.lower()

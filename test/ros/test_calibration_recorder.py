@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from ros_harness import ROOT, Driver, NodeProcess
+from ros_harness import ROOT, Driver, NodeProcess, check_interface, expected_interface
 
 from qd_perception.config import ConfigError
 from qd_perception.data.calib_store import CalibrationSet
@@ -27,6 +27,7 @@ from qd_perception.ros.calibration import (
     set_layout,
 )
 from qd_perception.runtime.sweeps import SweepConfig
+from qd_perception.topics import DETECTIONS_INPUT, ODOM_INPUT, POINTCLOUD_INPUT, RECORDER_PORTS
 
 NODE = "calibration_recorder"
 LIDAR_T, ODOM_T, DET_T = "/c/points", "/c/odom", "/c/detections"
@@ -101,6 +102,9 @@ def test_collects_triggers_and_resumes(tmp_path):
         # node's side has matched our publisher, and the first messages are then lost
         d.spin(1.0)
         assert d.spin_until(client.service_is_ready, 20), node.output()
+        # the node's interface is what topics.RECORDER_PORTS (and docs/ros.md's table) says
+        remaps = {POINTCLOUD_INPUT: LIDAR_T, ODOM_INPUT: ODOM_T, DETECTIONS_INPUT: DET_T}
+        check_interface(d, NODE, expected_interface(RECORDER_PORTS, NODE, (), remaps))
 
         def trigger():
             fut = client.call_async(Trigger.Request())

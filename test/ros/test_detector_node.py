@@ -7,11 +7,12 @@ import time
 
 import numpy as np
 import pytest
-from ros_harness import Driver, NodeProcess, diag_values
+from ros_harness import Driver, NodeProcess, check_interface, diag_values, expected_interface
 
 from qd_perception.classes import MEAN_SIZE_LWH
 from qd_perception.geometry.rig import load_rig
 from qd_perception.geometry.transforms import invert
+from qd_perception.topics import DETECTOR_PORTS, ODOM_INPUT, POINTCLOUD_INPUT, image_input
 
 LIDAR_T = "/t/points"
 ODOM_T = "/t/odom"
@@ -358,6 +359,10 @@ def test_cameras_bad_and_silent(driver, tmp_path):
     )
     try:
         h = Harness(driver, proc, "gated")
+        # the node's interface is what topics.DETECTOR_PORTS (and docs/ros.md's table) says
+        remaps = {POINTCLOUD_INPUT: LIDAR_T, ODOM_INPUT: ODOM_T}
+        remaps |= {image_input(c): f"/t/{c.lower()}/image" for c in CAMS}
+        check_interface(driver, "gated", expected_interface(DETECTOR_PORTS, "gated", CAMS, remaps))
         for c in CAMS:
             h.d.publish(f"/t/{c.lower()}/image", image_msg(1, c))
             assert h.d.wait_for_subscribers(f"/t/{c.lower()}/image")

@@ -84,6 +84,7 @@ from qd_perception.ros.inputs import LIDAR, camera_inputs, subscribe_sensor_inpu
 from qd_perception.ros.params import declare_config
 from qd_perception.runtime.sweeps import SweepAccumulator
 from qd_perception.sync.approximate_time import ApproximateTimePolicy
+from qd_perception.topics import DETECTIONS_INPUT, RUN_PTQ_SERVICE, STATUS_OUTPUT
 
 
 class CalibrationRecorder(Node):
@@ -140,15 +141,15 @@ class CalibrationRecorder(Node):
                 self.create_subscription(
                     # Best effort matches reliable and best-effort detector publishers alike.
                     Detection3DArray,
-                    "~/input/detections",
+                    DETECTIONS_INPUT,
                     self._on_detections,
                     qos_profile_sensor_data,
                 )
             )
-        self.pub_status = self.create_publisher(String, "~/status", QoSProfile(depth=5))
+        self.pub_status = self.create_publisher(String, STATUS_OUTPUT, QoSProfile(depth=5))
         # Own callback group: the trigger answers while a large cloud is being converted.
         self.srv = self.create_service(
-            Trigger, "~/run_ptq", self._on_trigger, callback_group=MutuallyExclusiveCallbackGroup()
+            Trigger, RUN_PTQ_SERVICE, self._on_trigger, callback_group=MutuallyExclusiveCallbackGroup()
         )
         self.create_timer(cfg.status_period_s, self._publish_status)
         self.create_timer(0.1, self._flush_pending)
