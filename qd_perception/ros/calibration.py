@@ -8,7 +8,6 @@ set's layout record (``recorder.json``), the trigger's command line and the PTQ 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from qd_perception.config import ConfigError
-from qd_perception.data.calib_store import LAYOUT_NAME, CalibStoreConfig
+from qd_perception.data.calib_store import POINT_FEATURES, CalibStoreConfig, input_layout
 from qd_perception.ros.frontend import InputChecks
 from qd_perception.ros.node_config import DEFAULT_CAMERAS
 from qd_perception.runtime.sweeps import SweepConfig
@@ -28,10 +27,6 @@ from qd_perception.sync.approximate_time import SyncConfig
 
 NODE_NAME = "calibration_recorder"
 ODOM = "odom"
-#: Columns of every stored frame's points (what SweepAccumulator.add returns, ego frame).
-POINT_FEATURES: tuple[str, ...] = ("x", "y", "z", "intensity", "time_lag")
-#: The set's input layout, beside index.json (checked when a set is resumed).
-LAYOUT_FILE = LAYOUT_NAME  # recorder.json, read back by `quantize lidar`
 #: The FP32 model the default trigger quantizes: the shipped pillar CenterPoint (5 sweeps).
 DEFAULT_PTQ_MODEL = "weights/centerpoint_pillar_cpu.pt"
 
@@ -202,34 +197,16 @@ def merged_sweeps(points: np.ndarray) -> int:
 
 
 def set_layout(cfg: CalibrationRecorderConfig) -> dict[str, Any]:
-    """The layout of the frames this node stores (``recorder.json``)."""
-    return {
-        "points": list(POINT_FEATURES),
-        "frame_id": cfg.frame_id,
-        "max_sweeps": cfg.sweeps.max_sweeps,
-        "max_age_s": cfg.sweeps.max_age_s,
-        "modalities": list(cfg.modalities),
-    }
-
-
-def check_and_write_layout(out_dir: Path, layout: dict[str, Any], stored: int) -> None:
-    """Refuse to resume a non-empty set recorded with another layout; else write ``layout``."""
-    from qd_perception.sim.nuscenes_writer import atomic_write_json
-
-    path = out_dir / LAYOUT_FILE
-    if stored and path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path} is unreadable ({e}); move the set away or delete {path}") from e
-        diff = {k: (old.get(k), v) for k, v in layout.items() if old.get(k) != v}
-        if diff:
-            text = ", ".join(f"{k}: {a!r} stored, {b!r} now" for k, (a, b) in diff.items())
-            raise ConfigError(
-                f"calibration set {out_dir} ({stored} frames) was recorded with another layout ({text}); "
-                "frames of both would be mixed: use another out_dir or delete this set"
-            )
-    atomic_write_json(path, layout)
+    """The layout of the frames this node stores (``recorder.json``,
+    :func:`~qd_perception.data.calib_store.input_layout`)."""
+    images = "cameras" in cfg.modalities and cfg.store.store_images
+    return input_layout(
+        cfg.sweeps.max_sweeps,
+        cfg.modalities,
+        cameras=cfg.cameras if images else (),
+        max_age_s=cfg.sweeps.max_age_s,
+        frame_id=cfg.frame_id,
+    )
 
 
 class PtqRunner:

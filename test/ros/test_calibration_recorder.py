@@ -16,11 +16,9 @@ import yaml
 from ros_harness import ROOT, Driver, NodeProcess, check_interface, expected_interface
 
 from qd_perception.config import ConfigError
-from qd_perception.data.calib_store import CalibrationSet
+from qd_perception.data.calib_store import LAYOUT_NAME, CalibrationSet, check_and_write_layout
 from qd_perception.ros.calibration import (
-    LAYOUT_FILE,
     CalibrationRecorderConfig,
-    check_and_write_layout,
     check_ptq_model,
     merged_sweeps,
     ptq_argv,
@@ -162,7 +160,7 @@ def test_collects_triggers_and_resumes(tmp_path):
     f = cs[0]
     assert f.points.shape[1] == 5 and f.points.dtype == np.float32
     # Default sweeps (5, the shipped models'): every stored frame merges 5, tagged by age.
-    assert json.loads((out_dir / LAYOUT_FILE).read_text())["max_sweeps"] == 5
+    assert json.loads((out_dir / LAYOUT_NAME).read_text())["max_sweeps"] == 5
     for i in range(len(cs)):
         assert merged_sweeps(cs[i].points) == 5
         assert np.allclose(np.unique(cs[i].points[:, 4]), [0.0, 0.1, 0.2, 0.3, 0.4], atol=1e-6)
@@ -243,6 +241,6 @@ def test_layout_file_refuses_to_mix_sets(tmp_path):
     with pytest.raises(ConfigError, match="max_sweeps: 5 stored, 1 now"):
         check_and_write_layout(tmp_path, set_layout(one), stored=3)
     check_and_write_layout(tmp_path, set_layout(one), stored=0)  # an empty set takes the new layout
-    assert json.loads((tmp_path / LAYOUT_FILE).read_text())["max_sweeps"] == 1
+    assert json.loads((tmp_path / LAYOUT_NAME).read_text())["max_sweeps"] == 1
     with pytest.raises(ValueError, match="needs use_odometry"):  # no frame would ever be complete
         CalibrationRecorderConfig(use_odometry=False)

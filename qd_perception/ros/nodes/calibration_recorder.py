@@ -62,7 +62,7 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from qd_perception.data.calib_store import CalibrationStore
+from qd_perception.data.calib_store import CalibrationStore, check_and_write_layout
 from qd_perception.data.rosbag import detections_from_msg
 from qd_perception.data.types import Frame
 from qd_perception.geometry.rig import load_rig
@@ -72,7 +72,6 @@ from qd_perception.ros.calibration import (
     ODOM,
     CalibrationRecorderConfig,
     PtqRunner,
-    check_and_write_layout,
     check_ptq_model,
     merged_sweeps,
     ptq_argv,
