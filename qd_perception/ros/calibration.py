@@ -9,6 +9,7 @@ set's layout record (``recorder.json``), the trigger's command line and the PTQ 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from qd_perception.config import ConfigError
 from qd_perception.data.calib_store import POINT_FEATURES, CalibStoreConfig, input_layout
 from qd_perception.ros.frontend import InputChecks
 from qd_perception.ros.node_config import DEFAULT_CAMERAS
+from qd_perception.ros.processes import stop_process
 from qd_perception.runtime.sweeps import SweepConfig
 from qd_perception.sync.approximate_time import SyncConfig
 
@@ -258,13 +260,10 @@ class PtqRunner:
             on_done(rc)
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGTERM a running PTQ command, SIGKILL it after ``timeout_s``."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, timeout_s, signal.SIGTERM)
 
     def as_dict(self) -> dict[str, Any]:
         return {

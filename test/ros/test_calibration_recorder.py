@@ -242,3 +242,19 @@ def test_layout_file_refuses_to_mix_sets(tmp_path):
     assert json.loads((tmp_path / LAYOUT_NAME).read_text())["max_sweeps"] == 1
     with pytest.raises(ValueError, match="needs use_odometry"):  # no frame would ever be complete
         CalibrationRecorderConfig(use_odometry=False)
+
+
+def test_ptq_runner_stops_a_running_command(tmp_path):
+    import threading
+
+    from qd_perception.ros.calibration import PtqRunner
+
+    runner = PtqRunner(tmp_path / "ptq.log")
+    done = threading.Event()
+    ok, text = runner.start(
+        [sys.executable, "-c", "import time; time.sleep(60)"], on_done=lambda rc: done.set()
+    )
+    assert ok and runner.running, text
+    assert not runner.start([sys.executable, "-c", "pass"])[0]  # one at a time
+    runner.stop(timeout_s=5.0)  # SIGTERM, the node's shutdown path
+    assert done.wait(10) and runner.state == "failed" and runner.returncode == -15
