@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qd_perception.fileio import atomic_output
 
 
 def evaluate(model: Path, data: str, threads: int) -> dict:
@@ -63,9 +66,8 @@ def main() -> None:
         ax.set_title(f"{run.name}: convergence")
         ax.grid(alpha=0.3)
         ax.legend()
-        tmp = Path(a.png).with_name(Path(a.png).name + ".tmp")
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, a.png)
+        with atomic_output(a.png) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 
 if __name__ == "__main__":

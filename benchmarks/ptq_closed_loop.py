@@ -62,7 +62,7 @@ TRIGGER = f"/{RECORDER}/run_ptq"
 
 def _ptq_command(extra: list[str]) -> list[str]:
     """The calibration recorder's default ``ptq_command`` with ``extra`` arguments before ``--out``."""
-    from qd_perception.ros.nodes.calibration_recorder import CalibrationRecorderConfig
+    from qd_perception.ros.calibration import CalibrationRecorderConfig
 
     cmd = list(CalibrationRecorderConfig().ptq_command)
     at = cmd.index("--out")

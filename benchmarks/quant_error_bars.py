@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qd_perception.eval.bootstrap import BootstrapResult, DevkitSplit, MatchedSubmission
 from qd_perception.fileio import atomic_write_bytes, atomic_write_json
+from qd_perception.quant.calib import ACT_PRESETS
 
 RESULTS = "results_nusc.json"
-CALIBRATORS = ("minmax", "percentile", "mse", "entropy", "uh")
+CALIBRATORS = tuple(ACT_PRESETS)  # minmax, percentile, mse, entropy, uh
 #: LiDAR-PTQ stage rows in pipeline order (``quant_lidar_ablation.py`` names), then the final model.
 STAGES = ("LiDAR-PTQ: max-min", "+ sparsity grid", "+ TGPL", "+ AdaRound", "LiDAR-PTQ")
 #: final LiDAR-PTQ row of a --ptq-final-only run -> the same model's row in a stage-by-stage run.

@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qd_perception.models.build import build_model, load_model_file
 from qd_perception.models.centerpoint.model import DenseGraph
-from qd_perception.quant.lidar import quantize_centerpoint, write_artefact
 from qd_perception.quant.size import model_size
 from qd_perception.runtime.centerpoint import (
     OrtCenterPointDetector,
@@ -42,6 +41,7 @@ from qd_perception.runtime.centerpoint import (
     load_checkpoint,
 )
 from qd_perception.train.export_lidar import example_frame, export
+from qd_perception.train.quantize_lidar import quantize_centerpoint, write_artefact
 
 
 def ort_variants(

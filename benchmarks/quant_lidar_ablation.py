@@ -36,20 +36,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qd_perception.data.nuscenes import NuScenesReader
 from qd_perception.eval.lidar import predict
 from qd_perception.eval.nuscenes_eval import evaluate
-from qd_perception.quant.lidar import (
-    calibration_frames,
-    load_ptq_config,
-    quantize_centerpoint,
-    write_artefact,
-)
+from qd_perception.quant.calib import ACT_PRESETS
 from qd_perception.runtime.centerpoint import (
     CenterPointPipeline,
     OrtCenterPointDetector,
     TorchCenterPointDetector,
     load_checkpoint,
 )
+from qd_perception.train.quantize_lidar import (
+    calibration_frames,
+    load_ptq_config,
+    quantize_centerpoint,
+    write_artefact,
+)
 
-CALIBRATORS = ("minmax", "percentile", "mse", "entropy", "uh")
+CALIBRATORS = tuple(ACT_PRESETS)  # minmax, percentile, mse, entropy, uh
 
 
 def calibration_subset(

@@ -6,7 +6,7 @@ a run can be split and resumed part by part):
 
 * ``ptq``: FP32, then for each ``--bits``: min-max and LiDAR-PTQ (``--ptq-config``) on
   ``--calib-frames`` keyframes of the train split -> PTQ wall s, devkit mAP / NDS on the val split.
-* ``qat``: for each ``--bits``: :func:`qd_perception.quant.qat_lidar.qat_centerpoint` from the same
+* ``qat``: for each ``--bits``: :func:`qd_perception.train.qat_lidar.qat_centerpoint` from the same
   FP32 checkpoint (min-max init on the same calibration frames, then fine-tuning on the labelled
   train split), evaluated ``--evals-per-epoch`` times per epoch. Evaluation time is *not* counted
   as QAT cost; the min-max initialisation is. Step 0 (the min-max initialised model) is the PTQ
@@ -40,8 +40,8 @@ from qd_perception.data.nuscenes import NuScenesReader
 from qd_perception.eval.lidar import predict
 from qd_perception.eval.nuscenes_eval import evaluate
 from qd_perception.fileio import atomic_output, atomic_write_json
-from qd_perception.quant.lidar import calibration_frames, load_ptq_config, quantize_centerpoint
 from qd_perception.runtime.centerpoint import TorchCenterPointDetector, load_checkpoint
+from qd_perception.train.quantize_lidar import calibration_frames, load_ptq_config, quantize_centerpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PTQ_METHODS = ("minmax", "lidar_ptq")
@@ -170,7 +170,7 @@ def main() -> None:
         save_results(args.results, res)
 
     if "qat" in parts:
-        from qd_perception.quant.qat_lidar import QATConfig, QATProgress, qat_centerpoint
+        from qd_perception.train.qat_lidar import QATConfig, QATProgress, qat_centerpoint
 
         train_reader = NuScenesReader(
             args.train, args.version, args.train_split, nsweeps=cfg.nsweeps, load_images=False

@@ -86,7 +86,7 @@ def main() -> None:
         sys.executable, "-m", "qd_perception.ros.nodes.lidar_detector", "--ros-args",
         "-r", f"__node:={NODE}", "-r", "~/input/pointcloud:=/bench/points", "-r", "~/input/odom:=/bench/odom",
         "-p", "inputs:=[lidar, cameras]", "-p", f"image_size:=[{H}, {W}]", "-p", "sync.slop_s:=0.02",
-        "-p", "latency_window:=20",
+        "-p", "latency_window:=20", "-p", "detector.name:=classical", "-p", "sweeps.max_sweeps:=1",
     ]  # fmt: skip
     for c in cams:
         node_cmd += ["-r", f"~/input/{c.lower()}/image:=/bench/{c.lower()}/image"]

@@ -120,10 +120,10 @@ def latency(a: argparse.Namespace, ckpts: dict[str, str], teacher_queue: int) ->
 
     from qd_perception.eval.latency import latency_stats
     from qd_perception.models.bevformer.checkpoint import load_checkpoint
-    from qd_perception.quant.bev import forward_sample
     from qd_perception.runtime.bev import load_bev_detector
     from qd_perception.train.bev_data import BEVDataset
     from qd_perception.train.export_bev import example_frames
+    from qd_perception.train.quantize_bev import forward_sample
 
     torch.set_num_threads(a.threads)
     names = ("teacher", "distilled")

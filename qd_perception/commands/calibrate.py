@@ -6,8 +6,12 @@ object mix comes from the data set's ground truth (the node uses the detector's 
 Re-running into the same ``--out`` resumes: frames already offered are offered again but the
 store's diversity rule decides, so the set converges instead of duplicating.
 
-Writes ``OUT/index.json``, ``OUT/frames/*.npz`` and ``OUT/selection.png`` (scene statistics of all
-offered frames vs. the kept ones).
+Writes ``OUT/index.json``, ``OUT/frames/*.npz``, ``OUT/recorder.json`` (the input layout: sweeps
+merged per frame, modalities, cameras; the same record as the calibration node's, which
+``quantize`` checks against the model) and ``OUT/selection.png`` (scene statistics of all offered
+frames vs. the kept ones). ``--nsweeps`` must be the sweep count of the model the set will
+calibrate (5 for the shipped CenterPoints, the default): ``quantize lidar`` refuses a set recorded
+with another; re-running into an ``--out`` written with another layout is refused too.
 """
 
 from __future__ import annotations
@@ -28,7 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="calibration set directory")
     p.add_argument("--frames", type=int, default=128, help="size of the calibration set")
     p.add_argument("--sample-every", type=int, default=1, help="consider one frame in K")
-    p.add_argument("--nsweeps", type=int, default=10, help="lidar sweeps merged per frame")
+    p.add_argument(
+        "--nsweeps",
+        type=int,
+        default=5,
+        help="lidar sweeps merged per frame: the model's (the shipped CenterPoints read 5)",
+    )
     p.add_argument("--no-images", action="store_true", help="lidar only: do not load or store images")
     p.add_argument("--class-weight", type=float, default=1.0, help="weight of the object mix in diversity")
     p.add_argument("--compress", action="store_true", help="np.savez_compressed frames")
@@ -37,10 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from qd_perception.config import ConfigError
     from qd_perception.data.calib_store import (
         FEATURE_NAMES,
         CalibrationStore,
         CalibStoreConfig,
+        check_and_write_layout,
+        input_layout,
         scene_features,
     )
     from qd_perception.data.nuscenes import DatasetError, NuScenesReader
@@ -57,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
             args.data, args.version, args.split, nsweeps=args.nsweeps, load_images=not args.no_images
         )
         store = CalibrationStore.open(args.out, cfg)
-    except (DatasetError, ValueError, FileNotFoundError) as e:
+        cameras = () if args.no_images else reader.cameras
+        modalities = ("lidar",) if args.no_images else ("lidar", "cameras")
+        check_and_write_layout(args.out, input_layout(args.nsweeps, modalities, cameras), len(store))
+    except (DatasetError, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"qd-perception calibrate: {e}", file=sys.stderr)
         return 2
     offered = []

@@ -45,8 +45,8 @@ TARGETS: tuple[str, ...] = ("lidar", "bev")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from qd_perception.quant.config import ORT_WEIGHTS
-    from qd_perception.quant.lidar import METHODS
     from qd_perception.train.distributed import add_runtime_arguments
+    from qd_perception.train.quantize_lidar import METHODS
 
     sub = parser.add_subparsers(dest="target_model", metavar="{lidar,bev}", required=True)
     _add_bev_arguments(sub)
@@ -105,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _add_bev_arguments(sub) -> None:
     from qd_perception.distill.vgd import COMBINES, DISTILL_KINDS
-    from qd_perception.quant.bev import BITS, METHODS, BEVQATConfig
     from qd_perception.train.distributed import add_runtime_arguments
+    from qd_perception.train.quantize_bev import BITS, METHODS, BEVQATConfig
 
     d = BEVQATConfig()
     p = sub.add_parser("bev", help="camera BEVFormer (QD-BEV: progressive QAT + view-guided distillation)")
@@ -156,8 +156,8 @@ def _run_bev(args: argparse.Namespace, runtime: Runtime, dist: Dist) -> int:
     from qd_perception.data.nuscenes import NuScenesReader
     from qd_perception.distill.vgd import DistillConfig
     from qd_perception.models.bevformer.checkpoint import load_checkpoint
-    from qd_perception.quant.bev import method_config, run_qat, validator, write_bev_artefact
     from qd_perception.train.bev_data import BEVDataset
+    from qd_perception.train.quantize_bev import method_config, run_qat, validator, write_bev_artefact
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -242,9 +242,9 @@ def _run_qat(args: argparse.Namespace, runtime: Runtime, dist: Dist) -> int:
     import torch
 
     from qd_perception.data.nuscenes import NuScenesReader
-    from qd_perception.quant.lidar import calibration_frames, write_artefact
-    from qd_perception.quant.qat_lidar import QATConfig, qat_centerpoint
     from qd_perception.runtime.centerpoint import load_checkpoint
+    from qd_perception.train.qat_lidar import QATConfig, qat_centerpoint
+    from qd_perception.train.quantize_lidar import calibration_frames, write_artefact
 
     if args.data is None:
         raise ValueError(
@@ -298,13 +298,13 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from qd_perception.quant.config import ort_reduce_range
-    from qd_perception.quant.lidar import (
+    from qd_perception.runtime.centerpoint import load_checkpoint
+    from qd_perception.train.quantize_lidar import (
         calibration_frames,
         load_ptq_config,
         quantize_centerpoint,
         write_artefact,
     )
-    from qd_perception.runtime.centerpoint import load_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)

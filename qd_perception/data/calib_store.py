@@ -19,6 +19,7 @@ On disk (``root/``)::
 
     index.json               the members, their features and the running statistics (atomic)
     frames/<id>.npz          one frame each (atomic: written to a temporary name, then os.replace)
+    recorder.json            the input layout the frames were written with (:func:`input_layout`)
 
 The index is rewritten after every accepted frame (and at most once a second otherwise); a restart
 (:meth:`CalibrationStore.open`) reloads it, deletes stray temporary files and frames the index
@@ -35,18 +36,22 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from qd_perception.classes import CLASS_NAMES
+from qd_perception.config import ConfigError
 from qd_perception.data.types import CameraInput, Detections, Frame
-from qd_perception.fileio import atomic_output
+from qd_perception.fileio import atomic_output, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
-#: How the calibration node gathered the set (sweeps merged, point layout): see the recorder.
+#: The input layout the set was written with (:func:`input_layout`), beside the index.
 LAYOUT_NAME = "recorder.json"
+#: Columns of every stored frame's points, ego frame (what the lidar models read).
+POINT_FEATURES: tuple[str, ...] = ("x", "y", "z", "intensity", "time_lag")
 FRAMES_DIR = "frames"
 INDEX_VERSION = 1
 #: Names of the files the store writes under frames/ (frames, and their temporary files): the
@@ -270,6 +275,49 @@ class OfferResult:
     stored: bool  # written to disk (now a member)
     evicted_id: int | None = None  # member removed to make room
     reason: str = ""
+
+
+def input_layout(
+    max_sweeps: int,
+    modalities: Sequence[str] = ("lidar",),
+    cameras: Sequence[str] = (),
+    max_age_s: float | None = None,
+    frame_id: str = "base_link",
+) -> dict[str, Any]:
+    """The input layout of a set's frames (``recorder.json``), written by every writer (the
+    calibration node, ``qd-perception calibrate``) and read back by ``quantize``: the point
+    columns (:data:`POINT_FEATURES`) and their frame, the lidar sweeps merged per frame (at most
+    ``max_age_s`` seconds old; None: as the data set merges them), the modalities, and the
+    cameras whose images are stored (``[]``: none)."""
+    return {
+        "points": list(POINT_FEATURES),
+        "frame_id": frame_id,
+        "max_sweeps": int(max_sweeps),
+        "max_age_s": max_age_s,
+        "modalities": list(modalities),
+        "cameras": list(cameras),
+    }
+
+
+def check_and_write_layout(root: str | Path, layout: dict[str, Any], stored: int) -> None:
+    """Refuse to add to a non-empty set written with another layout (frames of both would be
+    mixed; a key the stored record lacks, from an older writer, is not compared), else write
+    ``layout`` to ``root/recorder.json``. Raises :class:`~qd_perception.config.ConfigError`."""
+    path = Path(root) / LAYOUT_NAME
+    if stored and path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path} is unreadable ({e}); move the set away or delete {path}") from e
+        diff = {k: (old[k], v) for k, v in layout.items() if k in old and old[k] != v}
+        if diff:
+            text = ", ".join(f"{k}: {a!r} stored, {b!r} now" for k, (a, b) in diff.items())
+            raise ConfigError(
+                f"calibration set {root} ({stored} frames) was recorded with another layout ({text}); "
+                "frames of both would be mixed: use another directory or delete this set"
+            )
+    Path(root).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, layout)
 
 
 class CalibrationStore:

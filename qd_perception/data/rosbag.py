@@ -44,7 +44,13 @@ def stamp_us(header: Any) -> int:
 
 
 def detections_from_msg(msg: Any) -> Detections:
-    """``qd_perception/msg/Detection3DArray`` (rosbags or rclpy object) -> :class:`Detections`."""
+    """``qd_perception/msg/Detection3DArray`` (a rosbags or an rclpy object) -> :class:`Detections`.
+
+    The one message -> detections conversion (replay evaluation, the calibration recorder's
+    object mix). Boxes are ``(N, 9)`` ``[x, y, z, l, w, h, yaw, vx, vy]`` in the message's
+    ``header.frame_id`` (metres, radians, m/s). Raises ``ValueError`` on a ``class_id`` outside
+    :data:`~qd_perception.classes.CLASS_NAMES` or a non-finite box value or score.
+    """
     d = msg.detections
     boxes = np.array(
         [
@@ -55,12 +61,15 @@ def detections_from_msg(msg: Any) -> Detections:
         np.float64,
     ).reshape(-1, 9)  # fmt: skip
     labels = np.array([x.class_id for x in d], np.int64)
+    scores = np.array([x.score for x in d], np.float32)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
         raise ValueError(f"class_id out of range in a Detection3DArray: {sorted(set(labels.tolist()))}")
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        raise ValueError("non-finite box value or score in a Detection3DArray")
     return Detections(
         boxes,
         labels,
-        np.array([x.score for x in d], np.float32),
+        scores,
         tuple(x.attribute for x in d),
         num_lidar_pts=np.array([x.num_lidar_points for x in d], np.int64),
     )

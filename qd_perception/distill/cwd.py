@@ -1,6 +1,6 @@
 """Channel-wise distillation (CWD, Shu et al. 2021) on image and BEV features: the KL terms that
 view-guided distillation (:mod:`qd_perception.distill.vgd`) combines, and the two single-domain
-baselines QD-BEV is compared with (papers.md section 1).
+baselines QD-BEV (Zhang et al., ICCV 2023) is compared with.
 
 All losses are KL(teacher || student) between temperature-softened distributions, scaled by
 ``T^2`` so the gradient magnitude does not depend on ``T``. The teacher tensors are detached here:
@@ -32,7 +32,7 @@ def image_kl_per_camera(
 
     ``teacher`` / ``student``: per FPN level (B, N_cam, C, H_l, W_l). Each channel is a
     distribution over its H*W positions; the KL is summed over positions, averaged over batch and
-    channels (``T^2 / (B*C) * sum_{b,c} KL``, papers.md section 1 step 1), then averaged over the
+    channels (``T^2 / (B*C) * sum_{b,c} KL``, step 1 of QD-BEV's VGD), then averaged over the
     FPN levels (the paper distils one neck output; with several levels each weighs the same).
     """
     if len(teacher) != len(student) or not teacher:
@@ -48,7 +48,7 @@ def image_kl_per_camera(
 
 def bev_kl_map(teacher: torch.Tensor, student: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-BEV-cell KL over the channels: (B, H_bev*W_bev, C) -> (B, H_bev*W_bev)
-    (papers.md section 1 step 2)."""
+    (step 2 of QD-BEV's VGD)."""
     if teacher.dim() != 3:
         raise ValueError(f"BEV features must be (B, H_bev*W_bev, C), got {tuple(teacher.shape)}")
     return softmax_kl(teacher, student, temperature, dim=-1)

@@ -455,7 +455,7 @@ def student_features(tb, frames: int, out, history: list, tap: DecoderTap | None
 
 class TemporalDistillLoss(nn.Module):
     """TempDistiller as an extra loss of a training loop that already ran the student's forward
-    (the QD-BEV QAT loop, ``quant.bev.run_qat(extra_loss=...)``): ``loss(student, out, tb)`` on
+    (the QD-BEV QAT loop, ``train.quantize_bev.run_qat(extra_loss=...)``): ``loss(student, out, tb)`` on
     the teacher's long temporal batch ``tb`` re-encodes the student's short history (no
     gradients). ``student_cfg``: the student's BEVFormerConfig
     (the fake-quant model is built inside the loop). Parameters: the generators (the loop

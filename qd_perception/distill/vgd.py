@@ -1,4 +1,4 @@
-"""View-guided distillation (VGD, QD-BEV, papers.md section 1): the float model teaches its own
+"""View-guided distillation (VGD of QD-BEV, Zhang et al., ICCV 2023): the float model teaches its own
 fake-quantized copy through the image and the BEV features at once, tied by the camera geometry.
 
 1. ``L_img[cam]``: channel-wise KL of the neck features, one value per camera

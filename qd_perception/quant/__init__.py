@@ -13,6 +13,11 @@ Map (each module's docstring has the details):
 * ``ptq`` — ``adaround`` (module / loss / optimiser), ``tgpl``, ``lidar_ptq`` pipeline.
 * ``export`` — Q/DQ ONNX, ORT flavour (QLinearConv) and TensorRT flavour.
 * ``size`` — model size with weights packed at their bit width.
-* ``lidar`` — CenterPoint glue: calibration frames -> PTQ -> deployable artefact
-  (``qd-perception quantize lidar``).
+
+The library knows no model, data set or runtime (it imports only ``qd_perception.quant``,
+``config`` and ``fileio``; ``test/unit/test_import_boundary.py`` checks it). The drivers that
+apply it to the project's models live with the other model-to-artefact stages in
+``qd_perception/train/``: ``quantize_lidar`` (CenterPoint: calibration frames -> PTQ -> deployable
+artefact, ``qd-perception quantize lidar``), ``qat_lidar`` (CenterPoint QAT) and ``quantize_bev``
+(QD-BEV for the camera BEV model, ``qd-perception quantize bev``).
 """

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from qd_perception.config import load_yaml
+from qd_perception.quant.calib import ACT_PRESETS, CALIBRATORS
 from qd_perception.quant.quantizer import CalibSpec, QuantSpec
 
 
@@ -77,7 +78,9 @@ def preset(method: str, bits: str = "w8a8", target: Target = "ort", reduce_range
     ``reduce_range`` 8-bit weights become 7-bit (no int16 saturation in ORT's x86 U8S8 kernels
     without VNNI, see ``quant/export.py``). ``target="trt"``: symmetric int8 everywhere, Q/DQ on
     inputs and weights only (TensorRT explicit quantization).
-    ``lidar_ptq``/``minmax`` start from max-min; ``uh`` is asymmetric by construction (ORT only).
+    ``method``: an activation preset of :data:`~qd_perception.quant.calib.ACT_PRESETS` (``minmax``,
+    ``percentile``, ...), ``lidar_ptq`` (starts from max-min) or a calibrator name; calibrators
+    of |x| give symmetric activations, asymmetric-only ones (``uh``) are ORT only.
     """
     try:
         wb, ab = bits.lower().removeprefix("w").split("a")
@@ -86,12 +89,15 @@ def preset(method: str, bits: str = "w8a8", target: Target = "ort", reduce_range
         raise ValueError(f"bits must look like w8a8 / w4a8, got {bits!r}") from e
     if target not in ("ort", "trt"):
         raise ValueError(f"target must be ort or trt, got {target!r}")
-    act_method = {"lidar_ptq": "max", "minmax": "max"}.get(method, method)
-    if act_method not in ("max", "percentile", "mse", "entropy", "uh", "sparsity_grid"):
+    act_method = {"lidar_ptq": "max", **ACT_PRESETS}.get(method, method)
+    kind = CALIBRATORS.get(act_method)
+    if kind is None:
         raise ValueError(f"unknown method {method!r}")
-    if target == "trt" and act_method == "uh":
-        raise ValueError("UH gives asymmetric ranges; TensorRT needs symmetric int8 (use --target ort)")
-    symmetric = target == "trt" or act_method in ("percentile", "mse", "entropy")
+    if target == "trt" and kind.ranges == "asymmetric":
+        raise ValueError(
+            f"{method} gives asymmetric ranges; TensorRT needs symmetric int8 (use --target ort)"
+        )
+    symmetric = target == "trt" or kind.ranges == "symmetric"
     act = QuantSpec(bits=abits, symmetric=symmetric, calib=CalibSpec(method=act_method))
     if target == "ort" and reduce_range and wbits == 8:
         wbits = 7

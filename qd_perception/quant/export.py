@@ -165,9 +165,9 @@ def fold_weight_quantization(
     import onnxruntime as ort
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
+    # the folded graph is checked before it replaces the file: an error leaves the file as it was
+    with atomic_output(path) as tmp_path:
+        tmp = str(tmp_path)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -188,10 +188,5 @@ def fold_weight_quantization(
         diff = max(float(np.max(np.abs(a - b))) if a.size else 0.0 for a, b in zip(ref, got))
         if not diff <= 1e-5:
             raise ValueError(f"{path}: folded graph differs from the exported one (max |diff| {diff:.3g})")
-        sizes = (path.stat().st_size / 2**20, Path(tmp).stat().st_size / 2**20)
-        os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp's 0600 would hide it from other users
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        sizes = (path.stat().st_size / 2**20, tmp_path.stat().st_size / 2**20)
     return {"from_mib": round(sizes[0], 3), "to_mib": round(sizes[1], 3), "max_abs_diff": diff}

@@ -61,8 +61,10 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         qrange(self.bits)  # validates 2..8
-        if self.calib.method == "uh" and self.symmetric:
-            raise ValueError("the UH calibrator gives an asymmetric range: set symmetric: false")
+        if CALIBRATORS[self.calib.method].ranges == "asymmetric" and self.symmetric:
+            raise ValueError(
+                f"the {self.calib.method!r} calibrator gives an asymmetric range: set symmetric: false"
+            )
         if self.per_channel and self.calib.method not in PER_CHANNEL_CAPABLE:
             raise ValueError(f"calibrator {self.calib.method!r} is per-tensor only")
         if self.learn_scale and not self.symmetric and self.per_channel:

@@ -407,22 +407,6 @@ def detections_to_msg(dets: Detections, stamp_ns: int, frame_id: str = "base_lin
     return deserialize_message(detections_to_cdr(dets, stamp_ns, frame_id), Detection3DArray)
 
 
-def msg_to_detections(msg: Any) -> Detections:
-    """``Detection3DArray`` -> :class:`Detections` (the frame is ``msg.header.frame_id``)."""
-    n = len(msg.detections)
-    B = np.zeros((n, 9))
-    labels = np.zeros(n, np.int64)
-    scores = np.zeros(n, np.float32)
-    attrs = []
-    for k, d in enumerate(msg.detections):
-        c, s = d.box.center, d.box.size
-        B[k] = [c.x, c.y, c.z, s.x, s.y, s.z, d.box.yaw, d.velocity.x, d.velocity.y]
-        labels[k] = d.class_id
-        scores[k] = d.score
-        attrs.append(d.attribute)
-    return Detections(B, labels, scores, tuple(attrs))
-
-
 def yaw_quaternion_xyzw(yaw: float) -> tuple[float, float, float, float]:
     w, x, y, z = yaw_to_quat(yaw)
     return float(x), float(y), float(z), float(w)

@@ -22,12 +22,17 @@ import yaml
 
 from qd_perception import paths
 from qd_perception.geometry.rig import DEFAULT_CAMERAS
-from qd_perception.ros.node_config import camera_key
+from qd_perception.ros.node_config import BEV_DETECTOR_DEFAULTS, LIDAR_DETECTOR_DEFAULTS
 from qd_perception.topics import (
+    DETECTIONS_INPUT,
     DETECTIONS_OUTPUT,
     LIDAR_TOPIC,
+    ODOM_INPUT,
     ODOM_TOPIC,
+    POINTCLOUD_INPUT,
+    camera_info_input,
     camera_info_topic,
+    image_input,
     image_topic,
     node_topic,
 )
@@ -63,12 +68,12 @@ def detector_remaps(
     cameras: tuple[str, ...] = DEFAULT_CAMERAS, lidar: bool = True
 ) -> tuple[tuple[str, str], ...]:
     """Remaps from a detector node's ``~/input/*`` topics to the sensing topics."""
-    out: list[tuple[str, str]] = [("~/input/odom", ODOM_TOPIC)]
+    out: list[tuple[str, str]] = [(ODOM_INPUT, ODOM_TOPIC)]
     if lidar:
-        out.append(("~/input/pointcloud", LIDAR_TOPIC))
+        out.append((POINTCLOUD_INPUT, LIDAR_TOPIC))
     for cam in cameras:
-        out.append((f"~/input/{camera_key(cam)}/image", image_topic(cam)))
-        out.append((f"~/input/{camera_key(cam)}/camera_info", camera_info_topic(cam)))
+        out.append((image_input(cam), image_topic(cam)))
+        out.append((camera_info_input(cam), camera_info_topic(cam)))
     return tuple(out)
 
 
@@ -87,7 +92,7 @@ LIDAR_DETECTOR = NodeSpec(
     module="qd_perception.ros.nodes.lidar_detector",
     params="lidar_detector.param.yaml",
     remaps=detector_remaps(),
-    detector="classical",  # as lidar_detector.DEFAULT_DETECTOR; its param file names centerpoint
+    detector=LIDAR_DETECTOR_DEFAULTS.detector.name,
 )
 BEV_DETECTOR = NodeSpec(
     name="bev_detector",
@@ -95,7 +100,7 @@ BEV_DETECTOR = NodeSpec(
     module="qd_perception.ros.nodes.bev_detector",
     params="bev_detector.param.yaml",
     remaps=detector_remaps(),
-    detector="bev",
+    detector=BEV_DETECTOR_DEFAULTS.detector.name,
 )
 
 #: The calibration recorder takes the lidar detector's inputs, plus its detections (object mix).
@@ -104,7 +109,7 @@ CALIBRATION_RECORDER = NodeSpec(
     executable="calibration_recorder",
     module="qd_perception.ros.nodes.calibration_recorder",
     params="calibration_recorder.param.yaml",
-    remaps=(*detector_remaps(), ("~/input/detections", output_topic(LIDAR_DETECTOR, DETECTIONS_OUTPUT))),
+    remaps=(*detector_remaps(), (DETECTIONS_INPUT, output_topic(LIDAR_DETECTOR, DETECTIONS_OUTPUT))),
 )
 
 #: graph name -> nodes. ``replay.launch.py`` adds the bag player to one of these.

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qd_perception.data.types import CameraInput
-from qd_perception.ros.node_config import camera_key
+from qd_perception.topics import ODOM_INPUT, POINTCLOUD_INPUT, camera_info_input, image_input
 
 #: Stream name of the lidar in the nodes' synchronisation policies (the cameras use their names).
 LIDAR = "lidar"
@@ -17,8 +17,9 @@ def subscribe_sensor_inputs(
 ) -> list[Any]:
     """Subscribe ``node`` to its private input topics with sensor-data QoS.
 
-    Topics: ``~/input/pointcloud`` (PointCloud2), ``~/input/<cam>/image`` and
-    ``~/input/<cam>/camera_info`` per camera, ``~/input/odom`` (Odometry). Callbacks are the
+    Topics (:data:`qd_perception.topics.SENSOR_PORTS`): ``~/input/pointcloud`` (PointCloud2),
+    ``~/input/<cam>/image`` and ``~/input/<cam>/camera_info`` per camera, ``~/input/odom``
+    (Odometry). Callbacks are the
     node's ``_on_cloud(msg)``, ``_on_image(camera, msg)``, ``_on_info(camera, msg)`` and
     ``_on_odom(msg)``. Returns the subscriptions (keep them alive).
     """
@@ -28,22 +29,19 @@ def subscribe_sensor_inputs(
 
     subs = []
     if lidar:
-        subs.append(node.create_subscription(PointCloud2, "~/input/pointcloud", node._on_cloud, qos))
+        subs.append(node.create_subscription(PointCloud2, POINTCLOUD_INPUT, node._on_cloud, qos))
     if use_cameras:
         for cam in cameras:
-            key = camera_key(cam)
             subs.append(
-                node.create_subscription(
-                    Image, f"~/input/{key}/image", lambda m, c=cam: node._on_image(c, m), qos
-                )
+                node.create_subscription(Image, image_input(cam), lambda m, c=cam: node._on_image(c, m), qos)
             )
             subs.append(
                 node.create_subscription(
-                    CameraInfo, f"~/input/{key}/camera_info", lambda m, c=cam: node._on_info(c, m), qos
+                    CameraInfo, camera_info_input(cam), lambda m, c=cam: node._on_info(c, m), qos
                 )
             )
     if odometry:
-        subs.append(node.create_subscription(Odometry, "~/input/odom", node._on_odom, qos))
+        subs.append(node.create_subscription(Odometry, ODOM_INPUT, node._on_odom, qos))
     return subs
 
 

@@ -4,18 +4,9 @@ The same frozen dataclass is declared as ROS parameters (:mod:`qd_perception.ros
 written to ``config/<node>.param.yaml`` and used by the pip launcher. Parameter names are the
 dotted field paths, e.g. ``detector.name``, ``sync.slop_s``, ``sweeps.max_sweeps``.
 
-Topics of a detector node (relative to the node, remapped by the launch files, see
-:mod:`qd_perception.ros.graph`):
-
-======================================  ===========================================================
-``~/input/pointcloud``                  ``PointCloud2`` in frame ``lidar_frame`` or ``frame_id``
-``~/input/<camera lower>/image``        ``Image`` (rgb8, bgr8, rgba8, bgra8, mono8)
-``~/input/<camera lower>/camera_info``  ``CameraInfo`` (K; the rig's K scaled when absent)
-``~/input/odom``                        ``nav_msgs/Odometry`` (``map`` <- ``base_link``), optional
-``~/output/detections``                 ``qd_perception/msg/Detection3DArray`` (``frame_id``, stamp)
-``~/output/markers``                    ``visualization_msgs/MarkerArray``
-``~/output/diagnostics``                ``diagnostic_msgs/DiagnosticArray`` (counters, latency)
-======================================  ===========================================================
+Topics of a detector node: :data:`qd_perception.topics.DETECTOR_PORTS` (relative to the node,
+remapped by the launch files, see :mod:`qd_perception.ros.graph`; the table in docs/ros.md is
+generated from it).
 """
 
 from __future__ import annotations
@@ -126,6 +117,16 @@ class DetectorNodeConfig:
             )
 
 
-def camera_key(camera: str) -> str:
-    """Topic segment of a camera: ``CAM_FRONT`` -> ``cam_front``."""
-    return camera.lower()
+#: ``lidar_detector``'s parameters where neither a parameter file nor ``-p`` sets them (what
+#: ``config/lidar_detector.param.yaml`` ships): the LiDAR-PTQ INT8 artefact of the shipped pillar
+#: CenterPoint, run by ONNX Runtime (``backend: auto`` follows ``model_path``: the FP32 checkpoint
+#: ``weights/centerpoint_pillar_cpu.pt`` runs in torch), on the 5 merged sweeps it was trained on.
+LIDAR_DETECTOR_DEFAULTS = DetectorNodeConfig(
+    detector=DetectorConfig(
+        name="centerpoint", model_path="weights/centerpoint_pillar_int8_ort", backend="auto"
+    ),
+    sweeps=SweepConfig(max_sweeps=5),
+)
+#: ``bev_detector``'s parameters without a parameter file: the camera BEV detector; its model
+#: (``detector.model_path``) comes from the parameter file (``config/bev_detector.param.yaml``).
+BEV_DETECTOR_DEFAULTS = DetectorNodeConfig(detector=DetectorConfig(name="bev"))

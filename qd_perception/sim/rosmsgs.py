@@ -229,25 +229,6 @@ def detection3d_array(
     return _T(DETECTION3D_ARRAY)(header=header(t_us, frame_id), detections=dets)
 
 
-def detection3d_array_to_numpy(msg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-    """``Detection3DArray`` -> (boxes (N, 9), labels (N,), scores (N,), attributes)."""
-    d = msg.detections
-    boxes = np.array(
-        [
-            [
-                x.box.center.x, x.box.center.y, x.box.center.z,
-                x.box.size.x, x.box.size.y, x.box.size.z,
-                x.box.yaw, x.velocity.x, x.velocity.y,
-            ]
-            for x in d
-        ],
-        dtype=np.float64,
-    ).reshape(-1, 9)  # fmt: skip
-    labels = np.array([x.class_id for x in d], dtype=np.int64)
-    scores = np.array([x.score for x in d], dtype=np.float32)
-    return boxes, labels, scores, tuple(x.attribute for x in d)
-
-
 def serialize(msg: Any, msgtype: str) -> bytes:
     """Message -> CDR bytes (what a bag stores and rclpy publishes raw)."""
     return bytes(typestore().serialize_cdr(msg, msgtype))

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from qd_perception.config import ConfigError, from_dict, to_dict
+from qd_perception.fileio import atomic_output
 from qd_perception.train.distributed import (
     Dist,
     Runtime,
@@ -271,10 +272,9 @@ def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def default_cache_root() -> Path:

@@ -3,7 +3,6 @@ temporal history (previous keyframes of the same scene)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from qd_perception.data.types import Frame
+from qd_perception.fileio import atomic_output
 from qd_perception.models.bevformer.config import BEVFormerConfig
 from qd_perception.models.bevformer.geometry import relative_ego_motion
 from qd_perception.models.bevformer.inputs import camera_tensors
@@ -248,31 +248,29 @@ class CachedBEVDataset:
         cache_dir.mkdir(parents=True, exist_ok=True)
         n = len(frames)
         H, W = cfg.image_size
-        tmp_img = cache_dir / "images.u8.tmp"
-        mm = np.memmap(tmp_img, np.uint8, "w+", shape=(n, cfg.num_cams, 3, H, W))
         rows: dict[str, list] = {
             k: [] for k in ("tokens", "scenes", "stamps", "K", "E", "e2g", "boxes", "labels")
         }
-        for i in tqdm(range(n), desc="cache images", unit="keyframe", disable=not progress):
-            s = frame_to_sample(frames[i], cfg)
-            mm[i] = s.images
-            for k, v in zip(rows, (s.token, s.scene_token, s.timestamp_us, s.intrinsics, s.cam2ego,
-                                   s.ego2global, s.gt_boxes, s.gt_labels)):  # fmt: skip
-                rows[k].append(v)
-        mm.flush()
-        del mm
-        os.replace(tmp_img, cache_dir / "images.u8")
+        with atomic_output(cache_dir / "images.u8") as tmp_img:
+            mm = np.memmap(tmp_img, np.uint8, "w+", shape=(n, cfg.num_cams, 3, H, W))
+            for i in tqdm(range(n), desc="cache images", unit="keyframe", disable=not progress):
+                s = frame_to_sample(frames[i], cfg)
+                mm[i] = s.images
+                for k, v in zip(rows, (s.token, s.scene_token, s.timestamp_us, s.intrinsics, s.cam2ego,
+                                       s.ego2global, s.gt_boxes, s.gt_labels)):  # fmt: skip
+                    rows[k].append(v)
+            mm.flush()
+            del mm
         counts = np.array([len(b) for b in rows["boxes"]], np.int64)
-        tmp = cache_dir / "meta.tmp.npz"
-        np.savez(
-            tmp, tokens=np.array(rows["tokens"]), scenes=np.array(rows["scenes"]),
-            stamps=np.array(rows["stamps"], np.int64), intrinsics=np.stack(rows["K"]),
-            cam2ego=np.stack(rows["E"]), ego2global=np.stack(rows["e2g"]),
-            box_offsets=np.concatenate([[0], np.cumsum(counts)]),
-            boxes=np.concatenate(rows["boxes"]) if n else np.zeros((0, 9), np.float32),
-            labels=np.concatenate(rows["labels"]) if n else np.zeros(0, np.int64),
-        )  # fmt: skip
-        os.replace(tmp, cache_dir / "meta.npz")
+        with atomic_output(cache_dir / "meta.npz") as tmp:
+            np.savez(
+                tmp, tokens=np.array(rows["tokens"]), scenes=np.array(rows["scenes"]),
+                stamps=np.array(rows["stamps"], np.int64), intrinsics=np.stack(rows["K"]),
+                cam2ego=np.stack(rows["E"]), ego2global=np.stack(rows["e2g"]),
+                box_offsets=np.concatenate([[0], np.cumsum(counts)]),
+                boxes=np.concatenate(rows["boxes"]) if n else np.zeros((0, 9), np.float32),
+                labels=np.concatenate(rows["labels"]) if n else np.zeros(0, np.int64),
+            )  # fmt: skip
         return cls(cache_dir, cfg)
 
     def __len__(self) -> int:

@@ -13,12 +13,12 @@ Writes into DIR:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from qd_perception.fileio import atomic_output, atomic_write_json, atomic_write_text
 
 OPSET = 17
 
@@ -76,21 +76,20 @@ def export_onnx(model, path: str | Path, history: bool = True) -> Path:
     x = BEVDetectorBase(cfg).prepare(example_frames(cfg, 1)[0])
     args = tuple(torch.from_numpy(getattr(x, k)) for k in ONNX_INPUTS)
     wrapper = BEVFormerExportWrapper(model).eval()
-    tmp = path.with_name(f".{path.name}.tmp")
-    # TorchScript exporter: the dynamo one needs onnxscript, which the core does not install.
-    # Shapes are static per model (image size, BEV grid), so the tracer's constant warnings are moot.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            wrapper, args, str(tmp), dynamo=False, opset_version=OPSET, do_constant_folding=True,
-            input_names=list(ONNX_INPUTS), output_names=list(ONNX_OUTPUTS),
-        )  # fmt: skip
-    m = onnx.load(str(tmp))
-    for key, value in onnx_metadata(cfg, history).items():
-        entry = m.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(m, str(tmp))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        # TorchScript exporter: the dynamo one needs onnxscript, which the core does not install.
+        # Shapes are static per model (image size, BEV grid), so the tracer's constant warnings are moot.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            torch.onnx.export(
+                wrapper, args, str(tmp), dynamo=False, opset_version=OPSET, do_constant_folding=True,
+                input_names=list(ONNX_INPUTS), output_names=list(ONNX_OUTPUTS),
+            )  # fmt: skip
+        m = onnx.load(str(tmp))
+        for key, value in onnx_metadata(cfg, history).items():
+            entry = m.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(m, str(tmp))
     return path
 
 
@@ -165,9 +164,9 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     history = uses_history(trained_queue_length(ckpt))
     onnx_path = export_onnx(model, out / "bevformer.onnx", history)
-    tmp = out / ".model.yaml.tmp"
-    tmp.write_text(yaml.safe_dump({"arch": ARCH, "model": to_dict(model.cfg)}, sort_keys=False))
-    os.replace(tmp, out / "model.yaml")
+    atomic_write_text(
+        out / "model.yaml", yaml.safe_dump({"arch": ARCH, "model": to_dict(model.cfg)}, sort_keys=False)
+    )
     diffs = parity(model, onnx_path)
     cfg = model.cfg
     report = {
@@ -179,8 +178,6 @@ def run(args: argparse.Namespace) -> int:
         "bev": [cfg.bev_h, cfg.bev_w, cfg.embed_dims],
         "parity_max_abs_diff": diffs,
     }
-    tmp = out / ".export.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out / "export.json")
+    atomic_write_json(out / "export.json", report, indent=2)
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB); torch vs ORT max |diff|: {diffs}")
     return 0

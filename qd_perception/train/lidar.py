@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from qd_perception.config import ConfigError, to_dict
+from qd_perception.fileio import atomic_output
 from qd_perception.models.build import build_model, config_from_dict, load_model_file
 from qd_perception.models.centerpoint.config import CenterPointConfig
 from qd_perception.models.centerpoint.head import TaskOutput
@@ -154,9 +154,8 @@ def save_checkpoint(
         "train_seconds": state.train_seconds,
         **extra,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def plot_loss(path: Path, state: TrainState, title: str) -> None:
@@ -179,10 +178,9 @@ def plot_loss(path: Path, state: TrainState, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def epoch_loader(

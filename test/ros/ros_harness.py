@@ -119,6 +119,20 @@ class Driver:
         pub = self._pubs[topic]
         return self.spin_until(lambda: pub.get_subscription_count() >= n, timeout)
 
+    def interface(self, node: str) -> dict[str, set[tuple[str, str]]]:
+        """What ``node`` (root namespace) subscribes, publishes and serves, from the ROS graph:
+        ``{"input" | "output" | "service": {(absolute name, type)}}``."""
+        n = self.node
+
+        def flat(pairs: list[tuple[str, list[str]]]) -> set[tuple[str, str]]:
+            return {(name, t) for name, types in pairs for t in types}
+
+        return {
+            "input": flat(n.get_subscriber_names_and_types_by_node(node, "/")),
+            "output": flat(n.get_publisher_names_and_types_by_node(node, "/")),
+            "service": flat(n.get_service_names_and_types_by_node(node, "/")),
+        }
+
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
@@ -128,3 +142,36 @@ class Driver:
 def diag_values(msg: Any) -> dict[str, str]:
     """``DiagnosticArray`` of a detector node -> {key: value}."""
     return {kv.key: kv.value for kv in msg.status[0].values}
+
+
+def expected_interface(
+    ports: tuple[Any, ...], node: str, cameras: tuple[str, ...], remaps: dict[str, str]
+) -> dict[str, set[tuple[str, str]]]:
+    """What a node started with ``remaps`` (private name -> absolute topic) should show in the ROS
+    graph according to its ports (``qd_perception.topics.DETECTOR_PORTS``, ...): ports of each
+    camera in ``cameras``; ports for cameras are left out when ``cameras`` is empty."""
+    from qd_perception.topics import CAMERA, node_topic
+
+    out: dict[str, set[tuple[str, str]]] = {"input": set(), "output": set(), "service": set()}
+    for p in ports:
+        names = [p.name.replace(CAMERA, c.lower()) for c in cameras] if CAMERA in p.name else [p.name]
+        for name in names:
+            out[p.role].add((remaps.get(name) or node_topic(node, name), p.type))
+    return out
+
+
+def check_interface(driver: Driver, node: str, expected: dict[str, set[tuple[str, str]]]) -> None:
+    """The node subscribes exactly its input ports, publishes exactly its output ports (besides
+    every rclpy node's ``/rosout`` and ``/parameter_events``) and serves its service ports (besides
+    the parameter services); waits for discovery (the graph fills in as the node is discovered)."""
+
+    def ok() -> bool:
+        got = driver.interface(node)
+        outputs = {(name, t) for name, t in got["output"] if name not in ("/rosout", "/parameter_events")}
+        return (
+            got["input"] == expected["input"]
+            and outputs == expected["output"]
+            and expected["service"] <= got["service"]
+        )
+
+    assert driver.spin_until(ok, 15), (driver.interface(node), expected)

@@ -8,25 +8,23 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import numpy as np
 import pytest
 import yaml
-from ros_harness import ROOT, Driver, NodeProcess
+from ros_harness import ROOT, Driver, NodeProcess, check_interface, expected_interface
 
 from qd_perception.config import ConfigError
-from qd_perception.data.calib_store import CalibrationSet
-from qd_perception.ros.nodes.calibration_recorder import (
-    LAYOUT_FILE,
+from qd_perception.data.calib_store import LAYOUT_NAME, CalibrationSet, check_and_write_layout
+from qd_perception.ros.calibration import (
     CalibrationRecorderConfig,
-    check_and_write_layout,
     check_ptq_model,
     merged_sweeps,
     ptq_argv,
     set_layout,
 )
 from qd_perception.runtime.sweeps import SweepConfig
+from qd_perception.topics import DETECTIONS_INPUT, ODOM_INPUT, POINTCLOUD_INPUT, RECORDER_PORTS
 
 NODE = "calibration_recorder"
 LIDAR_T, ODOM_T, DET_T = "/c/points", "/c/odom", "/c/detections"
@@ -101,6 +99,9 @@ def test_collects_triggers_and_resumes(tmp_path):
         # node's side has matched our publisher, and the first messages are then lost
         d.spin(1.0)
         assert d.spin_until(client.service_is_ready, 20), node.output()
+        # the node's interface is what topics.RECORDER_PORTS (and docs/ros.md's table) says
+        remaps = {POINTCLOUD_INPUT: LIDAR_T, ODOM_INPUT: ODOM_T, DETECTIONS_INPUT: DET_T}
+        check_interface(d, NODE, expected_interface(RECORDER_PORTS, NODE, (), remaps))
 
         def trigger():
             fut = client.call_async(Trigger.Request())
@@ -158,7 +159,7 @@ def test_collects_triggers_and_resumes(tmp_path):
     f = cs[0]
     assert f.points.shape[1] == 5 and f.points.dtype == np.float32
     # Default sweeps (5, the shipped models'): every stored frame merges 5, tagged by age.
-    assert json.loads((out_dir / LAYOUT_FILE).read_text())["max_sweeps"] == 5
+    assert json.loads((out_dir / LAYOUT_NAME).read_text())["max_sweeps"] == 5
     for i in range(len(cs)):
         assert merged_sweeps(cs[i].points) == 5
         assert np.allclose(np.unique(cs[i].points[:, 4]), [0.0, 0.1, 0.2, 0.3, 0.4], atol=1e-6)
@@ -171,8 +172,7 @@ def test_collects_triggers_and_resumes(tmp_path):
     try:
         assert node2.wait_output("4/4 frames (resumed)", timeout=60), node2.output()
     finally:
-        assert node2.stop() == 0
-    time.sleep(0.1)
+        assert node2.stop() == 0  # exited: its files are complete (written atomically)
     assert len(CalibrationSet(out_dir)) == 4
 
     # Restart with another sweep count: refused (exit 2), the set is not mixed and not touched.
@@ -239,6 +239,22 @@ def test_layout_file_refuses_to_mix_sets(tmp_path):
     with pytest.raises(ConfigError, match="max_sweeps: 5 stored, 1 now"):
         check_and_write_layout(tmp_path, set_layout(one), stored=3)
     check_and_write_layout(tmp_path, set_layout(one), stored=0)  # an empty set takes the new layout
-    assert json.loads((tmp_path / LAYOUT_FILE).read_text())["max_sweeps"] == 1
+    assert json.loads((tmp_path / LAYOUT_NAME).read_text())["max_sweeps"] == 1
     with pytest.raises(ValueError, match="needs use_odometry"):  # no frame would ever be complete
         CalibrationRecorderConfig(use_odometry=False)
+
+
+def test_ptq_runner_stops_a_running_command(tmp_path):
+    import threading
+
+    from qd_perception.ros.calibration import PtqRunner
+
+    runner = PtqRunner(tmp_path / "ptq.log")
+    done = threading.Event()
+    ok, text = runner.start(
+        [sys.executable, "-c", "import time; time.sleep(60)"], on_done=lambda rc: done.set()
+    )
+    assert ok and runner.running, text
+    assert not runner.start([sys.executable, "-c", "pass"])[0]  # one at a time
+    runner.stop(timeout_s=5.0)  # SIGTERM, the node's shutdown path
+    assert done.wait(10) and runner.state == "failed" and runner.returncode == -15

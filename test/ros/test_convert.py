@@ -8,6 +8,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+from qd_perception.data.rosbag import detections_from_msg
 from qd_perception.data.types import Detections
 from qd_perception.ros import convert as C
 from qd_perception.ros.markers import detections_to_markers
@@ -161,9 +162,17 @@ def test_camera_info_odometry_and_detections():
     msg = C.detections_to_msg(dets, 7_000_000_123, "base_link")
     assert msg.header.frame_id == "base_link" and C.stamp_to_ns(msg.header.stamp) == 7_000_000_123
     assert [d.class_name for d in msg.detections] == ["car", "pedestrian"]
-    back = C.msg_to_detections(msg)
+    back = detections_from_msg(msg)
     np.testing.assert_allclose(back.boxes, boxes)
     assert back.attributes == dets.attributes and list(back.labels) == [0, 8]
+    # the one conversion's checks, also for the rclpy message objects the recorder receives
+    msg.detections[1].class_id = 99
+    with pytest.raises(ValueError, match="class_id out of range"):
+        detections_from_msg(msg)
+    msg.detections[1].class_id = 8
+    msg.detections[0].box.yaw = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        detections_from_msg(msg)
     mk = detections_to_markers(dets, msg.header.stamp).markers
     assert mk[0].action == 3 and len(mk) == 1 + 2 * 2  # DELETEALL, then box + label per detection
     assert mk[1].type == mk[1].LINE_LIST and len(mk[1].points) == 24

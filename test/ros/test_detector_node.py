@@ -7,11 +7,12 @@ import time
 
 import numpy as np
 import pytest
-from ros_harness import Driver, NodeProcess, diag_values
+from ros_harness import Driver, NodeProcess, check_interface, diag_values, expected_interface
 
 from qd_perception.classes import MEAN_SIZE_LWH
 from qd_perception.geometry.rig import load_rig
 from qd_perception.geometry.transforms import invert
+from qd_perception.topics import DETECTOR_PORTS, ODOM_INPUT, POINTCLOUD_INPUT, image_input
 
 LIDAR_T = "/t/points"
 ODOM_T = "/t/odom"
@@ -80,7 +81,9 @@ def image_msg(stamp_ns: int, cam: str, hw=(90, 160), encoding="rgb8"):
 
 
 def node_args(extra: list[str] = (), cams: bool = False, name: str = NODE, lidar: str = LIDAR_T) -> list[str]:
+    # The classical baseline on one sweep (fast and model-free), not the node's default CenterPoint.
     args = [
+        *("-p", "detector.name:=classical", "-p", "sweeps.max_sweeps:=1"),
         "-r",
         f"__node:={name}",
         "-r",
@@ -356,6 +359,10 @@ def test_cameras_bad_and_silent(driver, tmp_path):
     )
     try:
         h = Harness(driver, proc, "gated")
+        # the node's interface is what topics.DETECTOR_PORTS (and docs/ros.md's table) says
+        remaps = {POINTCLOUD_INPUT: LIDAR_T, ODOM_INPUT: ODOM_T}
+        remaps |= {image_input(c): f"/t/{c.lower()}/image" for c in CAMS}
+        check_interface(driver, "gated", expected_interface(DETECTOR_PORTS, "gated", CAMS, remaps))
         for c in CAMS:
             h.d.publish(f"/t/{c.lower()}/image", image_msg(1, c))
             assert h.d.wait_for_subscribers(f"/t/{c.lower()}/image")
@@ -445,6 +452,22 @@ def test_configuration_errors_exit_clearly(tmp_path):
         proc.stop()
         assert rc == 2 and expected in proc.output(), proc.output()
         assert time.monotonic() - t0 < 20
+
+
+def test_lidar_node_defaults_are_the_shipped_int8_centerpoint(tmp_path):
+    """Without a parameter file the lidar node runs what config/lidar_detector.param.yaml ships:
+    the INT8 CenterPoint artefact (backend auto -> ONNX Runtime) on 5 sweeps."""
+    pytest.importorskip("onnxruntime")
+    proc = NodeProcess.module(
+        "qd_perception.ros.nodes.lidar_detector", ["-r", "__node:=defaults_check"], tmp_path / "d.log"
+    )
+    try:
+        assert proc.wait_output("detector 'centerpoint' (auto) on inputs ['lidar'] + odometry", 60), (
+            proc.output()
+        )
+        assert "sweeps 5" in proc.output() and "warm-up detection failed" not in proc.output()
+    finally:
+        assert proc.stop() == 0
 
 
 def test_bev_detector_node_runs_the_camera_model(driver, tmp_path):

@@ -82,7 +82,8 @@ def test_detector_node_stops_cleanly_under_traffic(driver, tmp_path):
     driver.publisher(PointCloud2, TOPIC)
     ros_args = [
         "-r", "__node:=lidar_detector", "-r", f"~/input/pointcloud:={TOPIC}",
-        "-p", "detector.name:=classical", "-p", "use_odometry:=false", "-p", "always_run:=true",
+        "-p", "detector.name:=classical", "-p", "sweeps.max_sweeps:=1", "-p", "use_odometry:=false",
+        "-p", "always_run:=true",
         "-p", "warmup:=false",
     ]  # fmt: skip
     stamp = [10**9]

@@ -32,10 +32,10 @@ from qd_perception.config import from_dict  # noqa: E402
 from qd_perception.data.types import Detections  # noqa: E402
 from qd_perception.distill.vgd import DistillConfig  # noqa: E402
 from qd_perception.models.bevformer import BEVFormer, BEVFormerConfig  # noqa: E402
-from qd_perception.quant.bev import method_config, run_qat  # noqa: E402
 from qd_perception.train.bev_data import BEVDataset  # noqa: E402
 from qd_perception.train.distributed import Runtime, cpu_state, distributed  # noqa: E402
 from qd_perception.train.export_bev import example_frames  # noqa: E402
+from qd_perception.train.quantize_bev import method_config, run_qat  # noqa: E402
 
 FRAMES = 4
 #: progressive QAT over two epochs (backbone, then backbone + neck) with VGD from the first step;

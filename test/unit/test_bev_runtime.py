@@ -149,8 +149,13 @@ def test_missing_camera_in_the_quantized_graph(tmp_path):
     """The W8A8 ORT artefact (integer kernels, Q/DQ) also drops a camera whose K is zero: its image
     changes nothing, and the artefact follows the torch fake-quant model on a degraded frame as
     closely as on full ones."""
-    from qd_perception.quant.bev import BEVQATConfig, calibrate_bev, quantize_bevformer, write_bev_artefact
     from qd_perception.train.bev_data import BEVDataset
+    from qd_perception.train.quantize_bev import (
+        BEVQATConfig,
+        calibrate_bev,
+        quantize_bevformer,
+        write_bev_artefact,
+    )
 
     torch.manual_seed(0)
     cfg = _cfg(score_threshold=0.0)

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from qd_perception.data import calib_store as cs
-from qd_perception.data.calib_store import CalibrationSet, CalibrationStore, CalibStoreConfig, scene_features
+from qd_perception.data.calib_store import (
+    LAYOUT_NAME,
+    CalibrationSet,
+    CalibrationStore,
+    CalibStoreConfig,
+    input_layout,
+    scene_features,
+)
 from qd_perception.data.types import CameraInput, Detections, Frame
 
 
@@ -200,6 +207,7 @@ def test_calibrate_command_on_a_synthetic_data_set(tmp_path):
     """``qd-perception calibrate`` on a tiny data set from the real world, through the CLI."""
     from qd_perception.cli import main
     from qd_perception.sim.generate import GenerateConfig, generate
+    from qd_perception.train.quantize_lidar import calibration_frames
 
     generate(
         GenerateConfig(scenes=1, samples=4, resolution=(32, 64), workers=1),
@@ -218,6 +226,14 @@ def test_calibrate_command_on_a_synthetic_data_set(tmp_path):
     assert main([*argv, "--nsweeps", "2"]) == 0
     assert json.loads((out / "index.json").read_text())["offered"] == 8
     assert main(["calibrate", "--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    # the same layout record as the calibration node's: what `quantize` checks against the model
+    layout = json.loads((out / LAYOUT_NAME).read_text())
+    assert layout == input_layout(2, ("lidar", "cameras"), [c.name for c in f.cameras])
+    with pytest.raises(ValueError, match="recorded with 2 merged sweeps per frame but the model reads 5"):
+        calibration_frames(out, 5)
+    # more frames of another sweep count are not mixed into it
+    assert main([*argv, "--nsweeps", "5"]) == 2
+    assert json.loads((out / "index.json").read_text())["offered"] == 8
 
 
 def test_calibration_recorder_param_file_matches_its_schema():
@@ -227,7 +243,7 @@ def test_calibration_recorder_param_file_matches_its_schema():
     import yaml
 
     from qd_perception.config import from_dict
-    from qd_perception.ros.nodes.calibration_recorder import NODE_NAME, CalibrationRecorderConfig, ptq_argv
+    from qd_perception.ros.calibration import NODE_NAME, CalibrationRecorderConfig, ptq_argv
     from qd_perception.ros.params import nest
 
     root = Path(__file__).resolve().parents[2]
@@ -275,3 +291,17 @@ def test_invalid_frames_refused_on_offer_and_on_load(tmp_path):
     cs.save_frame(path, dataclasses.replace(bad, points=pts))
     with pytest.raises(ValueError, match=f"{path.name}: points are not all finite"):
         CalibrationSet(tmp_path)[0]
+
+
+def test_layout_record_refuses_mixing_and_reads_older_records(tmp_path):
+    from qd_perception.config import ConfigError
+
+    five = input_layout(5, ("lidar",))
+    cs.check_and_write_layout(tmp_path, five, stored=0)
+    cs.check_and_write_layout(tmp_path, five, stored=3)  # same layout: resumed
+    with pytest.raises(ConfigError, match=r"max_sweeps: 5 stored, 1 now"):
+        cs.check_and_write_layout(tmp_path, input_layout(1, ("lidar",)), stored=3)
+    # a record of an older writer (no cameras key) is compared on what it has
+    (tmp_path / LAYOUT_NAME).write_text(json.dumps({"max_sweeps": 5, "modalities": ["lidar"]}))
+    cs.check_and_write_layout(tmp_path, five, stored=3)
+    assert json.loads((tmp_path / LAYOUT_NAME).read_text()) == five

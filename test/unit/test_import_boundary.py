@@ -60,6 +60,36 @@ def test_core_sources_import_no_ros():
     assert not offending, "\n".join(offending)
 
 
+#: What the quantization library (``qd_perception/quant``) may import of the project: itself and
+#: the config / file helpers. Drivers that know models, data or runtimes live in ``train/``.
+QUANT_LIBRARY_IMPORTS = ("qd_perception.quant", "qd_perception.config", "qd_perception.fileio")
+
+
+def project_imports(p: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute ``qd_perception`` import of ``p`` (also inside functions)."""
+    out = []
+    for node in ast.walk(ast.parse(p.read_text(), str(p))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("qd_perception")]
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").startswith("qd_perception")
+        ):
+            out.append((node.lineno, node.module))
+    return out
+
+
+def test_quant_library_imports_no_model_data_or_runtime():
+    offending = [
+        f"{p.relative_to(ROOT)}:{line} imports {m}"
+        for p in sorted((PACKAGE / "quant").rglob("*.py"))
+        for line, m in project_imports(p)
+        if not any(m == ok or m.startswith(ok + ".") for ok in QUANT_LIBRARY_IMPORTS)
+    ]
+    assert not offending, "\n".join(offending)
+
+
 def test_core_modules_import_with_ros_blocked():
     modules = [module_name(p) for p in core_files()]
     script = f"""

@@ -16,7 +16,15 @@ from qd_perception.cli import main
 from qd_perception.config import ConfigError, from_dict
 from qd_perception.models.bevformer import BEVFormer, BEVFormerConfig
 from qd_perception.models.bevformer.checkpoint import save_checkpoint
-from qd_perception.quant.bev import (
+from qd_perception.quant.export import onnx_op_counts, ort_optimized_op_counts
+from qd_perception.quant.model import quant_modules
+from qd_perception.quant.nn.modules import QuantAct, QuantModule
+from qd_perception.quant.tensor_quant import affine_params, fake_quant_affine
+from qd_perception.runtime.bev import OrtBEVDetector, load_bev_detector
+from qd_perception.sim.generate import GenerateConfig, generate
+from qd_perception.train.bev_data import BEVDataset
+from qd_perception.train.export_bev import example_frames
+from qd_perception.train.quantize_bev import (
     BEVQATConfig,
     calibrate_bev,
     method_config,
@@ -27,14 +35,6 @@ from qd_perception.quant.bev import (
     stage_table,
     write_bev_artefact,
 )
-from qd_perception.quant.export import onnx_op_counts, ort_optimized_op_counts
-from qd_perception.quant.model import quant_modules
-from qd_perception.quant.nn.modules import QuantAct, QuantModule
-from qd_perception.quant.tensor_quant import affine_params, fake_quant_affine
-from qd_perception.runtime.bev import OrtBEVDetector, load_bev_detector
-from qd_perception.sim.generate import GenerateConfig, generate
-from qd_perception.train.bev_data import BEVDataset
-from qd_perception.train.export_bev import example_frames
 
 TINY = {**TINY_BEV, "name": "qtest", "score_threshold": 0.0}
 

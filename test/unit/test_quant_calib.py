@@ -205,3 +205,32 @@ def test_every_calibrator_of_the_table_builds_from_a_spec():
             with pytest.raises(ValueError, match="per-tensor only"):
                 make_calibrator(CalibSpec(method=name), 0)
     assert PER_CHANNEL_CAPABLE == {"max", "sparsity_grid"}
+
+
+def test_presets_and_their_rules_come_from_the_table():
+    from qd_perception.quant.calib import ACT_PRESETS, CALIBRATORS
+    from qd_perception.quant.config import preset
+    from qd_perception.quant.quantizer import CalibSpec, QuantSpec
+
+    # the CLI's activation presets, in table order: max-min is offered as "minmax"
+    assert ACT_PRESETS == {
+        "minmax": "max",
+        "percentile": "percentile",
+        "mse": "mse",
+        "entropy": "entropy",
+        "uh": "uh",
+    }
+    for name, calibrator in ACT_PRESETS.items():
+        kind = CALIBRATORS[calibrator]
+        act = preset(name, "w8a8", "ort").act
+        assert act.calib.method == calibrator and act.symmetric == (kind.ranges == "symmetric")
+        if kind.ranges == "asymmetric":
+            with pytest.raises(ValueError, match="TensorRT needs symmetric"):
+                preset(name, "w8a8", "trt")
+            with pytest.raises(ValueError, match="asymmetric range"):
+                QuantSpec(symmetric=True, calib=CalibSpec(method=calibrator))
+        else:
+            assert preset(name, "w8a8", "trt").act.symmetric
+    assert preset("lidar_ptq", "w8a8", "ort").act.calib.method == "max"
+    with pytest.raises(ValueError, match="unknown method"):
+        preset("kl", "w8a8")

@@ -82,7 +82,7 @@ def test_calibration_set_with_another_sweep_count_is_refused(tmp_path):
     import json
 
     from qd_perception.data.calib_store import LAYOUT_NAME, CalibrationStore, CalibStoreConfig
-    from qd_perception.quant.lidar import calibration_frames
+    from qd_perception.train.quantize_lidar import calibration_frames
 
     cfg, _, _ = _tiny_checkpoint(tmp_path)
     store = CalibrationStore(tmp_path / "calib", CalibStoreConfig(capacity=2, store_images=False))

@@ -272,7 +272,7 @@ def test_shipped_ptq_configs_load(name):
     from pathlib import Path
 
     from qd_perception.config import ConfigError
-    from qd_perception.quant.lidar import load_ptq_config
+    from qd_perception.train.quantize_lidar import load_ptq_config
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_ptq_config(root / "config" / "quant" / name)

@@ -17,16 +17,16 @@ from tiny_models import TINY, tiny_frame
 from qd_perception.classes import CLASS_NAMES
 from qd_perception.models.build import build_model, config_from_dict
 from qd_perception.models.centerpoint.loss import centerpoint_loss
-from qd_perception.quant.lidar import quantize_centerpoint
 from qd_perception.quant.model import quantizers
-from qd_perception.quant.qat_lidar import (
+from qd_perception.train.lidar import freeze_batchnorm, recalibrate_batchnorm, train_step
+from qd_perception.train.lidar_data import LidarDataset, collate
+from qd_perception.train.qat_lidar import (
     QATConfig,
     QATProgress,
     check_labelled,
     qat_centerpoint,
 )
-from qd_perception.train.lidar import freeze_batchnorm, recalibrate_batchnorm, train_step
-from qd_perception.train.lidar_data import LidarDataset, collate
+from qd_perception.train.quantize_lidar import quantize_centerpoint
 
 # one task group: 6 head branches instead of 36 (ONNX export time dominates the CLI test)
 TINY1 = {**TINY, "head": {**TINY["head"], "tasks": [list(CLASS_NAMES)]}, "decode": {"circle_radius_m": [1.0]}}

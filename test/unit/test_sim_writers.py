@@ -15,6 +15,7 @@ import pytest
 
 from qd_perception.classes import CLASS_ID, CLASS_NAMES
 from qd_perception.data.nuscenes import DatasetError, NuScenesReader
+from qd_perception.data.rosbag import detections_from_msg
 from qd_perception.data.types import Detections
 from qd_perception.eval.nuscenes_eval import evaluate
 from qd_perception.geometry.boxes import points_in_boxes, transform_boxes, wrap_angle
@@ -280,7 +281,8 @@ def test_bag_topics_types_stamps_and_frames(dataset):
             elif conn.topic == rm.GT_TOPIC:
                 assert msg.header.frame_id == rm.EGO_FRAME
                 if stamp in keyframes:
-                    boxes, labels, _, _ = rm.detection3d_array_to_numpy(msg)
+                    got = detections_from_msg(msg)
+                    boxes, labels = got.boxes, got.labels
                     gt = reader.gt(keyframes[stamp])
                     row = {str(tok): j for j, tok in enumerate(gt.instance_ids)}
                     o = [row[_instance_token(VAL_SCENE, int(d.instance_id))] for d in msg.detections]

@@ -193,7 +193,7 @@ def test_full_frame_student_gets_relation_and_decoder_terms(teacher, batch):
 
 
 def test_qd_bev_loop_takes_tempdistiller_as_extra_loss(teacher, tmp_path):
-    from qd_perception.quant.bev import method_config, run_qat
+    from qd_perception.train.quantize_bev import method_config, run_qat
 
     ds = BEVDataset(example_frames(teacher.cfg, 3), teacher.cfg)
     student_fp = _model(1).eval()

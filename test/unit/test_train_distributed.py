@@ -274,7 +274,7 @@ def test_qd_bev_on_two_gloo_processes_equals_one_process_and_resumes_in_one(tmp_
     the result is the one-process run's within float rounding."""
     from ddp_tiny_qd_bev import fp_model, qd_bev_tiny
 
-    from qd_perception.quant.bev import quantize_bevformer
+    from qd_perception.train.quantize_bev import quantize_bevformer
 
     qd_bev_tiny(tmp_path / "one", grad_accum=2)
     ref = torch.load(tmp_path / "one" / "rank0.pt", weights_only=True)

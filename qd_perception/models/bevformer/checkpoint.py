@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from qd_perception.config import ConfigError, from_dict, to_dict
+from qd_perception.fileio import atomic_output
 from qd_perception.model_files import load_torch_file
 from qd_perception.models.bevformer.config import BEVFormerConfig
 from qd_perception.models.bevformer.model import BEVFormer
@@ -17,13 +17,11 @@ ARCH = "bevformer"
 
 
 def save_checkpoint(path: str | Path, model: BEVFormer, **extra: Any) -> Path:
-    """Write ``{arch, model_config, state_dict, **extra}`` atomically (tmp file + os.replace)."""
+    """Write ``{arch, model_config, state_dict, **extra}`` atomically (``fileio.atomic_output``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     payload = {"arch": ARCH, "model_config": to_dict(model.cfg), "state_dict": model.state_dict(), **extra}
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import sys
 
 from qd_perception.ros.detector_node import main_for
+from qd_perception.ros.node_config import BEV_DETECTOR_DEFAULTS
 
 NODE_NAME = "bev_detector"
-DEFAULT_DETECTOR = "bev"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(NODE_NAME, DEFAULT_DETECTOR, argv)
+    return main_for(NODE_NAME, BEV_DETECTOR_DEFAULTS, argv)
 
 
 if __name__ == "__main__":

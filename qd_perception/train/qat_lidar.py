@@ -13,8 +13,9 @@ these learning rates; a weight pushed past its range is clipped, which the STE r
 gradient). BatchNorms that could not be folded (the PFN's) are frozen in eval mode: the exported
 graph uses their running statistics, so training must too.
 
-The result is a fake-quant model in ``quantize`` mode that :func:`~qd_perception.quant.lidar.write_artefact`
-exports exactly like a PTQ result (``quant.yaml`` says ``method: qat``).
+The result is a fake-quant model in ``quantize`` mode that
+:func:`~qd_perception.train.quantize_lidar.write_artefact` exports exactly like a PTQ result
+(``quant.yaml`` says ``method: qat``).
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from tqdm import tqdm
 from qd_perception.data.types import Frame
 from qd_perception.models.centerpoint.loss import LossOutput
 from qd_perception.quant.config import Target
-from qd_perception.quant.lidar import QuantizeResult, quantize_centerpoint
 from qd_perception.quant.model import quantizers
 from qd_perception.train.distributed import Dist, Runtime, Stepper, accumulate, steps_per_epoch, wrap
 from qd_perception.train.lidar import batch_loss, epoch_loader, train_step
 from qd_perception.train.lidar_data import AugmentConfig, LidarBatch, LidarDataset, gt_arrays
+from qd_perception.train.quantize_lidar import QuantizeResult, quantize_centerpoint
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ class QATResult:
         return self.calib_cpu_seconds + self.train_cpu_seconds
 
     def as_quantize_result(self) -> QuantizeResult:
-        """For :func:`~qd_perception.quant.lidar.write_artefact` (``quantize_seconds`` = QAT wall time)."""
+        """For :func:`~qd_perception.train.quantize_lidar.write_artefact` (``quantize_seconds`` =
+        QAT wall time)."""
         return QuantizeResult(self.model, "qat", self.bits, self.target, self.seconds, None)
 
 

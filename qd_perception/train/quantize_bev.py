@@ -1,6 +1,6 @@
 """QD-BEV for the BEVFormer camera detector: quantized model, PTQ, standard / progressive QAT with
 optional distillation from the float model, deployable ONNX Runtime artefact
-(``qd-perception quantize bev``; papers.md section 1, docs/quantization.md).
+(``qd-perception quantize bev``; docs/quantization.md).
 
 **Stages.** Every top-level submodule of :class:`~qd_perception.models.bevformer.BEVFormer` is one
 stage (:data:`STAGE_OF_MODULE`); a top-level module not in the table (e.g. an auxiliary head)
@@ -42,8 +42,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -57,6 +55,7 @@ from torch import nn
 
 from qd_perception.config import ConfigError, from_dict, to_dict
 from qd_perception.distill.vgd import DistillConfig, distill_loss
+from qd_perception.fileio import atomic_output, atomic_write_text
 from qd_perception.models.bevformer.losses import detection_loss
 from qd_perception.quant.config import QuantConfig, Target, preset
 from qd_perception.quant.model import calibrate, fold_bn, fold_conv_bn, quant_modules, quantize_model
@@ -375,14 +374,8 @@ def qat_loss(
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _same_config(saved: Any, cfg: BEVQATConfig) -> bool:
@@ -641,11 +634,9 @@ def plot_curves(state: QATState, cfg: BEVQATConfig, path: Path) -> None:
         axes[0, 1].set_title("validation")
         axes[0, 1].legend()
         axes[0, 1].grid(alpha=0.3)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---- artefact -----------------------------------------------------------------------------------
@@ -675,10 +666,8 @@ def export_quantized_onnx(
     for key, value in onnx_metadata(cfg, history).items():
         entry = m.metadata_props.add()
         entry.key, entry.value = key, value
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    onnx.save(m, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        onnx.save(m, str(tmp))
     return path
 
 
@@ -763,10 +752,7 @@ def write_bev_artefact(
 
 
 def _write_yaml(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def read_quant_yaml(artefact: str | Path) -> dict[str, Any]:

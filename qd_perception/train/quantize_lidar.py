@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,8 @@ from tqdm import tqdm
 
 from qd_perception.config import to_dict
 from qd_perception.data.types import Frame
+from qd_perception.fileio import atomic_write_text
+from qd_perception.quant.calib import ACT_PRESETS
 from qd_perception.quant.config import Target, cpu_has_vnni, preset
 from qd_perception.quant.export import fold_weight_quantization, int32_bias_overflows
 from qd_perception.quant.model import calibrate, fold_bn, quantize_model, quantizers
@@ -37,8 +37,10 @@ from qd_perception.quant.nn.modules import QuantModule
 from qd_perception.quant.ptq.lidar_ptq import LidarPTQConfig, PTQReport, run_lidar_ptq
 from qd_perception.quant.size import model_size
 
-Method = Literal["lidar_ptq", "minmax", "percentile", "mse", "entropy", "uh"]
-METHODS: tuple[str, ...] = ("lidar_ptq", "minmax", "percentile", "mse", "entropy", "uh")
+#: ``quantize lidar --method``: the LiDAR-PTQ pipeline, then the activation presets of the
+#: calibrator table (``minmax``, ``percentile``, ``mse``, ``entropy``, ``uh``).
+METHODS: tuple[str, ...] = ("lidar_ptq", *ACT_PRESETS)
+Method = Literal[METHODS]  # type: ignore[valid-type]
 QUANT_YAML = "quant.yaml"
 
 
@@ -242,10 +244,7 @@ def write_artefact(
         info["stage_seconds"] = {k: round(v, 2) for k, v in result.report.stage_seconds.items()}
     if extra:
         info.update(extra)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{QUANT_YAML}.")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(info, f, sort_keys=False)
-    os.replace(tmp, out / QUANT_YAML)
+    atomic_write_text(out / QUANT_YAML, yaml.safe_dump(info, sort_keys=False))
     return {**report, "quant": info}
 
 
