@@ -38,7 +38,8 @@ def _interval(d: np.ndarray) -> str:
 
 
 def plot_curves(png: Path, curves: dict[str, list[dict]], fp32_nds: float) -> None:
-    """NDS after every QAT epoch per row, the FP32 NDS as a line (PNG, atomic)."""
+    """NDS after every QAT epoch per row, the FP32 NDS as a line (PNG, atomic). A progressive
+    run is scored with the stages enabled at that point (epoch k: the first k stages quantized)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,9 +49,9 @@ def plot_curves(png: Path, curves: dict[str, list[dict]], fp32_nds: float) -> No
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, val in curves.items():
-        ax.plot([v["epoch"] + 1 for v in val], [v["nds"] for v in val], marker="o", label=name)
+        ax.plot([v["epoch"] for v in val], [v["nds"] for v in val], marker="o", label=name)
     ax.axhline(fp32_nds, color="k", ls="--", lw=1, label="FP32")
-    ax.set_xlabel("QAT epoch (progressive: stage k switches on at epoch k)")
+    ax.set_xlabel("QAT epochs done (progressive: backbone, +neck, +encoder, +decoder, all)")
     ax.set_ylabel("val NDS (synthetic, fresh scenes)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
