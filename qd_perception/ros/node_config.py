@@ -127,6 +127,10 @@ LIDAR_DETECTOR_DEFAULTS = DetectorNodeConfig(
     ),
     sweeps=SweepConfig(max_sweeps=5),
 )
-#: ``bev_detector``'s parameters without a parameter file: the camera BEV detector; its model
-#: (``detector.model_path``) comes from the parameter file (``config/bev_detector.param.yaml``).
-BEV_DETECTOR_DEFAULTS = DetectorNodeConfig(detector=DetectorConfig(name="bev"))
+#: ``bev_detector``'s parameters where neither a parameter file nor ``-p`` sets them (what
+#: ``config/bev_detector.param.yaml`` ships): the QD-BEV W4A6 artefact of the shipped nano camera
+#: model, run by ONNX Runtime (``backend: auto``; the FP32 checkpoint ``weights/bevformer_nano.pt``
+#: it was quantized from runs in torch).
+BEV_DETECTOR_DEFAULTS = DetectorNodeConfig(
+    detector=DetectorConfig(name="bev", model_path="weights/bevformer_nano_w4a6_ort", backend="auto")
+)

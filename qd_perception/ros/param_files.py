@@ -105,14 +105,16 @@ image_size: [H, W] every image must have ([0, 0]: any). sweeps.max_sweeps: lidar
     NodeParams(
         "bev_detector",
         BEV_DETECTOR_DEFAULTS,
-        values={"detector.name": "bev", "detector.model_path": "weights/bevformer_nano.pt"},
         notes={**_INPUT_NOTES, **_MISSING_NOTES},
         header="""\
 bev_detector parameters (declared from qd_perception.ros.node_config.DetectorNodeConfig:
-unknown keys and wrong types stop the node with an error naming the parameter).
-detector.name: bev (camera BEV detector); model_path / model_config: its artefact and model YAML.
-model_path defaults to the shipped nano model trained on the synthetic world (docs/benchmarks.md);
-relative paths resolve against the package share directory.
+unknown keys and wrong types stop the node with an error naming the parameter). These are the
+node's defaults (node_config.BEV_DETECTOR_DEFAULTS): without this file it runs the same.
+detector.name: bev (camera BEV detector; default: the QD-BEV W4A6 artefact of the shipped nano
+  model trained on the synthetic world, weights/bevformer_nano_w4a6_ort, run by ONNX Runtime;
+  FP32: model_path weights/bevformer_nano.pt, the float checkpoint it was quantized from);
+  backend: auto (.pt -> torch, ONNX directory -> onnxruntime) | torch | onnxruntime.
+Relative model paths resolve against the package share directory.
 The six cameras are synchronised within sync.slop_s; odometry (optional) gives the ego pose.
 missing_cameras.mode: wait (default: no output while a camera is missing, diagnostics ERROR) |
   degrade (run on the cameras present, at most max_missing missing; every such output is
