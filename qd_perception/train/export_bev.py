@@ -93,45 +93,33 @@ def export_onnx(model, path: str | Path, history: bool = True) -> Path:
     return path
 
 
-def _paired_outputs(model, onnx_path: str | Path, frames):
-    """Yield (torch outputs, ORT outputs, torch detector) per frame of ``frames``, each backend
-    carrying its own temporal state."""
+def compare_backends(
+    model, onnx_path: str | Path, frames, radius_m: float = 0.5
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Torch vs ONNX Runtime over consecutive ``frames``, each backend carrying its own temporal
+    state, in one pass. Returns (raw, detections): ``raw`` the max abs difference of the raw
+    outputs (``cls_logits``, ``box_codes``, ``bev``); ``detections`` the agreement of the decoded
+    detections: ``matched``, the fraction of either side's detections with a partner of the same
+    class within ``radius_m`` (ego xy), ``max_score_diff`` over those pairs, ``detections`` (both
+    sides, all frames). A two-stage model's queries are the heatmap's top-k: a near-tie may pick
+    another peak in one backend, which moves a whole row of the raw outputs without changing what
+    is detected."""
+    from qd_perception.models.bevformer.coder import decode_predictions
     from qd_perception.runtime.bev import OrtBEVDetector, TemporalState, TorchBEVDetector
 
+    cfg = model.cfg
     tdet, odet = TorchBEVDetector(model), OrtBEVDetector(onnx_path)
-    for f in frames:
-        outs_t, outs_o = tdet._infer(tdet.prepare(f)), odet._infer(odet.prepare(f))
-        yield outs_t, outs_o, tdet
-        for det, outs in ((tdet, outs_t), (odet, outs_o)):
-            det.state = TemporalState(outs[2], f.scene_token, f.timestamp_us, f.ego2global)
-
-
-def parity(model, onnx_path: str | Path, n_frames: int = 2, frames=None) -> dict[str, float]:
-    """Max abs difference torch vs ONNX Runtime of the raw outputs over ``frames`` (default:
-    ``n_frames`` consecutive synthetic frames)."""
-    frames = frames if frames is not None else example_frames(model.cfg, n_frames)
-    worst = {"cls_logits": 0.0, "box_codes": 0.0, "bev": 0.0}
-    for outs_t, outs_o, _ in _paired_outputs(model, onnx_path, frames):
-        for name, a, b in zip(worst, outs_t, outs_o):
-            worst[name] = max(worst[name], float(np.abs(a - b).max()))
-    return worst
-
-
-def detection_agreement(model, onnx_path: str | Path, frames, radius_m: float = 0.5) -> dict[str, float]:
-    """Torch vs ONNX Runtime on the decoded detections over ``frames``: ``matched``, the fraction
-    of either side's detections with a partner of the same class within ``radius_m`` (ego xy),
-    ``max_score_diff`` over those pairs, ``detections`` (both sides, all frames). A two-stage
-    model's queries are the heatmap's top-k: a near-tie may pick another peak in one backend,
-    which moves a whole row of the raw outputs without changing what is detected."""
-    from qd_perception.models.bevformer.coder import decode_predictions
-
+    raw = {"cls_logits": 0.0, "box_codes": 0.0, "bev": 0.0}
     n_det = n_matched = 0
     score_diff = 0.0
-    for outs_t, outs_o, det in _paired_outputs(model, onnx_path, frames):
+    for f in frames:
+        outs_t, outs_o = tdet._infer(tdet.prepare(f)), odet._infer(odet.prepare(f))
+        for det, outs in ((tdet, outs_t), (odet, outs_o)):
+            det.state = TemporalState(outs[2], f.scene_token, f.timestamp_us, f.ego2global)
+        for name, a, b in zip(raw, outs_t, outs_o):
+            raw[name] = max(raw[name], float(np.abs(a - b).max()))
         a, b = (
-            decode_predictions(
-                o[0][0], o[1][0], det.score_threshold, model.cfg.max_detections, model.cfg.pc_range
-            )
+            decode_predictions(o[0][0], o[1][0], tdet.score_threshold, cfg.max_detections, cfg.pc_range)
             for o in (outs_t, outs_o)
         )
         n_det += len(a.boxes) + len(b.boxes)
@@ -143,7 +131,19 @@ def detection_agreement(model, onnx_path: str | Path, frames, radius_m: float = 
         i, j = np.nonzero(near)
         if len(i):
             score_diff = max(score_diff, float(np.abs(a.scores[i] - b.scores[j]).max()))
-    return {"matched": n_matched / n_det if n_det else 1.0, "max_score_diff": score_diff, "detections": n_det}
+    agreement = {
+        "matched": n_matched / n_det if n_det else 1.0,
+        "max_score_diff": score_diff,
+        "detections": n_det,
+    }
+    return raw, agreement
+
+
+def parity(model, onnx_path: str | Path, n_frames: int = 2, frames=None) -> dict[str, float]:
+    """Max abs difference torch vs ONNX Runtime of the raw outputs over ``frames`` (default:
+    ``n_frames`` consecutive synthetic frames); see :func:`compare_backends`."""
+    frames = frames if frames is not None else example_frames(model.cfg, n_frames)
+    return compare_backends(model, onnx_path, frames)[0]
 
 
 def run(args: argparse.Namespace) -> int:

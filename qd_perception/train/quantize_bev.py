@@ -694,12 +694,12 @@ def write_bev_artefact(
 ) -> dict[str, Any]:
     """Write ``bevformer.onnx`` (Q/DQ), ``model.yaml`` and ``quant.yaml`` into ``out_dir``; returns
     the ``quant.yaml`` content. ORT flavour: the torch fake-quant vs ONNX Runtime parity
-    (:func:`~qd_perception.train.export_bev.parity`) on ``parity_frames`` (consecutive Frames of
+    (:func:`~qd_perception.train.export_bev.compare_backends`) on ``parity_frames`` (consecutive Frames of
     one scene; default two synthetic frames) is measured and recorded."""
     from qd_perception.models.bevformer.checkpoint import ARCH
     from qd_perception.quant.export import fold_weight_quantization, int32_bias_overflows
     from qd_perception.runtime.bev import TorchBEVDetector
-    from qd_perception.train.export_bev import detection_agreement, example_frames, parity
+    from qd_perception.train.export_bev import compare_backends, example_frames
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -738,8 +738,7 @@ def write_bev_artefact(
         feeds = {f.name: getattr(x, f.name) for f in fields(x)}
         info["onnx_folded"] = fold_weight_quantization(onnx_path, feeds=feeds)
         info["onnx_mib"] = round(onnx_path.stat().st_size / 2**20, 4)
-        info["parity_max_abs_diff"] = parity(qmodel, onnx_path, frames=frames)
-        info["parity_detections"] = detection_agreement(qmodel, onnx_path, frames)
+        info["parity_max_abs_diff"], info["parity_detections"] = compare_backends(qmodel, onnx_path, frames)
     # only layers the runtime fuses add their bias on the int32 grid (float-output ones stay float)
     fused = {n for n, m in qmodel.named_modules() if getattr(m, "quantize_bias", False)}
     overflows = [o for o in int32_bias_overflows(qmodel) if o.split(":")[0] in fused]
