@@ -23,19 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import cpu_line
+from benchmarks.common import cpu_line, label_path
 from qd_perception.eval.latency import latency_stats
 from qd_perception.models.bevformer import BEVFormer, preset
 from qd_perception.models.bevformer.checkpoint import load_checkpoint
 from qd_perception.runtime.bev import OrtBEVDetector, TorchBEVDetector
 from qd_perception.train.export_bev import example_frames, export_onnx
-
-
-def _artefact(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=DIR (an ONNX artefact directory), got {text!r}")
-    return name, Path(path)
 
 
 def _frames(args, cfg) -> list:
@@ -53,7 +46,7 @@ def main() -> None:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint from `train bev`")
     src.add_argument("--preset", help="nano | tiny | small | base (random weights)")
-    ap.add_argument("--artefact", type=_artefact, action="append", default=[], metavar="NAME=DIR",
+    ap.add_argument("--artefact", type=label_path, action="append", default=[], metavar="NAME=DIR",
                     help="`export bev` / `quantize bev` directory; repeatable")  # fmt: skip
     ap.add_argument("--data", type=Path, default=None, help="nuScenes-format dataroot (default: synthetic)")
     ap.add_argument("--version", default="v1.0-synthetic")

@@ -33,3 +33,13 @@ def cpu_line() -> str:
     """One line: model, cores, flags (yes/no), 1-minute load average."""
     flags = " ".join(f"{f} {'yes' if v else 'no'}" for f, v in cpu_flags().items())
     return f"{cpu_model()}, {os.cpu_count()} cores, {flags}, load {os.getloadavg()[0]:.1f}"
+
+
+def label_path(text: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` (an argparse ``type``) -> (label, path); the first ``=`` splits."""
+    import argparse
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got {text!r}")
+    return name, Path(path)

@@ -21,15 +21,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from benchmarks.common import label_path
 from qd_perception.eval.bootstrap import DevkitSplit, paired_bootstrap
 from qd_perception.fileio import atomic_write_text
-
-
-def _pair(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected LABEL=DIR, got {text!r}")
-    return name, Path(path)
 
 
 def _interval(d: np.ndarray) -> str:
@@ -66,9 +60,9 @@ def main() -> None:
     ap.add_argument("--data", required=True, type=Path, help="the val dataroot the rows were scored on")
     ap.add_argument("--version", default="v1.0-synthetic")
     ap.add_argument("--split", default="val")
-    ap.add_argument("--fp32", required=True, type=_pair, help="LABEL=eval dir of the FP32 model")
-    ap.add_argument("--row", type=_pair, action="append", default=[], help="LABEL=eval dir; repeatable")
-    ap.add_argument("--artefact", type=_pair, action="append", default=[], help="LABEL=quantize bev dir")
+    ap.add_argument("--fp32", required=True, type=label_path, help="LABEL=eval dir of the FP32 model")
+    ap.add_argument("--row", type=label_path, action="append", default=[], help="LABEL=eval dir; repeatable")
+    ap.add_argument("--artefact", type=label_path, action="append", default=[], help="LABEL=quantize bev dir")
     ap.add_argument("--n-boot", type=int, default=300)
     ap.add_argument("--block", type=int, default=5, help="consecutive keyframes per resampled block")
     ap.add_argument("--seed", type=int, default=0)
