@@ -131,8 +131,37 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def load_yaml(cls: type[T], path: str | Path, key: str | None = None) -> T:
-    """Load ``cls`` from a YAML file, optionally from the sub-mapping at top-level ``key``."""
+def apply_overrides(data: dict, overrides: typing.Sequence[str], where: str = "") -> dict:
+    """``data`` (a config mapping, not modified) with ``KEY=VALUE`` overrides applied: ``KEY`` a
+    dotted path (``denoising.enabled``), ``VALUE`` parsed as YAML (``true``, ``0.5``, ``[1, 2]``).
+    Intermediate mappings are created where missing; :func:`from_dict` then validates the result
+    (an unknown key fails there, naming it)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where}override {item!r} is not KEY=VALUE")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}override {item!r}: invalid value: {e}") from e
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}override {item!r}: {part!r} is not a mapping")
+        node[parts[-1]] = value
+    return out
+
+
+def load_yaml(
+    cls: type[T], path: str | Path, key: str | None = None, overrides: typing.Sequence[str] = ()
+) -> T:
+    """Load ``cls`` from a YAML file, optionally from the sub-mapping at top-level ``key``, with
+    ``KEY=VALUE`` ``overrides`` (:func:`apply_overrides`) on top."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -144,7 +173,8 @@ def load_yaml(cls: type[T], path: str | Path, key: str | None = None) -> T:
         if not isinstance(data, dict) or key not in data:
             raise ConfigError(f"{path}: no top-level key {key!r}")
         data = data[key]
-    return from_dict(cls, data if data is not None else {}, where=f"{path.name}")
+    data = apply_overrides(data if data is not None else {}, overrides, where=f"{path.name}: ")
+    return from_dict(cls, data, where=f"{path.name}")
 
 
 def is_config(obj: Any) -> typing.TypeGuard[Any]:

@@ -516,6 +516,7 @@ class DistillBreakdown:
     distill_pv: float
     distill_relation: float
     distill_decoder: float
+    denoising: float = 0.0
 
 
 #: the logged names of :class:`DistillBreakdown`, after the detection terms
@@ -548,12 +549,13 @@ class TemporalTrainee(nn.Module):
         history = encode_history_frames(self.student, s_tb)
         self.train()
         b = s_tb.current
-        out = self.student(b.images, b.intrinsics, b.cam2ego, *history_inputs(s_tb, history))
+        prev = history_inputs(s_tb, history)
+        out = self.student(b.images, b.intrinsics, b.cam2ego, *prev, dn_targets=b.targets)
         s_feat = student_features(s_tb, L_s, out, history, self._tap)
         with torch.autocast(b.images.device.type, enabled=False):
             det = detection_loss(as_float32(out), b.targets, self.student.cfg, extra=b)
             d = self.distiller(as_float32(t_feat), as_float32(s_feat))
         return DistillBreakdown(
             det.total + d.total, det.cls, det.bbox, det.dense_heatmap, det.dense_reg, det.perspective,
-            float(d.total.detach()), d.bev, d.pv, d.relation, d.decoder,
+            float(d.total.detach()), d.bev, d.pv, d.relation, d.decoder, det.denoising,
         )  # fmt: skip

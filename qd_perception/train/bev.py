@@ -76,6 +76,9 @@ DISTILL_KINDS: tuple[str, ...] = ("none", "temporal")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="config/models/bevformer_<preset>.model.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the model config, e.g. denoising.enabled=true (repeatable; "
+                   "the checkpoint embeds the result)")  # fmt: skip
     p.add_argument("--data", required=True, help="nuScenes-format dataroot")
     p.add_argument("--version", default="v1.0-synthetic")
     p.add_argument("--split", default="train")
@@ -108,6 +111,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher", default="", help="teacher checkpoint from `train bev` (long queue)")
     g.add_argument("--distill-config", default="", help="default config/distill/temporal.yaml")
     add_runtime_arguments(p.add_argument_group("devices and processes (torchrun)"))
+
+
+def same_weights_layout(a, b) -> bool:
+    """Whether two ``BEVFormerConfig`` differ at most in their name and training-only switches
+    that add no weights (the denoising queries), so one's weights initialise the other."""
+    import dataclasses
+
+    return dataclasses.replace(a, name=b.name, denoising=b.denoising) == b
 
 
 def lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
@@ -203,7 +214,9 @@ def batch_forward(model, tb, train: bool = True):
     prev_bev, prev_valid, prev_from_cur = encode_history(unwrap(model), tb)
     model.train(train)
     b = tb.current
-    return model(b.images, b.intrinsics, b.cam2ego, prev_bev, prev_valid, prev_from_cur)
+    # the ground truth feeds the denoising queries (training only; ignored without them)
+    dn = b.targets if train else None
+    return model(b.images, b.intrinsics, b.cam2ego, prev_bev, prev_valid, prev_from_cur, dn_targets=dn)
 
 
 def batch_loss(model, tb):
@@ -238,9 +251,23 @@ def epoch_order(n: int, seed: int, epoch: int, position: int, dist: Dist, limit:
     return deal(order, dist.rank, dist.world_size)
 
 
-def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
-    """history rows [step, total, cls, bbox(, dense heatmap, dense codes, perspective, distillation
-    ...)] -> PNG (atomic)."""
+#: logged loss terms of a plain run, in history-row order after the step; a distillation run
+#: inserts its terms (``distill.temporal.DISTILL_LOG_NAMES``) before the last (newer) ones, so the
+#: rows of runs started by an older version keep their columns
+LOG_NAMES: tuple[str, ...] = ("total", "cls", "bbox", "dense_heatmap", "dense_reg", "perspective")
+LOG_NAMES_NEW: tuple[str, ...] = ("denoising",)
+_PLOT_LABELS = {
+    "total": "total", "cls": "cls (last layer)", "bbox": "bbox L1 (last layer)",
+    "dense_heatmap": "dense heatmap", "dense_reg": "dense codes", "perspective": "perspective",
+    "distill": "TempDistiller (weighted sum)", "denoising": "denoising queries",
+}  # fmt: skip
+
+
+def plot_loss_curve(
+    history: list[list[float]], path: Path, title: str, names: tuple[str, ...] = LOG_NAMES + LOG_NAMES_NEW
+) -> None:
+    """history rows [step, *terms named by ``names``] -> PNG (atomic). Terms that are zero or
+    missing throughout (rows of an older run are shorter) are not drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,20 +275,15 @@ def plot_loss_curve(history: list[list[float]], path: Path, title: str) -> None:
 
     # A run resumed with more loss terms (a newer version) has longer rows: pad the old ones
     width = max((len(r) for r in history), default=0)
-    h = np.full((len(history), width), np.nan)
+    h = np.full((len(history), max(width, 1 + len(names))), np.nan)
     for i, r in enumerate(history):
         h[i, : len(r)] = r
     fig, ax = plt.subplots(figsize=(7, 4))
     if len(h):
         k = max(1, len(h) // 50)
         kernel = np.ones(k) / k
-        cols = [(1, "total"), (2, "cls (last layer)"), (3, "bbox L1 (last layer)")]
-        if width > 5 and np.nansum(np.abs(h[:, 4])) > 0:
-            cols += [(4, "dense heatmap"), (5, "dense codes")]
-        if width > 6 and np.nansum(np.abs(h[:, 6])) > 0:
-            cols += [(6, "perspective")]
-        if h.shape[1] > 7 and h[:, 7].any():
-            cols += [(7, "TempDistiller (weighted sum)")]
+        cols = [(1 + i, _PLOT_LABELS[n]) for i, n in enumerate(names)
+                if n in _PLOT_LABELS and np.nansum(np.abs(h[:, 1 + i])) > 0]  # fmt: skip
         for col, name in cols:
             rows = np.isfinite(h[:, col])
             if rows.sum() >= k:
@@ -368,7 +390,7 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_model_config(args.config)
+    cfg = load_model_config(args.config, args.set)
     tcfg = TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         queue_length=args.queue_length, warmup_steps=args.warmup_steps, max_minutes=args.max_minutes,
@@ -384,7 +406,8 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
     ckpt = dist.broadcast(ckpt)
     distill = distill_setup(args, cfg, tcfg, dist)
     if ckpt is not None:
-        if ckpt["model_config"] != to_dict(cfg):
+        # parsed, so a checkpoint written before a config field existed compares by its default
+        if from_dict(type(cfg), ckpt["model_config"]) != cfg:
             raise ConfigError(f"{out} was trained with another model config; use --restart or another --out")
         saved = (ckpt.get("distill") or {}).get("record")
         if saved != (distill.record if distill else None):
@@ -394,7 +417,7 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
         model.load_state_dict(ckpt["state_dict"])
     elif args.init:
         init = dist.broadcast(read_checkpoint(args.init) if dist.is_main else None)
-        if {**init["model_config"], "name": cfg.name} != to_dict(cfg):
+        if not same_weights_layout(from_dict(type(cfg), init["model_config"]), cfg):
             raise ConfigError(f"--init {args.init} has another model config than --config")
         model.load_state_dict(init["state_dict"])
     model.to(dist.device)
@@ -436,13 +459,14 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
     snap_dir = out.with_suffix(".snapshots")
     ddp = wrap(trained, dist, runtime.sync_bn, bs)
     stepper = Stepper(ddp, optimizer, dist, runtime.amp, tcfg.grad_clip)
-    names = ("total", "cls", "bbox", "dense_heatmap", "dense_reg", "perspective")
+    names = LOG_NAMES
     loss_fn = batch_loss
     if distill is not None:
         from qd_perception.distill.temporal import DISTILL_LOG_NAMES
 
         names = (*names, *DISTILL_LOG_NAMES)
         loss_fn = distill_batch_loss
+    names = (*names, *LOG_NAMES_NEW)
 
     def write(path, **extra) -> Path:
         # the bare module's weights on the CPU: the same file whatever the world size or device
@@ -461,7 +485,7 @@ def train(args: argparse.Namespace, runtime: Runtime, dist: Dist):
             world_size=dist.world_size, grad_accum=runtime.grad_accum, **extra,
         )  # fmt: skip
         title = f"BEVFormer-{cfg.name} training ({n} samples, batch {step_samples})"
-        plot_loss_curve(state["history"], png, title)
+        plot_loss_curve(state["history"], png, title, names)
 
     start = time.monotonic() - state["elapsed_s"]
     last_save = time.monotonic()

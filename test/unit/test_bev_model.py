@@ -355,3 +355,97 @@ def test_perspective_supervision_trains_and_stays_out_of_inference():
     b = tb.current
     with torch.no_grad():
         assert model(b.images, b.intrinsics, b.cam2ego).perspective is None
+
+
+DN = {"enabled": True, "groups": 2}
+
+
+def test_denoising_needs_the_two_stage_decoder_and_valid_noise():
+    from qd_perception.config import ConfigError
+
+    with pytest.raises(ConfigError, match="two-stage"):
+        tiny_config(denoising=DN)
+    with pytest.raises(ConfigError, match="groups"):
+        tiny_config(dense_head=TWO_STAGE, denoising={"enabled": True, "groups": 0})
+    with pytest.raises(ConfigError, match="label_noise"):
+        tiny_config(dense_head=TWO_STAGE, denoising={"enabled": True, "label_noise": 1.5})
+
+
+def _dn_batch(cfg):
+    ds = BEVDataset(_frames_with_gt(cfg, 2), cfg)
+    tb = collate_temporal([TemporalSamples(ds, 1, NO_AUGMENT)[0], TemporalSamples(ds, 1, NO_AUGMENT)[1]])
+    # the second sample has one box fewer: a padding slot per group
+    t1 = tb.current.targets[1]
+    tb.current.targets[1] = Targets(t1.boxes[:2], t1.labels[:2])
+    return tb.current
+
+
+def test_denoising_queries_never_leak_into_the_matched_queries():
+    """The matched queries' outputs are the same with and without the denoising queries beside
+    them (they may not look at the answers), and the mask isolates groups and padding."""
+    torch.manual_seed(0)
+    cfg = tiny_config(dense_head=TWO_STAGE, denoising=DN)
+    model = BEVFormer(cfg).train()
+    b = _dn_batch(cfg)
+    with torch.no_grad():
+        plain = model(b.images, b.intrinsics, b.cam2ego)
+        with_dn = model(b.images, b.intrinsics, b.cam2ego, dn_targets=b.targets)
+    assert plain.dn is None and with_dn.dn is not None
+    assert torch.allclose(plain.cls_logits, with_dn.cls_logits, atol=1e-5)
+    assert torch.allclose(plain.box_codes, with_dn.box_codes, atol=1e-5)
+    q = with_dn.dn.queries
+    Q, M = cfg.num_queries, 3
+    assert q.valid.shape == (2, 2 * M) and int(q.valid.sum()) == 2 * (3 + 2)
+    assert with_dn.dn.cls_logits.shape == (cfg.decoder_layers, 2, 2 * M, cfg.num_classes)
+    m = q.attn_mask
+    assert m[:, :Q, Q:].all() and not m[:, :, :Q].any()  # matched see matched only; all see them
+    assert not m[0, Q : Q + M, Q : Q + M].any() and m[0, Q : Q + M, Q + M :].all()  # groups apart
+    assert m[1, :, Q + 2].all() and m[1, :, Q + M + 2].all()  # the padding slots: seen by none
+
+
+def test_noise_free_denoising_queries_start_on_the_ground_truth():
+    """Zero noise and zero-initialised residual branches: every layer's denoising output is the
+    ground-truth box it was made from (the fixed assignment points where it should)."""
+    torch.manual_seed(0)
+    noise_free = {**DN, "centre_noise": 0.0, "centre_noise_min_m": 0.0, "size_noise": 0.0,
+                  "yaw_noise": 0.0, "velocity_noise": 0.0, "label_noise": 0.0}  # fmt: skip
+    cfg = tiny_config(dense_head=TWO_STAGE, denoising=noise_free)
+    model = BEVFormer(cfg).train()
+    b = _dn_batch(cfg)
+    with torch.no_grad():
+        out = model(b.images, b.intrinsics, b.cam2ego, dn_targets=b.targets).dn
+    for s, t in enumerate(b.targets):
+        v = out.queries.valid[s]
+        want = encode_boxes(t.boxes[out.queries.gt_index[s, v]])
+        assert torch.allclose(out.box_codes[-1, s, v], want, atol=1e-4)
+        assert torch.equal(out.queries.proposals.labels[s, v], t.labels[out.queries.gt_index[s, v]])
+
+
+def test_denoising_trains_and_stays_out_of_inference():
+    torch.manual_seed(0)
+    cfg = tiny_config(dense_head=TWO_STAGE, denoising=DN)
+    model = BEVFormer(cfg)
+    ds = BEVDataset(_frames_with_gt(cfg, 2), cfg)
+    tb = collate_temporal([TemporalSamples(ds, 2, NO_AUGMENT)[1]])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = [train_step(model, opt, tb, TrainConfig(lr=2e-3)) for _ in range(12)]
+    assert losses[0].denoising > 0 and np.isfinite([float(x.total) for x in losses]).all()
+    assert np.mean([x.denoising for x in losses[-3:]]) < np.mean([x.denoising for x in losses[:3]])
+    model.eval()
+    b = tb.current
+    with torch.no_grad():
+        assert model(b.images, b.intrinsics, b.cam2ego, dn_targets=b.targets).dn is None
+
+
+def test_weights_of_a_run_without_denoising_initialise_one_with_it():
+    """Denoising adds no weights: ``--init`` accepts a checkpoint whose config lacks the switch
+    (one written before it existed included), and still refuses another architecture."""
+    from qd_perception.config import to_dict
+    from qd_perception.train.bev import same_weights_layout
+
+    plain = tiny_config(dense_head=TWO_STAGE)
+    old = to_dict(plain)
+    del old["denoising"]  # a checkpoint config written before the switch existed
+    with_dn = tiny_config(dense_head=TWO_STAGE, denoising=DN)
+    assert same_weights_layout(from_dict(BEVFormerConfig, old), with_dn)
+    assert not same_weights_layout(plain, tiny_config(dense_head=TWO_STAGE, num_queries=7, denoising=DN))

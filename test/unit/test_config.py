@@ -58,3 +58,17 @@ def test_rig_loads_and_is_consistent(tmp_path):
     bad.write_text("name: x\n")
     with pytest.raises(ConfigError, match="missing required key"):
         load_yaml(Rig, bad)
+
+
+def test_key_value_overrides_reach_nested_fields_and_fail_clearly(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  name: x\n  inner: {k: 1}\n")
+    cfg = load_yaml(Outer, p, key="model", overrides=["inner.mode=b", "sizes=[2, 3]", "inner.k=7"])
+    assert cfg == Outer("x", Inner(7, "b"), (2.0, 3.0))
+    assert load_yaml(Outer, p, key="model").inner == Inner(1)  # the file itself is untouched
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        load_yaml(Outer, p, key="model", overrides=["inner.mode"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_yaml(Outer, p, key="model", overrides=["inner.typo=1"])
+    with pytest.raises(ConfigError, match="not a mapping"):
+        load_yaml(Outer, p, key="model", overrides=["name.sub=1"])

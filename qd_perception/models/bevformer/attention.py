@@ -190,12 +190,22 @@ class MultiheadSelfAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dims, embed_dims)
         self.out_proj = nn.Linear(embed_dims, embed_dims)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, Q, C) each -> (B, Q, C). ``attn_mask`` (B, Q, Q) bool, True where query row may not
+        look at key column (every row needs one key it may see); None: all see all."""
         B, Q, C = query.shape
         d = C // self.h
         q = self.q_proj(query).reshape(B, Q, self.h, d).transpose(1, 2)
         k = self.k_proj(key).reshape(B, Q, self.h, d).transpose(1, 2)
         v = self.v_proj(value).reshape(B, Q, self.h, d).transpose(1, 2)
         att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d))
+        if attn_mask is not None:
+            att = att.masked_fill(attn_mask[:, None], float("-inf"))
         out = att.softmax(-1) @ v
         return self.out_proj(out.transpose(1, 2).reshape(B, Q, C))

@@ -11,6 +11,7 @@ The model YAML files in ``config/models/bevformer_<name>.model.yaml`` are the so
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,31 @@ class PerspectiveHeadConfig:
 
 
 @dataclass(frozen=True)
+class DenoisingConfig:
+    """Denoising queries (DN-DETR) in the two-stage decoder, training only: ``groups`` noised
+    copies of the ground truth that the decoder must reconstruct with a fixed assignment. See
+    ``models/bevformer/denoising.py``. Noise is uniform in +-the given reach."""
+
+    enabled: bool = False
+    groups: int = 3
+    centre_noise: float = 0.4  # x/y reach as a fraction of half the box's larger side (DN-DETR: 0.4)
+    centre_noise_min_m: float = 1.0  # plus this (m): about a third of a nano BEV cell
+    size_noise: float = 0.2  # on log l/w/h
+    yaw_noise: float = 0.4  # rad
+    velocity_noise: float = 1.0  # m/s
+    label_noise: float = 0.2  # probability of a random class label in the query
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.groups < 1:
+            raise ConfigError(f"denoising.groups must be >= 1, got {self.groups}")
+        noises = (self.centre_noise, self.centre_noise_min_m, self.size_noise, self.yaw_noise,
+                  self.velocity_noise, self.weight)  # fmt: skip
+        if min(noises) < 0 or not 0.0 <= self.label_noise <= 1.0:
+            raise ConfigError("denoising noise reaches and weight must be >= 0, label_noise in [0, 1]")
+
+
+@dataclass(frozen=True)
 class BEVFormerConfig:
     name: str
     image_size: tuple[int, int]  # (H, W) network input, pixels
@@ -104,10 +130,13 @@ class BEVFormerConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     dense_head: DenseHeadConfig = field(default_factory=DenseHeadConfig)
     perspective_head: PerspectiveHeadConfig = field(default_factory=PerspectiveHeadConfig)
+    denoising: DenoisingConfig = field(default_factory=DenoisingConfig)
 
     def __post_init__(self) -> None:
         if self.dense_head.two_stage and not self.dense_head.enabled:
             raise ConfigError("dense_head.two_stage needs dense_head.enabled: true")
+        if self.denoising.enabled and not self.dense_head.two_stage:
+            raise ConfigError("denoising.enabled needs the two-stage decoder (dense_head.two_stage: true)")
         if self.embed_dims % self.num_heads:
             raise ConfigError(f"embed_dims {self.embed_dims} not divisible by num_heads {self.num_heads}")
         if self.sca_num_points % self.num_points_in_pillar:
@@ -131,9 +160,10 @@ class BEVFormerConfig:
         return len(self.camera_names)
 
 
-def load_model_config(path: str | Path) -> BEVFormerConfig:
-    """Load the ``model:`` block of a ``*.model.yaml`` file (``arch: bevformer``)."""
-    return load_yaml(BEVFormerConfig, path, key="model")
+def load_model_config(path: str | Path, overrides: Sequence[str] = ()) -> BEVFormerConfig:
+    """Load the ``model:`` block of a ``*.model.yaml`` file (``arch: bevformer``), with
+    ``KEY=VALUE`` overrides of its keys (``denoising.enabled=true``)."""
+    return load_yaml(BEVFormerConfig, path, key="model", overrides=overrides)
 
 
 def preset(name: str) -> BEVFormerConfig:

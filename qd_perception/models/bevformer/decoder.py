@@ -4,6 +4,8 @@ the reference point (BEVFormer's ``with_box_refine``)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -37,9 +39,10 @@ class DecoderLayer(nn.Module):
         ref_xy: torch.Tensor,
         bev: torch.Tensor,
         bev_hw: tuple[int, int],
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         q = x + pos
-        x = self.norm1(x + self.self_attn(q, q, x))
+        x = self.norm1(x + self.self_attn(q, q, x, attn_mask))
         x = self.norm2(x + self.cross_attn(x + pos, ref_xy, [bev], [bev_hw]))
         return self.norm3(self.ffn(x))
 
@@ -100,19 +103,28 @@ class BEVDecoder(nn.Module):
                 nn.init.zeros_(b[-1].weight)
                 nn.init.zeros_(b[-1].bias)
 
-    def forward(self, bev: torch.Tensor, proposals=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, bev: torch.Tensor, proposals=None, dn=None) -> tuple[torch.Tensor, torch.Tensor]:
         """bev (B, Q_bev, C) -> cls_logits (L, B, Q, K), box_codes (L, B, Q, 10).
 
         ``proposals`` (:class:`~qd_perception.models.bevformer.dense_head.Proposals`, two-stage
         only): queries start at the heatmap peaks and every layer's logits and size / yaw /
-        velocity codes are residuals on the peak's own."""
+        velocity codes are residuals on the peak's own. ``dn``
+        (:class:`~qd_perception.models.bevformer.denoising.DNQueries`, training only): D
+        denoising queries decoded beside them under its attention mask; the outputs then hold
+        Q + D queries, the matched ones first."""
         if proposals is None:
             return self._forward_learned(bev)
+        mask = None
+        if dn is not None:
+            cat = {f.name: torch.cat([getattr(proposals, f.name), getattr(dn.proposals, f.name)], 1)
+                   for f in dataclasses.fields(proposals)}  # fmt: skip
+            proposals = type(proposals)(**cat)
+            mask = dn.attn_mask
         x, ref = proposals.content, proposals.ref
         all_cls, all_box = [], []
         for layer, cls_b, reg_b in zip(self.layers, self.cls_branches, self.reg_branches):
             pos = self.pos_mlp(ref)
-            x = layer(x, pos, ref[..., :2], bev, self.bev_hw)
+            x = layer(x, pos, ref[..., :2], bev, self.bev_hw, mask)
             reg = reg_b(x)
             new_ref = (reg[..., 0:3] + inverse_sigmoid(ref)).sigmoid()
             rest = reg[..., 3:] + proposals.codes[..., 3:]

@@ -67,6 +67,7 @@ class LossBreakdown:
     dense_heatmap: float = 0.0  # dense auxiliary head (0 without it)
     dense_reg: float = 0.0
     perspective: float = 0.0  # perspective supervision (training only)
+    denoising: float = 0.0  # denoising queries (training only, 0 without them)
 
 
 def set_loss(
@@ -114,11 +115,16 @@ def detection_loss(
     if isinstance(cfg, BEVFormerConfig):
         model_cfg, cfg = cfg, cfg.loss
     out = set_loss(outputs.cls_logits, outputs.box_codes, targets, cfg)
-    if outputs.dense_heatmap is None and outputs.perspective is None:
+    if outputs.dense_heatmap is None and outputs.perspective is None and outputs.dn is None:
         return out
     if model_cfg is None:
         raise ValueError("the model has auxiliary heads: pass its BEVFormerConfig to detection_loss")
-    total, hm, reg, persp = out.total, 0.0, 0.0, 0.0
+    total, hm, reg, persp, dn = out.total, 0.0, 0.0, 0.0, 0.0
+    if outputs.dn is not None:
+        from qd_perception.models.bevformer.denoising import dn_loss
+
+        d = dn_loss(outputs.dn, targets, model_cfg)
+        total, dn = total + d, float(d.detach())
     if outputs.dense_heatmap is not None:
         from qd_perception.models.bevformer.dense_head import dense_loss
 
@@ -131,4 +137,4 @@ def detection_loss(
             raise ValueError("perspective supervision needs the batch (intrinsics, cam2ego) as extra")
         p, persp = perspective_loss(*outputs.perspective, extra, model_cfg)
         total = total + p
-    return LossBreakdown(total, out.cls, out.bbox, hm, reg, persp)
+    return LossBreakdown(total, out.cls, out.bbox, hm, reg, persp, dn)

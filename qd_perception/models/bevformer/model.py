@@ -10,6 +10,7 @@ from torch import nn
 from qd_perception.models.bevformer.backbone import FPN, ResNet
 from qd_perception.models.bevformer.config import BEVFormerConfig
 from qd_perception.models.bevformer.decoder import BEVDecoder
+from qd_perception.models.bevformer.denoising import DNOutputs, make_dn_queries
 from qd_perception.models.bevformer.dense_head import DenseHead, make_proposals
 from qd_perception.models.bevformer.encoder import BEVEncoder
 from qd_perception.models.bevformer.geometry import align_prev_bev, project_to_cameras
@@ -37,6 +38,7 @@ class BEVFormerOutputs:
     dense_heatmap: torch.Tensor | None = None
     dense_codes: torch.Tensor | None = None
     perspective: tuple[torch.Tensor, torch.Tensor] | None = None  # training only, see PerspectiveHead
+    dn: DNOutputs | None = None  # training only: the denoising queries' outputs (DN-DETR)
 
 
 @dataclass
@@ -141,19 +143,32 @@ class BEVFormer(nn.Module):
         prev_bev: torch.Tensor | None = None,
         prev_valid: torch.Tensor | None = None,
         prev_from_cur: torch.Tensor | None = None,
+        dn_targets: list | None = None,
     ) -> BEVFormerOutputs:
-        """See :meth:`encode` for the inputs and :class:`BEVFormerOutputs` for the outputs."""
+        """See :meth:`encode` for the inputs and :class:`BEVFormerOutputs` for the outputs.
+        ``dn_targets`` (list of ``losses.Targets``, training only): the ground truth the
+        denoising queries are made from when ``cfg.denoising.enabled``; ignored otherwise and in
+        eval mode."""
         e = self.encode(images, intrinsics, cam2ego, prev_bev, prev_valid, prev_from_cur)
-        heat = codes = proposals = None
+        heat = codes = proposals = dn = None
         if self.dense_head is not None:
             heat, codes = self.dense_head(e.bev)
             if self.cfg.dense_head.two_stage:
                 proposals = make_proposals(heat, codes, e.bev, self.decoder.class_embed, self.cfg)
-        cls, box = self.decoder(e.bev, proposals)
+                if self.training and self.cfg.denoising.enabled and dn_targets is not None:
+                    dn = make_dn_queries(
+                        dn_targets, heat, e.bev, self.decoder.class_embed, self.cfg.num_queries, self.cfg
+                    )
+        cls, box = self.decoder(e.bev, proposals, dn)
+        dn_out = None
+        if dn is not None:
+            Q = self.cfg.num_queries
+            dn_out = DNOutputs(cls[:, :, Q:], box[:, :, Q:], dn)
+            cls, box = cls[:, :, :Q], box[:, :, :Q]
         persp = None
         if self.perspective_head is not None and self.training:
             persp = self.perspective_head(e.img_feats[0])
-        return BEVFormerOutputs(cls, box, e.bev, e.bev_mask, e.img_feats, heat, codes, persp)
+        return BEVFormerOutputs(cls, box, e.bev, e.bev_mask, e.img_feats, heat, codes, persp, dn_out)
 
 
 class BEVFormerExportWrapper(nn.Module):
