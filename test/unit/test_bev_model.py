@@ -449,3 +449,21 @@ def test_weights_of_a_run_without_denoising_initialise_one_with_it():
     with_dn = tiny_config(dense_head=TWO_STAGE, denoising=DN)
     assert same_weights_layout(from_dict(BEVFormerConfig, old), with_dn)
     assert not same_weights_layout(plain, tiny_config(dense_head=TWO_STAGE, num_queries=7, denoising=DN))
+
+
+def test_uint8_resize_matches_the_float_reference_within_one_grey_level():
+    """The fast uint8 channels-last resize (runtime and training cache alike) stays within 1 grey
+    level of antialiased bilinear computed in float32, so weights trained on either serve both."""
+    import torch.nn.functional as F
+
+    from qd_perception.models.bevformer.inputs import resize_image
+
+    img = np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    img[:, 40:60] = 255  # hard edges: where rounding differences would show
+    got = resize_image(img, (32, 56))
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    ref = F.interpolate(t, size=(32, 56), mode="bilinear", align_corners=False, antialias=True)
+    ref = ref[0].round().clamp(0, 255).to(torch.uint8).numpy()
+    assert got.shape == (3, 32, 56) and got.dtype == np.uint8 and got.flags["C_CONTIGUOUS"]
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+    assert np.array_equal(resize_image(img, (90, 160)), img.transpose(2, 0, 1))  # same size: as is
