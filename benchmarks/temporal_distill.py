@@ -43,42 +43,87 @@ from benchmarks.common import cpu_flags, cpu_line  # noqa: E402
 MODELS: tuple[str, ...] = ("teacher", "student", "distilled")
 
 
-def cli(args: list[str], log: Path) -> None:
-    """``qd-perception ARGS`` of this checkout, output into ``log``; raises with its tail on failure."""
+def _cli_argv(args: list[str]) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log, "w") as f:
-        rc = subprocess.run([sys.executable, "-m", "qd_perception.cli", *args], cwd=ROOT, env=env,
-                            stdout=f, stderr=subprocess.STDOUT).returncode  # fmt: skip
+    return [sys.executable, "-m", "qd_perception.cli", *args], env
+
+
+def _check(rc: int, args: list[str], log: Path) -> None:
     if rc:
         tail = log.read_text()[-2000:]
         raise SystemExit(f"qd-perception {' '.join(args[:2])} failed (exit {rc}); {log}:\n{tail}")
 
 
-def train_student(a: argparse.Namespace, name: str, model_yaml: Path, out: Path) -> dict:
-    """Fine-tune one student for the budget (resumed / skipped when its checkpoint has it)."""
+def cli(args: list[str], log: Path) -> None:
+    """``qd-perception ARGS`` of this checkout, output into ``log``; raises with its tail on failure."""
+    cmd, env = _cli_argv(args)
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    _check(rc, args, log)
+
+
+def cli_parallel(jobs: list[tuple[list[str], Path]]) -> None:
+    """Several ``qd-perception`` commands at once (one per core), each into its log; raises on the
+    first that failed once all have ended."""
+    cmd_env = [_cli_argv(args) for args, _ in jobs]
+    logs = [open(log, "w") for _, log in jobs]  # closed below, after the waits
+    try:
+        procs = [subprocess.Popen(c, cwd=ROOT, env=e, stdout=f, stderr=subprocess.STDOUT)
+                 for (c, e), f in zip(cmd_env, logs, strict=True)]  # fmt: skip
+        rcs = [p.wait() for p in procs]
+    finally:
+        for f in logs:
+            f.close()
+    for rc, (args, log) in zip(rcs, jobs, strict=True):
+        _check(rc, args, log)
+
+
+def student_argv(a: argparse.Namespace, name: str, model_yaml: Path, out: Path) -> list[str] | None:
+    """The ``train bev`` arguments of one student, None when its checkpoint already has the budget
+    (a shorter one is resumed)."""
     import torch
 
     ckpt = out / f"{name}.pt"
-    done = ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=False)["state"][
-        "elapsed_s"
-    ] >= (60 * a.minutes)
-    if not done:
-        argv = ["train", "bev", "--config", str(model_yaml), "--data", a.train, "--version", a.version,
-                "--split", a.train_split, "--out", str(ckpt), "--init", a.teacher,
-                "--queue-length", str(a.queue_length), "--max-minutes", str(a.minutes), "--epochs", "100000",
-                "--seed", str(a.seed), "--lr", str(a.lr), "--warmup-steps", str(a.warmup_steps),
-                "--batch-size", str(a.batch_size), "--threads", str(a.threads)]  # fmt: skip
-        if a.cache_dir:
-            argv += ["--cache-dir", a.cache_dir]
-        if name == "distilled":
-            argv += ["--distill", "temporal", "--teacher", a.teacher]
-            if a.distill_config:
-                argv += ["--distill-config", a.distill_config]
-        print(f"train {name}: {a.minutes} min ...", flush=True)
-        cli(argv, out / f"{name}.train.log")
-    c = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return {"checkpoint": str(ckpt), "steps": c["state"]["step"], "minutes": c["state"]["elapsed_s"] / 60,
-            "queue_length": c["train_config"]["queue_length"]}  # fmt: skip
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state"]
+        if state["elapsed_s"] >= 60 * a.minutes:
+            return None
+    argv = ["train", "bev", "--config", str(model_yaml), "--data", a.train, "--version", a.version,
+            "--split", a.train_split, "--out", str(ckpt), "--init", a.teacher,
+            "--queue-length", str(a.queue_length), "--max-minutes", str(a.minutes), "--epochs", "100000",
+            "--seed", str(a.seed), "--lr", str(a.lr), "--warmup-steps", str(a.warmup_steps),
+            "--batch-size", str(a.batch_size), "--threads", str(a.threads)]  # fmt: skip
+    if a.cache_dir:
+        argv += ["--cache-dir", a.cache_dir]
+    if name == "distilled":
+        argv += ["--distill", "temporal", "--teacher", a.teacher]
+        if a.distill_config:
+            argv += ["--distill-config", a.distill_config]
+    return argv
+
+
+def train_students(a: argparse.Namespace, model_yaml: Path, out: Path) -> dict[str, dict]:
+    """Fine-tune ``student`` and ``distilled`` for the budget, one after the other or, with
+    ``--parallel``, side by side (one process per core: the same wall clock for both)."""
+    import torch
+
+    names = ("student", "distilled")
+    jobs = [(argv, out / f"{n}.train.log") for n in names if (argv := student_argv(a, n, model_yaml, out))]
+    print(f"train {len(jobs)} student(s): {a.minutes} min each{' in parallel' if a.parallel else ''} ...",
+          flush=True)  # fmt: skip
+    if a.parallel:
+        cli_parallel(jobs)
+    else:
+        for argv, log in jobs:
+            cli(argv, log)
+    result = {}
+    for n in names:
+        ckpt = out / f"{n}.pt"
+        c = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = c["state"]
+        result[n] = {"checkpoint": str(ckpt), "steps": state["step"], "minutes": state["elapsed_s"] / 60,
+                     "queue_length": c["train_config"]["queue_length"]}  # fmt: skip
+    return result
 
 
 def evaluate(a: argparse.Namespace, name: str, model: str, out: Path) -> dict:
@@ -254,6 +299,7 @@ def main() -> None:
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads of training, eval and latency")
+    p.add_argument("--parallel", action="store_true", help="train the two students side by side")
     p.add_argument("--cache-dir", default="", help="train bev image cache root")
     p.add_argument("--latency-frames", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2, help="untimed frames before the latency frames")
@@ -275,7 +321,7 @@ def main() -> None:
     )
     cpu = f"{cpu_line()}, {a.threads} thread(s)"
     print(cpu, flush=True)
-    train = {m: train_student(a, m, model_yaml, out) for m in ("student", "distilled")}
+    train = train_students(a, model_yaml, out)
     ckpts = {"teacher": a.teacher, **{m: train[m]["checkpoint"] for m in train}}
     keys = ("nds", "map", "mave", "mate", "maoe", "num_predictions")
     ev = {m: {k: v for k, v in evaluate(a, m, ckpts[m], out).items() if k in keys} for m in MODELS}

@@ -29,3 +29,14 @@ def test_missing_inputs_skip_and_unknown_names_fail(tmp_path, capsys):
     assert f"| {needy.name} | skipped: missing" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no_such_benchmark"):
         run_all.run(["no_such_benchmark"], root=tmp_path)
+
+
+def test_convergence_prior_points_are_read_sorted_and_bad_lines_named(tmp_path):
+    from benchmarks.bev_convergence import read_prior
+
+    csv = tmp_path / "prior.csv"
+    csv.write_text("# minutes,nds,map\n20,0.042,0.014\n10,0.042,0.008  # first snapshot\n\n")
+    assert read_prior(csv) == [(10.0, 0.042, 0.008), (20.0, 0.042, 0.014)]
+    csv.write_text("10,0.04\n")
+    with pytest.raises(SystemExit, match=r"prior\.csv:1: expected 'minutes,nds,map'"):
+        read_prior(csv)
